@@ -1,0 +1,134 @@
+"""``rlzoo``: the command line.
+
+    rlzoo train CONFIG [dotted.key=value ...]     run the config's stages in order
+    rlzoo eval CHECKPOINT [--samples N] [--k K ...] [--num-examples N] [--data FILE]
+    rlzoo algorithms                              list the registered algorithms
+
+User mistakes (a missing file, an unknown key or algorithm, a wrong type, a missing model folder)
+print one line naming the problem and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rlzoo.config import ConfigError
+    from rlzoo.data.sources import DataError
+    from rlzoo.registry import RegistryError
+    from rlzoo.runtime.models import ModelLoadError
+
+    return ConfigError, RegistryError, ModelLoadError, DataError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlzoo.config import load_config
+    from rlzoo.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    """A before/after table: one row per stage, its held-out metrics."""
+    rows = summary["stages"]
+    keys = [k for k in rows[0]["eval"] if k != "num_examples"] if rows else []
+    header = ["stage", "algorithm", "steps", "seconds"] + keys
+    lines = [header] + [
+        [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"] + [f"{100 * r['eval'][k]:.1f}" for k in keys]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    fmt = lambda line: "  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+    note = "held-out metrics in %, after each stage"
+    return "\n".join([note, fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines[1:]])
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import ConfigError, load_config
+    from rlzoo.registry import REWARDS
+    from rlzoo.runtime.checkpoint import CONFIG_NAME
+    from rlzoo.runtime.models import load_pretrained
+    from rlzoo.train import build_task, run_eval
+
+    ckpt = Path(args.checkpoint)
+    model, tokenizer = load_pretrained(str(ckpt), args.gguf_file)
+    saved = ckpt / CONFIG_NAME
+    cfg = load_config(saved if saved.is_file() else None, [] if saved.is_file() else ["stages.eval.steps=0"])
+    overrides = {"samples": args.samples, "num_examples": args.num_examples, "temperature": args.temperature,
+                 "max_new_tokens": args.max_new_tokens}
+    for key, value in overrides.items():
+        if value is not None:
+            cfg.eval[key] = value
+    if args.k:
+        cfg.eval.ks = args.k
+    if args.data:
+        from rlzoo.data.files import load_examples
+
+        examples = load_examples(args.data)
+    else:
+        examples = build_task(cfg).eval_examples()
+    if any(k > cfg.eval.samples for k in cfg.eval.ks) and cfg.eval.samples > 0:
+        raise ConfigError(f"--k {max(cfg.eval.ks)} is larger than --samples {cfg.eval.samples}")
+    model.eval()
+    result = run_eval(cfg, model, tokenizer, examples, REWARDS.get(cfg.eval.reward))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from rlzoo.registry import ALGORITHMS
+
+    for name in ALGORITHMS.names():
+        cls = ALGORITHMS.get(name)
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlzoo", description="Post-training LLMs for maths: SFT, RFT, DPO, PPO, GRPO on one interface.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run a config's stages in order")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (STAGE.key is short for stages.STAGE.key)")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="greedy accuracy, Pass@k and Maj@k of a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder (Hugging Face format)")
+    p.add_argument("--samples", type=int, help="samples per problem for Pass@k / Maj@k (0 = greedy only)")
+    p.add_argument("--k", type=int, nargs="+", help="k values to report")
+    p.add_argument("--num-examples", type=int, help="evaluate on the first N problems")
+    p.add_argument("--temperature", type=float, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, help="completion length cap")
+    p.add_argument("--data", help="a jsonl file of problems instead of the checkpoint's held-out set")
+    p.add_argument("--gguf-file", help="a .gguf file inside the checkpoint folder")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("algorithms", help="list the registered algorithms")
+    p.set_defaults(func=_cmd_algorithms)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"rlzoo: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("rlzoo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

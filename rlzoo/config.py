@@ -1,0 +1,201 @@
+"""Run configuration: omegaconf YAML backed by typed dataclasses.
+
+A run config is a :class:`RunConfig`. YAML files and ``dotted.key=value`` overrides are merged
+into the structured schema, so a misspelled key or a wrong type fails at load time with a
+one-line :class:`ConfigError` naming the key. Hyperparameters of algorithms live under
+``algorithms.<name>`` and are validated against that algorithm's own ``Config`` dataclass when a
+stage uses it, so swapping a stage's algorithm is one value (``rl.algorithm=ppo``) and never
+trips over another algorithm's keys.
+
+Override shorthand: ``STAGE.key=value`` means ``stages.STAGE.key=value`` when STAGE names a stage
+(``sft.optim.lr=1e-3``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlzoo.data.synthetic import SyntheticConfig
+from rlzoo.runtime.generation import GenerationConfig
+from rlzoo.runtime.models import TinyModelConfig
+
+
+class ConfigError(Exception):
+    """A user mistake in a config file or override; ``str()`` is one line."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy to start from."""
+
+    path: Optional[str] = None  # local Hugging Face folder; None builds the embedded tiny Llama
+    gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
+    dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16
+    logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
+
+
+@dataclass
+class TaskConfig:
+    """Where problems come from."""
+
+    name: str = "synthetic"  # "synthetic" (embedded, on the fly)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class DataConfig:
+    """A stage's data source."""
+
+    source: Optional[str] = None  # "dataset", "online" or "offline"; None = the algorithm's default
+    prompts_per_step: int = 16  # questions per training step
+    samples_per_prompt: int = 8  # outputs sampled per question (GRPO's G, RFT's k)
+    pool_prompts: int = 512  # offline source: questions sampled once, up front
+    resample_every: int = 0  # offline source: re-sample the pool from the current policy every N steps (0 = never)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation of a stage."""
+
+    lr: float = 1e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    schedule: str = "constant"  # learning-rate schedule after warm-up: constant, linear or cosine
+    warmup_steps: int = 0  # linear warm-up steps
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate to the minibatch
+    updates_per_batch: int = 1  # passes over each sampled batch (GRPO's mu, PPO's epochs)
+    minibatches: int = 1  # optimizer steps per pass (the batch is split in this many minibatches)
+    loss_agg: Optional[str] = None  # aggregation mode (rlzoo.losses.AGG_MODES); None = algorithm's or the paper's
+    loss_agg_constant: Optional[float] = None  # normaliser of seq-mean-token-sum-norm (default: max_new_tokens)
+    value_lr: Optional[float] = None  # learning rate of a value model, when the algorithm has one (None = lr)
+
+
+@dataclass
+class RewardConfig:
+    """The reward function of sampled outputs."""
+
+    name: str = "rule"  # registered reward name
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
+
+
+@dataclass
+class StageConfig:
+    """One training stage: an algorithm run for some steps, starting from the previous weights."""
+
+    algorithm: str = "sft"  # registered algorithm name (or module:name / file.py:name)
+    steps: int = 100  # optimisation steps (one sampled or read batch each)
+    init: Optional[str] = None  # weights to start from; None = the previous stage's (or the model)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval_every: int = 0  # evaluate on the held-out set every N steps (0 = only at the end)
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation after each stage (and by ``rlzoo eval``)."""
+
+    num_examples: Optional[int] = None  # first N held-out problems (None = all)
+    samples: int = 8  # samples per problem for Pass@k and Maj@k (0 = greedy only)
+    ks: list[int] = field(default_factory=lambda: [1, 8])  # k values reported (each <= samples)
+    temperature: float = 0.7  # sampling temperature of the samples
+    top_p: float = 1.0  # nucleus mass of the samples
+    max_new_tokens: int = 64  # completion cap
+    batch_size: int = 256  # sequences generated at once
+    reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go (always: metrics.jsonl in the run folder)."""
+
+    wandb: bool = False  # also log to Weights & Biases (works with WANDB_MODE=offline)
+    project: str = "rlzoo"  # wandb project
+    progress: bool = True  # a live progress bar with step, reward and loss
+    log_every: int = 1  # write metrics every N steps
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, task, then stages in order."""
+
+    name: str = "run"  # run name; outputs go to runs/<name> unless output_dir is set
+    output_dir: Optional[str] = None  # where outputs go
+    seed: int = 0  # seed of everything (torch, python, numpy, data order)
+    mixed_precision: str = "no"  # accelerate's mixed precision: no, bf16 or fp16
+    plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
+    algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if type(e).__name__ == "ConfigKeyError" and key:
+        return f"unknown config key '{key}'"
+    return f"{key}: {msg}" if key else msg
+
+
+def _expand_stage_shorthand(overrides: list[str], stage_names: set[str]) -> list[str]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0].lstrip("+~")
+        head = key.split(".", 1)[0]
+        out.append(f"stages.{item}" if head in stage_names and head not in RunConfig.__dataclass_fields__ else item)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+    """The validated run config of a YAML file (or the defaults) plus ``key=value`` overrides."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = schema
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            try:
+                raw = OmegaConf.load(p)
+            except Exception as e:  # yaml errors carry line numbers in their text
+                raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+            merged = OmegaConf.merge(merged, raw)
+        stage_names = set(merged.stages.keys())
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_expand_stage_shorthand(list(overrides), stage_names)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+    if not merged.stages:
+        raise ConfigError("config has no stages: add at least one under 'stages:'")
+    return merged
+
+
+def algorithm_config(cfg: DictConfig, name: str, config_cls: type) -> Any:
+    """The algorithm's hyperparameters ``algorithms.<name>`` validated against its ``Config``."""
+    short = name.rpartition(":")[2]
+    raw = cfg.algorithms.get(short, None) or {}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config_cls), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        if type(e).__name__ == "ConfigKeyError" and key:
+            raise ConfigError(f"unknown config key 'algorithms.{short}.{key}'") from None
+        raise ConfigError(f"algorithms.{short}.{_one_line(e)}") from None
+    return OmegaConf.to_object(merged)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

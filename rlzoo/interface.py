@@ -1,0 +1,180 @@
+"""The algorithm interface: typed batches and the three parts an algorithm is made of.
+
+DeepSeekMath (Shao et al. 2024, Sec. 5.2.1) writes the gradient of SFT, RFT, Online RFT, DPO, PPO
+and GRPO in one form::
+
+    grad J_A = E_{(q,o) ~ D} [ 1/|o| sum_t GC_A(q, o, t, r) * grad log pi_theta(o_t | q, o_<t) ]
+
+An algorithm here is exactly that: a **data source** D (named, chosen in config), a **reward** r
+(named, chosen in config) and a **gradient coefficient** GC (the ``coefficients`` method). The
+runtime owns everything else: models, sampling, the single log-prob path, the single surrogate
+loss ``-aggregate(coef.detach() * logp)``, optimisation, logging and checkpoints.
+
+A new algorithm is one file with one class that satisfies :class:`Algorithm`, decorated with
+``@register_algorithm("name")``. See docs/interface.md for a worked example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # keep `import rlzoo.interface` free of torch at import time
+    import torch
+    from torch import Tensor
+
+
+@dataclass
+class Example:
+    """One problem of a task.
+
+    prompt:   the text the policy is conditioned on (already formatted)
+    answer:   the gold final answer, graded by the reward
+    solution: a reference solution (completion text), for SFT; None when the task has none
+    meta:     anything else a reward or logger may need (format, difficulty, source row...)
+    """
+
+    prompt: str
+    answer: str
+    solution: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutBatch:
+    """A token-level batch of N sequences of length T (prompt left-padded, completion after it).
+
+    Every per-token tensor is aligned with ``input_ids``: position t holds the quantity of token
+    ``input_ids[:, t]`` given the tokens before it (position 0 of a row never enters a loss).
+
+    input_ids      [N, T] long   prompt tokens then completion tokens, pad elsewhere
+    attention_mask [N, T] long   1 on real (prompt or completion) tokens
+    loss_mask      [N, T] float  1 on tokens the policy is trained on: generated completion tokens
+                                 (prompt, padding and tool output are 0)
+    group_ids      [N]    long   index of the prompt a sequence answers; the G samples of one
+                                 prompt (or the two sides of a DPO pair) share it
+    rewards        [N]    float  sequence reward; NaN where there is none (SFT's gold data)
+    old_logprobs   [N, T] float  log pi_old(token), the sampling-time policy (None unless needed)
+    ref_logprobs   [N, T] float  log pi_ref(token) (None unless the algorithm needs a reference)
+    advantages     [N, T] float  set by an algorithm's ``prepare`` (None otherwise)
+    extras         name -> tensor with leading dim N: algorithm-specific (values, returns...)
+    completions    N completion strings (for logging and rewards)
+    examples       N examples the sequences answer
+    """
+
+    input_ids: "Tensor"
+    attention_mask: "Tensor"
+    loss_mask: "Tensor"
+    group_ids: "Tensor"
+    rewards: "Tensor"
+    old_logprobs: "Tensor | None" = None
+    ref_logprobs: "Tensor | None" = None
+    advantages: "Tensor | None" = None
+    extras: dict[str, "Tensor"] = field(default_factory=dict)
+    completions: list[str] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: "Tensor | list[int]") -> "RolloutBatch":
+        """The sub-batch of the rows in ``index`` (every tensor and list sliced alike)."""
+        import torch
+
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.tolist()
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+            elif f.name == "extras":
+                out[f.name] = {k: v[idx.to(v.device)] for k, v in value.items()}
+            elif isinstance(value, list):
+                out[f.name] = [value[i] for i in rows] if value else []
+            else:
+                out[f.name] = value[idx.to(value.device)]
+        return RolloutBatch(**out)
+
+    def to(self, device: "torch.device | str") -> "RolloutBatch":
+        """The same batch with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if hasattr(getattr(self, f.name), "to")
+        }
+        moved["extras"] = {k: v.to(device) for k, v in self.extras.items()}
+        return replace(self, **moved)
+
+    @property
+    def completion_lengths(self) -> "Tensor":
+        """[N] number of trained tokens |o_i| of each sequence."""
+        return self.loss_mask.sum(-1)
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """What an algorithm is. A class satisfying this, registered by name, is an algorithm.
+
+    Class attributes (declarations the runtime reads; no method of the runtime switches on names):
+
+    Config        dataclass of the algorithm's hyperparameters, read from ``algorithms.<name>``
+                  of the run config; every field has a docstring-style comment
+    data_source   default data source name ("dataset", "online", "offline"); a stage's
+                  ``data.source`` overrides it
+    needs         runtime services the algorithm uses, a subset of
+                  {"reference", "old_logprobs", "value_model"}
+    loss_agg      the aggregation mode the coefficients are derived for, or None to let the
+                  user choose with ``optim.loss_agg`` (see rlzoo.losses.aggregate)
+    group_coupled True when a sequence's coefficient depends on other sequences of its group
+                  (DPO pairs): the runtime then never splits a group across micro-batches
+    """
+
+    Config: ClassVar[type]
+    data_source: ClassVar[str]
+    needs: ClassVar[frozenset[str]]
+    loss_agg: ClassVar[str | None]
+    group_coupled: ClassVar[bool]
+
+    def __init__(self, cfg: Any) -> None: ...
+
+    def prepare(self, batch: RolloutBatch, runtime: "RuntimeView") -> tuple[RolloutBatch, dict[str, float]]:
+        """Once per batch, before any update, without gradients: advantages, pairing, filtering.
+
+        Returns the (possibly filtered) batch and diagnostics with slash-namespaced keys.
+        """
+        ...
+
+    def coefficients(self, batch: RolloutBatch, logp: "Tensor") -> tuple["Tensor", dict[str, float]]:
+        """GC per token, [N, T], from the detached current log-probs ``logp`` [N, T].
+
+        Called for every update (so with ratio != 1 when a batch is reused). The returned tensor
+        must not require grad; the runtime minimises ``-aggregate(coef * logp, loss_mask)``.
+        """
+        ...
+
+    def extra_loss(self, batch: RolloutBatch, runtime: "RuntimeView") -> tuple["Tensor | None", dict[str, float]]:
+        """A named loss term that is not a policy gradient (PPO's value loss), or None."""
+        ...
+
+
+class RuntimeView(Protocol):
+    """What ``prepare`` and ``extra_loss`` may use from the runtime."""
+
+    def values(self, batch: RolloutBatch) -> "Tensor":
+        """[N, T] value estimates of the value model (grad enabled when the caller's is)."""
+        ...
+
+
+class NoExtras:
+    """Defaults for the optional parts of :class:`Algorithm`: use by composition of methods.
+
+    An algorithm that needs no preparation and no extra loss may inherit these two no-ops
+    instead of writing them out. It is the only base class rlzoo offers.
+    """
+
+    def prepare(self, batch: RolloutBatch, runtime: RuntimeView) -> tuple[RolloutBatch, dict[str, float]]:
+        return batch, {}
+
+    def extra_loss(self, batch: RolloutBatch, runtime: RuntimeView) -> tuple[None, dict[str, float]]:
+        return None, {}

@@ -1,0 +1,100 @@
+"""Name -> component registries with one uniform signature per kind.
+
+Registering a name twice fails; asking for an unknown name fails with the list of known ones.
+Three registries exist: algorithms, rewards and data sources. Built-in algorithms live in the
+top-level ``algorithms/`` package (one file each) and are imported on first lookup, so importing
+``rlzoo`` stays cheap. A user's own algorithm is found by naming its module or ``.py`` file in the
+config's ``plugins`` list, or directly as ``path/to/file.py:name`` / ``package.module:name``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate name. ``str()`` is a one-line message for the user."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A named table of components of one kind."""
+
+    def __init__(self, kind: str, builtin_package: str | None = None) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._builtin_package = builtin_package
+        self._builtins_loaded = builtin_package is None
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@ALGORITHMS.register("grpo")``. A duplicate name raises."""
+
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise RegistryError(f"{self.kind} '{name}' is already registered")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def _load_builtins(self) -> None:
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        package = importlib.import_module(self._builtin_package)
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self._builtin_package}.{info.name}")
+
+    def get(self, name: str) -> T:
+        """The component called ``name``; ``module:name`` or ``file.py:name`` imports it first."""
+        if ":" in name:
+            module, _, name = name.rpartition(":")
+            load_plugin(module)
+        self._load_builtins()
+        if name not in self._items:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise RegistryError(f"unknown {self.kind} '{name}'; known: {known}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load_builtins()
+        return sorted(self._items)
+
+
+def load_plugin(spec: str) -> None:
+    """Import a user's module (``pkg.mod``) or file (``path/to/file.py``) so it can register."""
+    if spec.endswith(".py"):
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise RegistryError(f"plugin file not found: {spec}")
+        module_name = f"rlzoo_plugin_{path.stem}_{abs(hash(str(path)))}"
+        if module_name in sys.modules:
+            return
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            importlib.import_module(spec)
+        except ModuleNotFoundError as e:
+            raise RegistryError(f"plugin module not found: {spec} ({e})") from None
+
+
+ALGORITHMS: Registry = Registry("algorithm", builtin_package="algorithms")
+REWARDS: Registry = Registry("reward", builtin_package="rlzoo.rewards.builtin")
+DATA_SOURCES: Registry = Registry("data source", builtin_package="rlzoo.data.sources")
+
+register_algorithm = ALGORITHMS.register
+register_reward = REWARDS.register
+register_data_source = DATA_SOURCES.register

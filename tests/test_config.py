@@ -1,0 +1,73 @@
+"""Every YAML in configs/ loads and validates; typos and wrong types fail at load time."""
+
+from pathlib import Path
+
+import pytest
+
+from rlzoo.config import ConfigError, algorithm_config, load_config
+from rlzoo.registry import ALGORITHMS, DATA_SOURCES, RegistryError
+from rlzoo.train import make_algorithm, make_reward
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "quickstart.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_validates(path):
+    cfg = load_config(path)
+    for plugin in cfg.plugins:
+        from rlzoo.registry import load_plugin
+
+        load_plugin(plugin)
+    for name, stage in cfg.stages.items():
+        algo = make_algorithm(cfg, stage.algorithm)  # also validates algorithms.<name>
+        DATA_SOURCES.get(stage.data.source or algo.data_source)
+        make_reward(stage)
+        assert stage.steps >= 0
+
+
+def test_misspelled_key_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages.sft.optim.lerning_rate'"):
+        load_config(CONFIGS[0], ["sft.optim.lerning_rate=1"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"stages.sft.steps"):
+        load_config(Path("configs/quickstart.yaml"), ["stages.sft.steps=many"])
+
+
+def test_stage_shorthand_and_override():
+    cfg = load_config(Path("configs/quickstart.yaml"), ["sft.optim.lr=0.5", "seed=7"])
+    assert cfg.stages.sft.optim.lr == 0.5 and cfg.seed == 7
+
+
+def test_algorithm_hyperparameters_are_validated():
+    cfg = load_config(Path("configs/quickstart.yaml"), ["algorithms.grpo.betta=0.1"])
+    with pytest.raises(ConfigError, match=r"algorithms.grpo.betta"):
+        algorithm_config(cfg, "grpo", ALGORITHMS.get("grpo").Config)
+
+
+def test_unknown_algorithm_lists_known_ones():
+    with pytest.raises(RegistryError, match=r"unknown algorithm 'gpro'; known: .*grpo.*sft"):
+        ALGORITHMS.get("gpro")
+
+
+def test_duplicate_registration_fails():
+    from rlzoo.registry import Registry
+
+    reg = Registry("thing")
+    reg.register("a")(object)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("a")(int)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  sft: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(bad)

@@ -1,0 +1,136 @@
+"""The shared runtime: log-prob path, sampling masks, gradient accumulation, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from algorithms.grpo import GRPO
+from algorithms.sft import SFT
+from rlzoo.runtime.generation import GenerationConfig, completion_mask, encode_pairs, sample
+from rlzoo.runtime.logprobs import token_logprobs
+from rlzoo.runtime.trainer import Runtime, split_groups, train_on_batch
+
+
+class _NoAccel:
+    """The two accelerate calls train_on_batch makes, for a single CPU process."""
+
+    def no_sync(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+class _Optim:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _batch(task, tokenizer, n=8):
+    examples = task.eval_examples()[:n]
+    return encode_pairs(tokenizer, examples, [ex.solution for ex in examples], "cpu")
+
+
+def test_chunked_logprobs_equal_full_logits(tiny_model, task, tokenizer):
+    batch = _batch(task, tokenizer)
+    full = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, chunk_size=0)
+    for chunk in (1, 7, 4096):
+        chunked = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, chunk_size=chunk)
+        torch.testing.assert_close(chunked * batch.attention_mask, full * batch.attention_mask, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_logprob_gradients_equal_full(tiny_model, task, tokenizer):
+    batch = _batch(task, tokenizer, 4)
+    grads = []
+    for chunk in (0, 5):
+        tiny_model.zero_grad()
+        (token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, chunk_size=chunk) * batch.loss_mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_left_padding_does_not_change_logprobs(tiny_model, task, tokenizer):
+    # a row's log-probs are the same alone and in a batch where it is left-padded
+    batch = _batch(task, tokenizer, 6)
+    together = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask)
+    for i in range(6):
+        row = batch.select([i])
+        keep = row.attention_mask[0].bool()
+        keep_cols = keep.nonzero().squeeze(-1)
+        alone = token_logprobs(tiny_model, row.input_ids[:, keep_cols], row.attention_mask[:, keep_cols])
+        torch.testing.assert_close(alone[0, 1:], together[i, keep_cols][1:], rtol=1e-4, atol=1e-5)
+
+
+def test_completion_mask_stops_after_eos():
+    eos, pad = 2, 0
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
+    assert completion_mask(ids, eos, pad).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
+    examples = task.eval_examples()[:3]
+    torch.manual_seed(0)
+    batch = sample(tiny_model, tokenizer, examples, 4, GenerationConfig(max_new_tokens=8, temperature=1.0))
+    assert len(batch) == 12 and batch.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert batch.loss_mask.sum(-1).max() <= 8 and batch.loss_mask.sum(-1).min() >= 1
+    # the prompt part of every row carries no loss
+    prompt_len = batch.input_ids.shape[1] - 8
+    assert batch.loss_mask[:, :prompt_len].sum() == 0
+    assert len(batch.completions) == 12 and all(isinstance(c, str) for c in batch.completions)
+
+
+def _grads_after(model, algo, batch, micro, mode):
+    model.zero_grad()
+    rt = Runtime(_NoAccel(), model, None, micro_batch_size=micro)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = _Optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+    train_on_batch(rt, algo, batch, optimizer, cfg, mode, 40.0, torch.Generator().manual_seed(0))
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+def test_one_by_eight_equals_eight_by_one(tiny_model, task, tokenizer, mode):
+    batch = _batch(task, tokenizer, 8)
+    full = _grads_after(tiny_model, SFT(SFT.Config()), batch, 8, mode)
+    accumulated = _grads_after(tiny_model, SFT(SFT.Config()), batch, 1, mode)
+    torch.testing.assert_close(full, accumulated, rtol=1e-4, atol=1e-7)
+
+
+def test_grpo_accumulation_equals_full_batch(tiny_model, task, tokenizer):
+    torch.manual_seed(0)
+    batch = sample(tiny_model, tokenizer, task.eval_examples()[:2], 4, GenerationConfig(max_new_tokens=6))
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1])
+    algo = GRPO(GRPO.Config(beta=0.0))
+    batch, _ = algo.prepare(batch, None)
+    full = _grads_after(tiny_model, algo, batch, 8, "seq-mean-token-mean")
+    accumulated = _grads_after(tiny_model, algo, batch, 3, "seq-mean-token-mean")
+    torch.testing.assert_close(full, accumulated, rtol=1e-4, atol=1e-7)
+
+
+def test_split_groups_keeps_groups_whole(task, tokenizer):
+    batch = _batch(task, tokenizer, 6)
+    batch.group_ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    pieces = split_groups(batch, 3)
+    assert [p.group_ids.tolist() for p in pieces] == [[0, 0], [1, 1], [2, 2]]
+
+
+def test_checkpoint_is_atomic_and_loadable(tiny_model, tokenizer, tmp_path):
+    from rlzoo.runtime.checkpoint import save_checkpoint
+    from rlzoo.runtime.models import load_pretrained
+
+    opt = torch.optim.AdamW(tiny_model.parameters())
+    folder = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer, optimizer=opt, state={"step": 3})
+    save_checkpoint(folder, tiny_model, tokenizer, optimizer=opt, state={"step": 4})  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no .tmp / .old left behind
+    assert json.loads((folder / "trainer_state.json").read_text()) == {"step": 4}
+    assert (folder / "optimizer.pt").is_file() and (folder / "rng_state.pt").is_file()
+    model, tok = load_pretrained(str(folder))
+    ids = torch.tensor([[1, 5, 6, 7]])
+    torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits)
+    assert tok.padding_side == "left"
