@@ -161,6 +161,10 @@ class Algorithm(Protocol):
 class RuntimeView(Protocol):
     """What ``prepare`` and ``extra_loss`` may use from the runtime."""
 
+    def policy_logprobs(self, batch: RolloutBatch) -> "Tensor":
+        """[N, T] log-probs of the current policy, without grad (e.g. pi_old for a KL reward)."""
+        ...
+
     def values(self, batch: RolloutBatch) -> "Tensor":
         """[N, T] value estimates of the value model (grad enabled when the caller's is)."""
         ...

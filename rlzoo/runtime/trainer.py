@@ -49,6 +49,10 @@ class Runtime:
         parts = [self.logprobs(model, micro) for micro in split_rows(batch, self.micro_batch_size)]
         return torch.cat(parts)  # [N, T]
 
+    def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, T] log-probs of the current policy, without grad."""
+        return self.logprobs_nograd(self.policy, batch)
+
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         if self.value_model is None:
             raise RuntimeError("this algorithm asked for values but declared no 'value_model' in its needs")
