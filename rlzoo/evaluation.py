@@ -5,7 +5,8 @@
   pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 * Maj@k: the n samples are cut into n // k disjoint groups of k; each group votes on the final
   answer (the extracted answer, normalised); the vote is correct if the winner is correct; averaged
-  over groups and problems. Ties go to the answer seen first.
+  over groups and problems. Answers vote in normalised form (`1,600` = `1600`); ties go to the
+  answer seen first.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def evaluate(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Greedy accuracy, and Pass@k / Maj@k for each k in ``ks`` when ``samples`` > 0."""
-    from rlzoo.rewards.verifier import extract_answer
+    from rlzoo.rewards.verifier import extract_answer, normalize_answer
 
     greedy = sample(model, tokenizer, examples, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size))
     ok = [reward(ex.prompt, c, ex) > 0 for ex, c in zip(examples, greedy.completions)]
@@ -72,7 +73,7 @@ def evaluate(
         for i, ex in enumerate(examples):
             comps = batch.completions[i * samples : (i + 1) * samples]
             correct = [reward(ex.prompt, c, ex) > 0 for c in comps]
-            answers = [extract_answer(c) for c in comps]
+            answers = [_vote_key(extract_answer(c), normalize_answer) for c in comps]
             for k in ks:
                 pass_k[k] += pass_at_k(samples, sum(correct), k)
                 chunks = [(answers[j : j + k], correct[j : j + k]) for j in range(0, samples - k + 1, k)]
@@ -81,3 +82,8 @@ def evaluate(
             out[f"pass@{k}"] = pass_k[k] / len(examples)
             out[f"maj@{k}"] = maj_k[k] / len(examples)
     return out
+
+
+def _vote_key(answer: str | None, normalize) -> str | None:
+    """The form answers vote under (``1,600`` and ``1600`` are one answer)."""
+    return None if answer is None else normalize(answer)
