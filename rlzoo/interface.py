@@ -116,12 +116,14 @@ class RolloutBatch:
 class Algorithm(Protocol):
     """What an algorithm is. A class satisfying this, registered by name, is an algorithm.
 
-    Class attributes (declarations the runtime reads; no method of the runtime switches on names):
+    Attributes (declarations the runtime reads; class attributes, or instance attributes when
+    they depend on the Config; no method of the runtime switches on names):
 
     Config        dataclass of the algorithm's hyperparameters, read from ``algorithms.<name>``
                   of the run config; every field has a docstring-style comment
     data_source   default data source name ("dataset", "online", "offline"); a stage's
-                  ``data.source`` overrides it
+                  ``data.source`` overrides it, and the runtime sets the instance's
+                  ``data_source`` to the source actually used before the first ``prepare``
     needs         runtime services the algorithm uses, a subset of
                   {"reference", "old_logprobs", "value_model"}
     loss_agg      the aggregation mode the coefficients are derived for, or None to let the

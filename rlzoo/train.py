@@ -162,7 +162,8 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
         score=lambda batch: score_batch(reward, batch),
         seed=stream_seed,
     )
-    source = DATA_SOURCES.get(stage.data.source or algo.data_source)(ctx)
+    algo.data_source = stage.data.source or algo.data_source  # the instance sees the source it runs on
+    source = DATA_SOURCES.get(algo.data_source)(ctx)
     loss_agg = resolve_loss_agg(algo, ocfg.loss_agg)
     agg_constant = ocfg.loss_agg_constant or float(stage.generation.max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
