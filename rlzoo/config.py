@@ -132,6 +132,7 @@ class RunConfig:
     output_dir: Optional[str] = None  # where outputs go
     seed: int = 0  # seed of everything (torch, python, numpy, data order)
     mixed_precision: str = "no"  # accelerate's mixed precision: no, bf16 or fp16
+    threads: Optional[int] = None  # torch CPU threads (None = torch's default, one per core)
     plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

@@ -107,6 +107,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except ValueError as e:
             raise ConfigError(f"stages.{name}.{e}") from None
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     task = build_task(cfg)
