@@ -23,10 +23,8 @@ Deliberate departures from the paper:
   * dedupe: the RFT the paper follows (Yuan et al. 2023) keeps distinct reasoning paths only; here
     ``dedupe`` drops exact token-for-token duplicates of a correct output within a question
     (identical text, not "the same equations"). Its default (None) turns it on when the
-    algorithm's default source is ``offline`` (``rft``) and off for ``online_rft``, the paper's
-    Online RFT, whose coefficient is the plain I(o). With ``rft`` and ``data.source=online`` set
-    ``algorithms.rft.dedupe=false`` to get the paper's Online RFT exactly (the algorithm cannot
-    see the stage's resolved source).
+    stage's data source is ``offline`` and off when it is ``online`` (the paper's Online RFT,
+    whose coefficient is the plain I(o)); the runtime tells the instance which source it runs on.
   * normaliser: with ``drop_rejected=true`` (default) the wrong outputs leave the batch, so the
     aggregation averages over the kept outputs, as SFT on the filtered set does. The paper's
     expectation counts every sampled output (GC 0 for the wrong ones), which makes the step size
