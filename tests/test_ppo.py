@@ -1,0 +1,234 @@
+"""PPO: GAE against a plain loop and by hand, coefficient form vs autograd of the clipped surrogate,
+value-loss clipping and KL-shaped rewards by hand, and a few steps through the real runtime."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from algorithms.ppo import PPO, gae, kl_shaped_rewards, state_values, whiten
+from rlzoo.interface import RolloutBatch
+from rlzoo.losses import aggregate, surrogate_loss
+from rlzoo.registry import register_reward
+
+
+@register_reward("test_ppo_len")
+def _length_reward(prompt, completion, example) -> float:
+    """A reward that varies with a random model's outputs: the completion's length in characters / 50."""
+    return len(completion.strip()) / 50.0
+
+
+class _ValueRuntime:
+    """A RuntimeView with fixed policy log-probs and raw value-model outputs."""
+
+    def __init__(self, logprobs, raw_values):
+        self.logprobs, self.raw_values = logprobs, raw_values
+
+    def policy_logprobs(self, batch):
+        return self.logprobs
+
+    def values(self, batch):
+        return self.raw_values
+
+
+def make_batch(lengths=(3, 5, 1, 4), prompt=2, seed=0):
+    """Rows of ``prompt`` prompt tokens then ``lengths[i]`` completion tokens, right-padded to T."""
+    g = torch.Generator().manual_seed(seed)
+    n, t = len(lengths), prompt + max(lengths) + 1
+    mask = torch.zeros(n, t)
+    for i, length in enumerate(lengths):
+        mask[i, prompt : prompt + length] = 1
+    return RolloutBatch(
+        input_ids=torch.zeros(n, t, dtype=torch.long),
+        attention_mask=torch.ones(n, t, dtype=torch.long),
+        loss_mask=mask,
+        group_ids=torch.arange(n),
+        rewards=torch.rand(n, generator=g),
+        ref_logprobs=-torch.rand(n, t, generator=g) * 2,
+    ), g
+
+
+def loop_gae(rewards, values, gamma, lam):
+    """Textbook GAE of one trajectory, lists in, list out."""
+    adv, next_adv, next_value = [0.0] * len(rewards), 0.0, 0.0
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * next_value - values[t]
+        next_adv = adv[t] = delta + gamma * lam * next_adv
+        next_value = values[t]
+    return adv
+
+
+@pytest.mark.parametrize("gamma,lam", [(0.9, 0.8), (0.99, 0.95), (1.0, 0.5)])
+def test_gae_matches_a_python_loop(gamma, lam):
+    batch, g = make_batch(lengths=(3, 7, 1, 5, 2), prompt=3)
+    rewards = torch.randn(batch.loss_mask.shape, generator=g) * batch.loss_mask
+    values = torch.randn(batch.loss_mask.shape, generator=g) * batch.loss_mask
+    adv = gae(rewards, values, batch.loss_mask, gamma, lam)
+    for i in range(len(batch)):
+        cols = batch.loss_mask[i].nonzero().squeeze(-1)
+        expected = loop_gae(rewards[i, cols].tolist(), values[i, cols].tolist(), gamma, lam)
+        torch.testing.assert_close(adv[i, cols], torch.tensor(expected))
+    assert torch.all(adv[batch.loss_mask == 0] == 0)
+
+
+def test_gae_steps_over_untrained_tokens_inside_a_completion():
+    # a tool-output token (mask 0) between trained tokens is not an action: same result as without it
+    rewards, values = torch.tensor([[0.0, 0.5, 9.0, 1.0]]), torch.tensor([[0.0, 0.2, 9.0, 0.7]])
+    mask = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    adv = gae(rewards, values, mask, 0.9, 0.8)
+    expected = loop_gae([0.5, 1.0], [0.2, 0.7], 0.9, 0.8)
+    torch.testing.assert_close(adv[0, [1, 3]], torch.tensor(expected))
+
+
+def test_gae_by_hand_gamma_1_lambda_1_is_return_minus_value():
+    # 3 tokens, r = (0.1, -0.2, 1.0), V = (0.5, 0.3, 0.8); gamma = lam = 1 -> A_t = sum_{k>=t} r_k - V_t
+    #   A_3 = 1.0 - 0.8 = 0.2;  A_2 = (-0.2 + 1.0) - 0.3 = 0.5;  A_1 = (0.1 - 0.2 + 1.0) - 0.5 = 0.4
+    rewards = torch.tensor([[0.0, 0.1, -0.2, 1.0]])
+    values = torch.tensor([[0.0, 0.5, 0.3, 0.8]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
+    adv = gae(rewards, values, mask, 1.0, 1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.4, 0.5, 0.2]]))
+    torch.testing.assert_close(adv + values * mask, torch.tensor([[0.0, 0.9, 0.8, 1.0]]))  # returns
+
+
+def test_kl_folded_into_per_token_rewards_by_hand():
+    # beta = 0.1, log pi_old - log pi_ref = (0.2, -0.4, 0.6) on 3 completion tokens, score 1.0:
+    #   r = (-0.02, +0.04, -0.06 + 1.0)
+    kl = torch.tensor([[0.0, 0.2, -0.4, 0.6, 0.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    r = kl_shaped_rewards(torch.tensor([1.0]), kl, mask, beta=0.1)
+    torch.testing.assert_close(r, torch.tensor([[0.0, -0.02, 0.04, 0.94, 0.0]]))
+
+
+def test_prepare_aligns_values_and_folds_kl():
+    # one row: prompt [a], completion [b, c]; raw value outputs at a, b, c are (0.3, 0.6, 99):
+    # V(s_b) = 0.3 (read "a"), V(s_c) = 0.6 (read "a b"); the output at c (after the last token) is unused.
+    batch = RolloutBatch(
+        input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+        loss_mask=torch.tensor([[0.0, 1.0, 1.0]]), group_ids=torch.tensor([0]), rewards=torch.tensor([1.0]),
+        ref_logprobs=torch.tensor([[0.0, -1.0, -2.0]]),
+    )
+    old = torch.tensor([[0.0, -0.5, -2.5]])  # log pi_old - log pi_ref = (0.5, -0.5)
+    algo = PPO(PPO.Config(beta=0.2, gamma=1.0, lam=1.0, whiten_advantages=False))
+    batch, metrics = algo.prepare(batch, _ValueRuntime(old, torch.tensor([[0.3, 0.6, 99.0]])))
+    # r = (-0.1, 0.1 + 1.0); A_c = 1.1 - 0.6 = 0.5; A_b = (-0.1 + 1.1) - 0.3 = 0.7
+    torch.testing.assert_close(batch.extras["values"], torch.tensor([[0.0, 0.3, 0.6]]))
+    torch.testing.assert_close(batch.advantages, torch.tensor([[0.0, 0.7, 0.5]]))
+    torch.testing.assert_close(batch.extras["returns"], torch.tensor([[0.0, 1.0, 1.1]]))
+    assert batch.old_logprobs is old
+    assert metrics["kl/reward_kl"] == pytest.approx(0.0) and metrics["reward/score_mean"] == 1.0
+
+
+def test_state_values_shift_right_by_one():
+    torch.testing.assert_close(state_values(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[0.0, 1.0, 2.0]]))
+
+
+def test_whitened_advantages_have_zero_mean_unit_std_on_the_mask():
+    batch, g = make_batch()
+    x = torch.randn(batch.loss_mask.shape, generator=g) * 3 + 2
+    w = whiten(x, batch.loss_mask)
+    on = w[batch.loss_mask > 0]
+    assert abs(float(on.mean())) < 1e-5 and abs(float(on.std()) - 1) < 1e-4
+    assert torch.all(w[batch.loss_mask == 0] == 0)
+
+
+def native_ppo_objective(logp, old, adv, eps):
+    """Eq. 1 per token (to maximise): min(rho A, clip(rho, 1 - eps, 1 + eps) A)."""
+    ratio = torch.exp(logp - old)
+    return torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"])
+def test_coefficient_gradient_equals_clipped_surrogate_gradient(mode):
+    batch, g = make_batch(lengths=(6, 4, 7, 5, 3, 6), seed=1)
+    n, t = batch.loss_mask.shape
+    algo = PPO(PPO.Config(beta=0.04, gamma=0.95, lam=0.9))
+    old = -torch.rand(n, t, generator=g) * 2
+    batch, _ = algo.prepare(batch, _ValueRuntime(old, torch.randn(n, t, generator=g)))
+    adv, on = batch.advantages, batch.loss_mask > 0
+    # ratios far from 1, clipped on both sides, for both signs of A
+    logp0 = old + torch.randn(n, t, generator=g) * 0.5
+    ratio = torch.exp(logp0 - old)
+    for above, sign in ((True, 1), (True, -1), (False, 1), (False, -1)):
+        outside = (ratio > 1.2) if above else (ratio < 0.8)
+        assert (outside & on & (adv * sign > 0)).sum() >= 1, "every clip case must be exercised"
+
+    logp = logp0.clone().requires_grad_(True)
+    coef, metrics = algo.coefficients(batch, logp.detach())
+    assert not coef.requires_grad
+    surrogate_loss(coef, logp, batch.loss_mask, mode).backward()
+    grad_coef = logp.grad.clone()
+
+    logp = logp0.clone().requires_grad_(True)
+    (-aggregate(native_ppo_objective(logp, old, adv, 0.2), batch.loss_mask, mode)).backward()
+    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    assert 0 < metrics["policy/clip_frac"] < 1 and metrics["ppo/approx_kl"] > 0
+
+
+def test_on_policy_coefficient_is_the_advantage():
+    # first update: pi_theta = pi_old, rho = 1, GC = A_t (the paper's row)
+    batch, g = make_batch()
+    n, t = batch.loss_mask.shape
+    old = -torch.rand(n, t, generator=g)
+    algo = PPO(PPO.Config())
+    batch, _ = algo.prepare(batch, _ValueRuntime(old, torch.zeros(n, t)))
+    coef, metrics = algo.coefficients(batch, old)
+    torch.testing.assert_close(coef, batch.advantages)
+    assert metrics["policy/clip_frac"] == 0 and metrics["ppo/approx_kl"] == 0
+
+
+def test_value_loss_clipping_by_hand():
+    # returns R = (1, 1, 0), old values V_old = (0, 0.9, 0), new V = (0.5, 0.5, -0.1), eps_v = 0.2:
+    #   token 1: clip(0.5) = 0.2; max((0.5-1)^2, (0.2-1)^2) = 0.64   (clipped is worse: it counts)
+    #   token 2: clip(0.5) = 0.7; max((0.5-1)^2, (0.7-1)^2) = 0.25   (unclipped is worse)
+    #   token 3: clip(-0.1) = -0.1; both 0.01
+    # L_V = 0.5 * mean(0.64, 0.25, 0.01) = 0.15; with vf_coef 0.5 the term is 0.075
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
+    batch = RolloutBatch(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long), mask,
+                         torch.tensor([0]), torch.tensor([1.0]),
+                         extras={"values": torch.tensor([[0.0, 0.0, 0.9, 0.0]]),
+                                 "returns": torch.tensor([[0.0, 1.0, 1.0, 0.0]])})
+    raw = torch.tensor([[0.5, 0.5, -0.1, 7.0]], requires_grad=True)  # state values are raw shifted right
+    algo = PPO(PPO.Config(value_clip_eps=0.2, vf_coef=0.5))
+    loss, metrics = algo.extra_loss(batch, _ValueRuntime(None, raw))
+    assert float(loss.detach()) == pytest.approx(0.075)
+    assert metrics["loss/value"] == pytest.approx(0.15)
+    assert metrics["value/clip_frac"] == pytest.approx(1 / 3)
+    loss.backward()
+    # d/dV: token 1 is clipped (grad 0); token 2: 0.5 * 0.5 * 2 * (0.5 - 1) / 3; token 3: 0.5 * 0.5 * 2 * (-0.1) / 3
+    torch.testing.assert_close(raw.grad, torch.tensor([[0.0, -0.25 / 3, -0.05 / 3, 0.0]]))
+
+
+def test_needs():
+    assert PPO(PPO.Config()).needs == {"reference", "old_logprobs", "value_model"}
+    assert PPO(PPO.Config(beta=0.0)).needs == {"old_logprobs", "value_model"}
+
+
+def test_few_steps_through_the_runtime(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlzoo.config import load_config
+    from rlzoo.train import train
+
+    cfg = load_config("configs/quickstart.yaml", [
+        "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1",
+        "model.tiny.num_heads=2", "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]",
+        "eval.max_new_tokens=8", "sft.steps=2", "grpo.algorithm=ppo", "grpo.steps=2",
+        "grpo.data.prompts_per_step=4", "grpo.data.samples_per_prompt=2", "grpo.generation.max_new_tokens=12",
+        "grpo.optim.updates_per_batch=2", "grpo.optim.minibatches=2", "grpo.optim.micro_batch_size=2",
+        "grpo.reward.name=test_ppo_len", f"output_dir={tmp_path}", "logging.progress=false",
+    ])
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["stage"] == "grpo" and "loss/policy" in r]
+    assert len(steps) == 2
+    for r in steps:
+        for key in ("loss/policy", "loss/value", "loss/extra", "value/mean", "ppo/approx_kl", "kl/reward_kl",
+                    "reward/score_mean"):
+            assert r[key] is not None and math.isfinite(r[key]), key
+        assert 0 <= r["policy/clip_frac"] <= 1 and r["ppo/approx_kl"] >= 0
+    before = load_file(str(tmp_path / "sft" / "final" / "model.safetensors"))
+    after = load_file(str(tmp_path / "grpo" / "final" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
