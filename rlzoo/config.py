@@ -20,6 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlzoo.data.files import FilesConfig
 from rlzoo.data.synthetic import SyntheticConfig
 from rlzoo.runtime.generation import GenerationConfig
 from rlzoo.runtime.models import TinyModelConfig
@@ -42,10 +43,12 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """Where problems come from."""
+    """Where problems come from (docs/data.md)."""
 
-    name: str = "synthetic"  # "synthetic" (embedded, on the fly)
+    name: str = "synthetic"  # "synthetic" (embedded, on the fly), "gsm8k" or "math" (jsonl files under files)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)  # the files of the gsm8k and math tasks
+    chat_template: bool = False  # wrap every prompt in the tokenizer's chat template (instruct models)
 
 
 @dataclass
@@ -125,6 +128,26 @@ class LoggingConfig:
 
 
 @dataclass
+class CompareEntry:
+    """One contender of ``rlzoo compare``."""
+
+    algorithm: str = "grpo"  # registered algorithm name
+    label: Optional[str] = None  # name in the report (default: the algorithm)
+    overrides: list[str] = field(default_factory=list)  # key=value overrides of the RL stage, e.g. "data.source=online"
+
+
+@dataclass
+class CompareConfig:
+    """``rlzoo compare``: every entry trained from one shared SFT checkpoint on equal terms."""
+
+    sft_stage: str = "sft"  # the stage trained once and shared
+    rl_stage: str = "rl"  # the stage each entry runs, with its algorithm swapped in
+    entries: list[CompareEntry] = field(default_factory=list)  # the contenders
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each entry runs once per seed
+    report: str = "docs/comparison.md"  # the generated report (plots are written beside it)
+
+
+@dataclass
 class RunConfig:
     """A whole run: model, task, then stages in order."""
 
@@ -140,6 +163,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
     algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
+    compare: CompareConfig = field(default_factory=CompareConfig)  # used by ``rlzoo compare`` only
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

@@ -30,15 +30,22 @@ from rlzoo.runtime.trainer import Runtime, lr_lambda, resolve_loss_agg, timed, t
 
 
 def build_task(cfg: DictConfig):
-    """The task object of ``cfg.task``: ``train_stream(seed)`` and ``eval_examples()``."""
-    if cfg.task.name == "synthetic":
-        from rlzoo.data.synthetic import SyntheticTask
+    """The task object of ``cfg.task``: ``train_stream(seed)``, ``eval_examples()`` and ``corpus()``.
 
-        try:
+    ``synthetic`` is generated on the fly; ``gsm8k`` and ``math`` read jsonl files (docs/data.md).
+    """
+    from rlzoo.data.files import FILE_TASKS, FileTask
+
+    try:
+        if cfg.task.name == "synthetic":
+            from rlzoo.data.synthetic import SyntheticTask
+
             return SyntheticTask(OmegaConf.to_object(cfg.task.synthetic))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    raise ConfigError(f"task.name: unknown task '{cfg.task.name}'; known: synthetic")
+        if cfg.task.name in FILE_TASKS:
+            return FileTask(cfg.task.name, OmegaConf.to_object(cfg.task.files))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    raise ConfigError(f"task.name: unknown task '{cfg.task.name}'; known: synthetic, {', '.join(FILE_TASKS)}")
 
 
 def initial_model(cfg: DictConfig, task):
@@ -68,10 +75,41 @@ def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
 
 
 def score_batch(reward, batch) -> dict[str, float]:
-    """Fill ``batch.rewards`` with the reward of every completion; reward diagnostics."""
-    values = [float(reward(ex.prompt, comp, ex)) for ex, comp in zip(batch.examples, batch.completions)]
+    """Fill ``batch.rewards`` with the reward of every completion; reward diagnostics.
+
+    A reward that declares ``parallel = True`` (slow, e.g. it runs programs in subprocesses) is
+    called from a thread pool of ``max(2, cpu count)`` threads, results kept in order; others are
+    called in a plain loop. Events a reward counts (its ``events`` attribute, see
+    ``rlzoo.rewards.builtin.count_event``) are logged as ``reward/<event>_frac``; tool-integrated
+    rollouts add ``tools/calls`` (per sequence), ``tools/fail_frac`` (per call) and ``time/tools``.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlzoo.rewards.builtin import reward_events
+
+    fn = getattr(reward, "func", reward)  # see through functools.partial (reward.kwargs)
+    pairs = list(zip(batch.examples, batch.completions))
+    call = lambda pair: float(reward(pair[0].prompt, pair[1], pair[0]))  # noqa: E731
+    before = reward_events()
+    if getattr(fn, "parallel", False) and len(pairs) > 1:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(len(pairs), max(2, cpus))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            values = list(pool.map(call, pairs))
+    else:
+        values = [call(pair) for pair in pairs]
+    after = reward_events()
     batch.rewards = torch.tensor(values, device=batch.input_ids.device)  # [N]
-    return {"reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()) if len(values) > 1 else 0.0}
+    n = max(len(values), 1)
+    metrics = {"reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()) if len(values) > 1 else 0.0}
+    metrics.update({f"reward/{e}_frac": (after.get(e, 0) - before.get(e, 0)) / n for e in getattr(fn, "events", ())})
+    if "tool_calls" in batch.extras:
+        calls = float(batch.extras["tool_calls"].sum())
+        metrics["tools/calls"] = calls / n
+        metrics["tools/fail_frac"] = float(batch.extras["tool_failures"].sum()) / calls if calls else 0.0
+        metrics["time/tools"] = float(batch.extras["tool_seconds"].sum())
+    return metrics
 
 
 def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward) -> dict[str, float]:
@@ -79,6 +117,10 @@ def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward)
 
     e = cfg.eval
     subset = examples[: e.num_examples] if e.num_examples else examples
+    if cfg.task.chat_template:
+        from rlzoo.data.templates import apply_chat_template
+
+        subset = apply_chat_template(subset, tokenizer)
     return evaluate(
         model, tokenizer, subset, reward, samples=e.samples, ks=list(e.ks), temperature=e.temperature,
         top_p=e.top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
@@ -131,6 +173,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA max allocated on a GPU (reset per stage), else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, accelerator, logger, out,
               config_yaml, global_step, seed) -> tuple[dict[str, Any], int]:
     """Train ``policy`` in place for one stage; returns its summary entry and the global step."""
@@ -138,6 +189,8 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     reward = make_reward(stage)
     ocfg = stage.optim
     policy.train()
@@ -145,7 +198,7 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
     value_model = build_value_model(policy) if "value_model" in algo.needs else None
     param_groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": ocfg.lr}]
     if value_model is not None:
-        param_groups.append({"params": list(value_model.parameters()), "lr": ocfg.value_lr or ocfg.lr})
+        param_groups.append({"params": list(value_model.parameters()), "lr": ocfg.value_lr or ocfg.lr, "name": "value"})
     optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(ocfg.schedule, ocfg.warmup_steps, stage.steps))
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -209,6 +262,6 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
     save_checkpoint(out / name / "final", policy, tokenizer, optimizer=optimizer, config_yaml=config_yaml,
                     state={"stage": name, "step": stage.steps, "global_step": global_step})
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(train_seconds, 2),
-              "eval": eval_metrics}
+              "peak_memory_mb": round(peak_memory_mb(device), 1), "eval": eval_metrics}
     return result, global_step
 

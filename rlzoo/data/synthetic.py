@@ -1,14 +1,22 @@
 """The embedded default task: arithmetic word problems generated on the fly.
 
 Each problem starts with a quantity and applies one to three operations, each phrased as a short
-sentence; the answer is a non-negative integer. Every problem carries two reference solutions:
+sentence; the answer is a non-negative integer. A problem can be written in the three solution
+formats of DeepSeekMath's instruction-tuning data (docs/data.md shows one of each):
 
-* chain-of-thought: one line per operation, then ``The answer is \\boxed{N}.``
-* program-of-thought: a short Python program whose printed output is N.
+* ``cot`` chain-of-thought: one line per operation, then ``The answer is \\boxed{N}.``
+* ``pot`` program-of-thought: a short Python program whose printed output is N.
+* ``tir`` tool-integrated: a sentence of reasoning, a Python block, its ```` ```output ```` block
+  (what the program prints), then ``The answer is \\boxed{N}.``
+
+The prompt says which format is wanted (:data:`PROMPT_SUFFIX`). Training data is in one format
+(``format``) or a mix drawn per problem by weight (``format_mix``); the choice of format never
+changes which problems are drawn.
 
 Difficulty is set by :class:`SyntheticConfig` (operand range, number of operations, which
-operators). The held-out evaluation set is a fixed list drawn from its own seed; training
-problems that happen to equal an evaluation problem are skipped, so the two never overlap.
+operators). The held-out evaluation set is a fixed list drawn from its own seed, in one format
+(``eval_format``); training problems whose question equals an evaluation question (in any format)
+are skipped, so the two never overlap.
 
 >>> task = SyntheticTask(SyntheticConfig())
 >>> ex = task.eval_examples()[0]
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 from rlzoo.interface import Example
 
@@ -31,10 +39,12 @@ SUB = ["{who} gives away {b} {item}.", "{who} loses {b} {item}.", "{who} sells {
 MUL = ["{who} ends up with {b} times as many {item}.", "The number of {item} grows {b} times."]
 DIV = ["{who} splits the {item} into {b} equal piles and keeps one pile."]
 
-PROMPT_SUFFIX = {
+PROMPT_SUFFIX = {  # appended to the question; says which solution format is wanted
     "cot": "",
     "pot": " Write a Python program that prints the answer.",
+    "tir": " Reason with Python code and its output, then give the answer.",
 }
+LEGACY_CORPUS_FORMATS = ("cot", "pot")  # always in corpus(); tir joins when the task uses it
 
 
 @dataclass
@@ -48,56 +58,81 @@ class SyntheticConfig:
     operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
     eval_size: int = 200  # size of the fixed held-out set
     eval_seed: int = 12345  # seed of the held-out set (never used for training)
-    format: str = "cot"  # solution format: "cot" (chain-of-thought) or "pot" (program-of-thought)
+    format: str = "cot"  # training format when format_mix is empty: "cot", "pot" or "tir"
+    format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
+    eval_format: Optional[str] = None  # format of the held-out set; None = format
 
 
 class SyntheticTask:
     """Generator of problems; ``train_stream(seed)`` never yields a held-out problem."""
 
     def __init__(self, cfg: SyntheticConfig) -> None:
-        if cfg.format not in PROMPT_SUFFIX:
-            raise ValueError(f"task.format must be one of {sorted(PROMPT_SUFFIX)}, got '{cfg.format}'")
+        for what, fmt in [("task.synthetic.format", cfg.format), ("task.synthetic.eval_format", cfg.eval_format)] + [
+            ("task.synthetic.format_mix", f) for f in cfg.format_mix
+        ]:
+            if fmt is not None and fmt not in PROMPT_SUFFIX:
+                raise ValueError(f"{what} must be one of {', '.join(PROMPT_SUFFIX)}; got '{fmt}'")
+        if cfg.format_mix and (any(w < 0 for w in cfg.format_mix.values()) or sum(cfg.format_mix.values()) <= 0):
+            raise ValueError("task.synthetic.format_mix needs non-negative weights with a positive sum")
         bad = set(cfg.operators) - set("+-*/")
         if bad or not cfg.operators:
             raise ValueError(f"task.operators must be a non-empty subset of '+-*/', got '{cfg.operators}'")
         if not 1 <= cfg.min_ops <= cfg.max_ops:
             raise ValueError("task.min_ops and task.max_ops need 1 <= min_ops <= max_ops")
         self.cfg = cfg
-        self._eval = self._draw(random.Random(cfg.eval_seed), cfg.eval_size, exclude=set())
-        self._eval_prompts = {ex.prompt for ex in self._eval}
+        self.eval_format = cfg.eval_format or cfg.format
+        # training formats and their weights (one format with weight 1 without a mix)
+        mix = {f: float(w) for f, w in cfg.format_mix.items() if w > 0} or {cfg.format: 1.0}
+        self.formats, self.weights = list(mix), list(mix.values())
+        self._eval, self._eval_questions = self._draw(random.Random(cfg.eval_seed), cfg.eval_size, exclude=set())
 
     def eval_examples(self) -> list[Example]:
         return list(self._eval)
 
     def train_stream(self, seed: int) -> Iterator[Example]:
-        """An endless stream of training problems, disjoint from the held-out set."""
+        """An endless stream of training problems, disjoint from the held-out set.
+
+        Problems come from ``random.Random(seed)``; with several formats each problem's format is
+        drawn by weight from a second generator of the same seed, so the problems themselves do
+        not depend on the mix.
+        """
         rng = random.Random(seed)
+        pick = random.Random(f"format-mix/{seed}") if len(self.formats) > 1 else None
         while True:
-            yield self._draw(rng, 1, exclude=self._eval_prompts)[0]
+            fmt = pick.choices(self.formats, self.weights)[0] if pick else self.formats[0]
+            yield self._draw(rng, 1, exclude=self._eval_questions, fmt=fmt)[0][0]
 
     def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
-        """Texts in every format, to train the tokenizer on."""
+        """Texts (prompt + solution) in every format the task uses, to train the tokenizer on.
+
+        Chain-of-thought and program-of-thought are always in (the corpus of the default task is
+        unchanged since before ``tir`` existed, so its tokenizer is too); ``tir`` is added when the
+        training mix or the held-out set uses it.
+        """
+        used = set(self.formats) | {self.eval_format}
+        formats = [f for f in PROMPT_SUFFIX if f in LEGACY_CORPUS_FORMATS or f in used]
         rng = random.Random(seed)
         texts = []
         for _ in range(n):
             steps, start = self._steps(rng)
-            for fmt in PROMPT_SUFFIX:
-                ex = self._example(steps, start, fmt)
+            for fmt in formats:
+                _, ex = self._example(steps, start, fmt)
                 texts.append(ex.prompt + ex.solution)
         return texts
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _draw(self, rng: random.Random, n: int, exclude: set[str]) -> list[Example]:
+    def _draw(self, rng: random.Random, n: int, exclude: set[str], fmt: str | None = None) -> tuple[list[Example], set[str]]:
+        """``n`` problems with distinct questions not in ``exclude``, and their questions."""
         out: list[Example] = []
         seen = set(exclude)
         while len(out) < n:
             steps, start = self._steps(rng)
-            ex = self._example(steps, start, self.cfg.format)
-            if ex.prompt not in seen:
-                seen.add(ex.prompt)
+            question, ex = self._example(steps, start, fmt or self.eval_format)
+            if question not in seen:
+                seen.add(question)
                 out.append(ex)
-        return out
+        return out, seen - exclude
 
     def _steps(self, rng: random.Random) -> tuple[list[tuple], dict]:
         cfg = self.cfg
@@ -137,7 +172,8 @@ class SyntheticTask:
         return None
 
     @staticmethod
-    def _example(steps: list[tuple], start: dict, fmt: str) -> Example:
+    def _example(steps: list[tuple], start: dict, fmt: str) -> tuple[str, Example]:
+        """(question, example): the problem of ``steps`` asked and solved in format ``fmt``."""
         who, item = start["who"], start["item"]
         sentences = [f"{who} has {start['a']} {item}."]
         cot_lines, pot_lines = [], [f"x = {start['a']}"]
@@ -149,9 +185,14 @@ class SyntheticTask:
             pot_lines.append(f"x = x {sym if op != '/' else '//'} {b}")
             x = y
         sentences.append(f"How many {item} does {who} have now?")
-        prompt = "Question: " + " ".join(sentences) + PROMPT_SUFFIX[fmt] + "\nAnswer:"
+        question = " ".join(sentences)
+        prompt = "Question: " + question + PROMPT_SUFFIX[fmt] + "\nAnswer:"
+        program = "```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"
         if fmt == "cot":
             solution = " " + " ".join(cot_lines) + f" The answer is \\boxed{{{x}}}."
+        elif fmt == "pot":
+            solution = "\n" + program
         else:
-            solution = "\n```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"
-        return Example(prompt=prompt, answer=str(x), solution=solution, meta={"format": fmt, "ops": len(steps)})
+            solution = (f" {who} starts with {start['a']} {item}. We apply each change in Python.\n" + program
+                        + f"\n```output\n{x}\n```\nThe answer is \\boxed{{{x}}}.")
+        return question, Example(prompt=prompt, answer=str(x), solution=solution, meta={"format": fmt, "ops": len(steps)})

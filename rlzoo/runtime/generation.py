@@ -23,6 +23,9 @@ class GenerationConfig:
     temperature: float = 1.0  # sampling temperature (0 = greedy)
     top_p: float = 1.0  # nucleus sampling mass
     batch_size: int = 256  # sequences generated at once (prompts * samples); bounds memory
+    tool_rounds: int = 0  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
+    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call (the paper's 10 s)
+    tool_output_max_chars: int = 512  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
 
 
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,13 +56,25 @@ def sample(
 ) -> RolloutBatch:
     """``num_samples`` completions of each example's prompt: N = len(examples) * num_samples rows.
 
-    Rows of one example are adjacent and share ``group_ids`` (offset by ``group_offset``).
+    Rows of one example are adjacent and share ``group_ids`` (offset by ``group_offset``). With
+    ``cfg.tool_rounds > 0`` the completions are tool-integrated (:mod:`rlzoo.runtime.tools`): tool
+    output tokens are in ``input_ids`` and ``attention_mask`` but not in ``loss_mask``.
     """
     unwrapped = getattr(model, "module", model)
     device = next(unwrapped.parameters()).device
     was_training = unwrapped.training
     unwrapped.eval()
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [ex.prompt for ex in examples], device)  # [P, Lp]
+    rep_prompt = prompt_ids.repeat_interleave(num_samples, dim=0)  # [N, Lp]
+    rep_pmask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, Lp]
+    if getattr(cfg, "tool_rounds", 0) > 0:
+        from rlzoo.runtime.tools import generate_with_tools
+
+        completion, comp_mask, gen_mask, extras = generate_with_tools(unwrapped, tokenizer, rep_prompt, rep_pmask, cfg)  # [N, L] x3
+        if was_training:
+            unwrapped.train()
+        return _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion,
+                              comp_mask, gen_mask, extras)
     greedy = cfg.temperature <= 0
     rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
     prompts_per_call = max(1, rows_per_call // num_samples)
@@ -85,18 +100,26 @@ def sample(
         [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=tokenizer.pad_token_id) for p in pieces]
     )  # [N, L]
     comp_mask = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)  # [N, L]
-    rep_prompt = prompt_ids.repeat_interleave(num_samples, dim=0)  # [N, Lp]
-    rep_pmask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, Lp]
     if was_training:
         unwrapped.train()
+    return _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion,
+                          comp_mask, comp_mask, {})
+
+
+def _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion, comp_mask,
+                   gen_mask, extras) -> RolloutBatch:
+    """The batch of prompts [N, Lp] and completions [N, L]: ``comp_mask`` marks real completion
+    tokens (attention), ``gen_mask`` the generated ones (loss)."""
+    device = rep_prompt.device
     texts = tokenizer.batch_decode(completion * comp_mask + tokenizer.pad_token_id * (1 - comp_mask), skip_special_tokens=True)
     n = len(examples) * num_samples
     return RolloutBatch(
         input_ids=torch.cat([rep_prompt, completion], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([rep_pmask, comp_mask], dim=1),  # [N, Lp + L]
-        loss_mask=torch.cat([torch.zeros_like(rep_pmask), comp_mask], dim=1).float(),  # [N, Lp + L]
+        loss_mask=torch.cat([torch.zeros_like(rep_pmask), gen_mask], dim=1).float(),  # [N, Lp + L]
         group_ids=torch.arange(len(examples), device=device).repeat_interleave(num_samples) + group_offset,  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
+        extras=extras,
         completions=texts,
         examples=[ex for ex in examples for _ in range(num_samples)],
     )

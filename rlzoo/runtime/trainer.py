@@ -56,7 +56,10 @@ class Runtime:
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         if self.value_model is None:
             raise RuntimeError("this algorithm asked for values but declared no 'value_model' in its needs")
-        return self.value_model(batch.input_ids, batch.attention_mask)  # [N, T]
+        if torch.is_grad_enabled():
+            return self.value_model(batch.input_ids, batch.attention_mask)  # [N, T]
+        parts = [self.value_model(m.input_ids, m.attention_mask) for m in split_rows(batch, self.micro_batch_size)]
+        return torch.cat(parts)  # [N, T]
 
 
 def split_rows(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
@@ -137,7 +140,6 @@ def train_on_batch(
     if "old_logprobs" in needs and batch.old_logprobs is None and reuse:
         batch.old_logprobs = rt.logprobs_nograd(rt.policy, batch)  # [N, T]
     splitter = split_groups if algorithm.group_coupled else split_rows
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     meter = _MeanMeter()
     for _ in range(optim_cfg.updates_per_batch):
         for rows in _minibatch_orders(batch, optim_cfg.minibatches, algorithm.group_coupled, generator):
@@ -158,20 +160,34 @@ def train_on_batch(
                     coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                     loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
                     share = len(micro) / len(minibatch)
+                    acc.backward(loss)  # the policy graph is freed before the extra term is built
                     extra, extra_metrics = algorithm.extra_loss(micro, rt)
-                    total = loss if extra is None else loss + share * extra
-                    acc.backward(total)
+                    if extra is not None:
+                        acc.backward(share * extra)
                 metrics = {**metrics, **extra_metrics, "loss/policy": float(loss.detach()) / share}
                 if extra is not None:
                     metrics["loss/extra"] = float(extra.detach())
                 meter.add(metrics, len(micro))
-            if optim_cfg.grad_clip > 0:
-                grad_norm = acc.clip_grad_norm_(params, optim_cfg.grad_clip)
-            else:
-                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            meter.add({"optim/grad_norm": float(grad_norm)}, 1.0)
+            meter.add(clip_param_groups(acc, optimizer, optim_cfg.grad_clip), 1.0)
             optimizer.step()
     return meter.means()
+
+
+def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) -> dict[str, float]:
+    """Clip each param group's gradient norm on its own (a value model's gradients never shrink
+    the policy's step); returns the norms before clipping: ``optim/grad_norm`` for the first
+    group (the policy), ``optim/grad_norm_<name>`` for the others."""
+    norms = {}
+    for i, group in enumerate(optimizer.param_groups):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        if max_norm > 0:
+            norm = acc.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        norms["optim/grad_norm" if i == 0 else f"optim/grad_norm_{group.get('name', i)}"] = float(norm)
+    return norms
 
 
 class _nullcontext:
