@@ -95,6 +95,7 @@ class StageConfig:
     algorithm: str = "sft"  # registered algorithm name (or module:name / file.py:name)
     steps: int = 100  # optimisation steps (one sampled or read batch each)
     init: Optional[str] = None  # weights to start from; None = the previous stage's (or the model)
+    task: Optional[dict[str, Any]] = None  # overrides of ``task`` for this stage's training questions (the held-out set stays the run's)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

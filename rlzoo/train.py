@@ -58,6 +58,33 @@ def initial_model(cfg: DictConfig, task):
     return build_tiny_model(OmegaConf.to_object(cfg.model.tiny), tokenizer), tokenizer
 
 
+def stage_task(cfg: DictConfig, name: str, stage: DictConfig, task):
+    """The task a stage draws training questions from: the run's, or the run's with ``stage.task``
+    merged over it (a curriculum); the held-out set is always the run's."""
+    if not stage.task:
+        return task
+    merged = stage_task_config(cfg, name, stage)
+    return _HeldOutFiltered(build_task(OmegaConf.create({"task": merged})), {ex.prompt for ex in task.eval_examples()})
+
+
+def stage_task_config(cfg: DictConfig, name: str, stage: DictConfig) -> DictConfig:
+    """``cfg.task`` with ``stage.task`` merged over it, validated against the task schema."""
+    try:
+        return OmegaConf.merge(cfg.task, stage.task)
+    except Exception as e:  # omegaconf's key and type errors
+        raise ConfigError(f"stages.{name}.task: {' '.join(str(e).split()[:12])}") from None
+
+
+class _HeldOutFiltered:
+    """A stage's task whose training stream never yields a question of the run's held-out set."""
+
+    def __init__(self, task, held_out: set[str]) -> None:
+        self.task, self.held_out = task, held_out
+
+    def train_stream(self, seed: int):
+        return (ex for ex in self.task.train_stream(seed) if ex.prompt not in self.held_out)
+
+
 def make_reward(stage_cfg: DictConfig):
     """The stage's reward callable ``(prompt, completion, example) -> float``."""
     fn = REWARDS.get(stage_cfg.reward.name)
@@ -143,6 +170,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for name, stage, algo in stages:
         DATA_SOURCES.get(stage.data.source or algo.data_source)
         make_reward(stage)
+        if stage.task:
+            stage_task_config(cfg, name, stage)
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
             lr_lambda(stage.optim.schedule, 0, 1)
@@ -210,7 +239,7 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
     device = accelerator.device
     stream_seed = seed * 1000 + accelerator.process_index
     ctx = SourceContext(
-        prompts=task.train_stream(stream_seed),
+        prompts=stage_task(cfg, name, stage, task).train_stream(stream_seed),
         settings=stage.data,
         encode=lambda exs, comps: encode_pairs(tokenizer, exs, comps, device),
         sample=lambda exs, n: sample(policy, tokenizer, exs, n, stage.generation),

@@ -71,3 +71,26 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("stages:\n  sft: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
         load_config(bad)
+
+
+def test_stage_task_override_is_a_curriculum_that_keeps_the_held_out_set():
+    import itertools
+
+    from rlzoo.train import build_task, stage_task
+
+    cfg = load_config(Path("configs/quickstart.yaml"), ["sft.task={synthetic: {max_ops: 1}}", "task.synthetic.eval_size=50"])
+    task = build_task(cfg)
+    sft_task = stage_task(cfg, "sft", cfg.stages.sft, task)
+    drawn = list(itertools.islice(sft_task.train_stream(0), 300))
+    assert {ex.meta["ops"] for ex in drawn} == {1}  # the stage's own difficulty
+    held_out = {ex.prompt for ex in task.eval_examples()}
+    assert not held_out & {ex.prompt for ex in drawn}  # never a held-out question
+    assert stage_task(cfg, "grpo", cfg.stages.grpo, task) is task  # no override: the run's task
+
+
+def test_stage_task_override_is_validated():
+    from rlzoo.train import stage_task_config
+
+    cfg = load_config(Path("configs/quickstart.yaml"), ["sft.task={synthetic: {max_opps: 1}}"])
+    with pytest.raises(ConfigError, match=r"stages.sft.task: Key 'max_opps'"):
+        stage_task_config(cfg, "sft", cfg.stages.sft)
