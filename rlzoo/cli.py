@@ -79,9 +79,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("rlzoo eval needs a checkpoint folder or --model NAME (e.g. --model smollm2)")
     if gguf_file and importlib.util.find_spec("gguf") is None:
         raise ModelLoadError("loading a .gguf file needs the gguf package: pip install 'gguf>=0.10'")
-    t0 = time.perf_counter()
-    model, tokenizer = load_pretrained(str(folder), gguf_file)
-    load_seconds = time.perf_counter() - t0
+    if not Path(folder).is_dir():
+        raise ModelLoadError(f"model folder not found: {folder}")
     saved = Path(folder) / CONFIG_NAME
     if args.config:  # task and eval settings from a YAML file instead of the checkpoint's own
         cfg = load_config(args.config)
@@ -109,6 +108,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k {max(cfg.eval.ks)} is larger than --samples {cfg.eval.samples}")
     if args.threads or cfg.get("threads"):
         torch.set_num_threads(args.threads or cfg.threads)
+    t0 = time.perf_counter()  # the model loads last, so that data and option errors come at once
+    model, tokenizer = load_pretrained(str(folder), gguf_file)
+    load_seconds = time.perf_counter() - t0
     model.eval()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -64,7 +64,9 @@ def stage_task(cfg: DictConfig, name: str, stage: DictConfig, task):
     if not stage.task:
         return task
     merged = stage_task_config(cfg, name, stage)
-    return _HeldOutFiltered(build_task(OmegaConf.create({"task": merged})), {ex.prompt for ex in task.eval_examples()})
+    from rlzoo.data.synthetic import question_key
+
+    return _HeldOutFiltered(build_task(OmegaConf.create({"task": merged})), {question_key(ex.prompt) for ex in task.eval_examples()})
 
 
 def stage_task_config(cfg: DictConfig, name: str, stage: DictConfig) -> DictConfig:
@@ -76,13 +78,16 @@ def stage_task_config(cfg: DictConfig, name: str, stage: DictConfig) -> DictConf
 
 
 class _HeldOutFiltered:
-    """A stage's task whose training stream never yields a question of the run's held-out set."""
+    """A stage's task whose training stream never yields a question of the run's held-out set
+    (compared without the format hint, so a question in another format is caught too)."""
 
     def __init__(self, task, held_out: set[str]) -> None:
         self.task, self.held_out = task, held_out
 
     def train_stream(self, seed: int):
-        return (ex for ex in self.task.train_stream(seed) if ex.prompt not in self.held_out)
+        from rlzoo.data.synthetic import question_key
+
+        return (ex for ex in self.task.train_stream(seed) if question_key(ex.prompt) not in self.held_out)
 
 
 def make_reward(stage_cfg: DictConfig):
@@ -238,8 +243,13 @@ def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, ac
     rt = Runtime(accelerator, policy, tokenizer, reference, value_model, cfg.model.logprob_chunk_size, ocfg.micro_batch_size)
     device = accelerator.device
     stream_seed = seed * 1000 + accelerator.process_index
+    prompts = stage_task(cfg, name, stage, task).train_stream(stream_seed)
+    if cfg.task.chat_template:
+        from rlzoo.data.templates import chat_stream
+
+        prompts = chat_stream(prompts, tokenizer)
     ctx = SourceContext(
-        prompts=stage_task(cfg, name, stage, task).train_stream(stream_seed),
+        prompts=prompts,
         settings=stage.data,
         encode=lambda exs, comps: encode_pairs(tokenizer, exs, comps, device),
         sample=lambda exs, n: sample(policy, tokenizer, exs, n, stage.generation),

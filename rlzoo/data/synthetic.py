@@ -47,12 +47,28 @@ PROMPT_SUFFIX = {  # appended to the question; says which solution format is wan
 LEGACY_CORPUS_FORMATS = ("cot", "pot")  # always in corpus(); tir joins when the task uses it
 
 
+def question_key(prompt: str) -> str:
+    """The question of a synthetic prompt without its format hint: equal across cot, pot and tir.
+
+    Compare held-out and training problems with it when their formats may differ.
+
+    >>> question_key("Question: Ann has 2 pens. How many pens does Ann have now? Write a Python program that prints the answer.\\nAnswer:")
+    'Ann has 2 pens. How many pens does Ann have now?'
+    """
+    question = prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
+    for suffix in PROMPT_SUFFIX.values():
+        if suffix and question.endswith(suffix):
+            return question[: -len(suffix)]
+    return question
+
+
 @dataclass
 class SyntheticConfig:
     """Difficulty and size of the embedded task."""
 
     min_ops: int = 1  # fewest operations per problem
     max_ops: int = 3  # most operations per problem
+    ops_weights: Optional[list[float]] = None  # relative frequency of min_ops..max_ops operations (None = uniform)
     max_operand: int = 10  # operands are drawn from 1..max_operand (the start from 1..2*max_operand)
     max_value: int = 100  # every intermediate and final value stays in 0..max_value
     operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
@@ -79,6 +95,10 @@ class SyntheticTask:
             raise ValueError(f"task.operators must be a non-empty subset of '+-*/', got '{cfg.operators}'")
         if not 1 <= cfg.min_ops <= cfg.max_ops:
             raise ValueError("task.min_ops and task.max_ops need 1 <= min_ops <= max_ops")
+        if cfg.ops_weights is not None and (
+            len(cfg.ops_weights) != cfg.max_ops - cfg.min_ops + 1 or min(cfg.ops_weights) < 0 or sum(cfg.ops_weights) <= 0
+        ):
+            raise ValueError("task.ops_weights needs one non-negative weight per operation count min_ops..max_ops")
         self.cfg = cfg
         self.eval_format = cfg.eval_format or cfg.format
         # training formats and their weights (one format with weight 1 without a mix)
@@ -139,7 +159,7 @@ class SyntheticTask:
         start = {"who": rng.choice(NAMES), "item": rng.choice(ITEMS), "a": rng.randint(1, 2 * cfg.max_operand)}
         while True:
             value, steps = start["a"], []
-            for _ in range(rng.randint(cfg.min_ops, cfg.max_ops)):
+            for _ in range(self._num_ops(rng)):
                 step = self._op(rng, value)
                 if step is None:
                     break
@@ -147,6 +167,12 @@ class SyntheticTask:
                 value = step[3]
             else:
                 return steps, start
+
+    def _num_ops(self, rng: random.Random) -> int:
+        cfg = self.cfg
+        if cfg.ops_weights is None:
+            return rng.randint(cfg.min_ops, cfg.max_ops)
+        return rng.choices(range(cfg.min_ops, cfg.max_ops + 1), weights=cfg.ops_weights)[0]
 
     def _op(self, rng: random.Random, x: int) -> tuple | None:
         cfg = self.cfg

