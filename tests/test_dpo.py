@@ -1,6 +1,5 @@
 """DPO: coefficient form vs autograd of -log sigmoid(beta * margin); pairing; a smoke run."""
 
-import contextlib
 import json
 import math
 
@@ -14,6 +13,7 @@ from rlzoo.interface import RolloutBatch
 from rlzoo.losses import surrogate_loss
 from rlzoo.registry import register_reward
 from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, split_groups, train_on_batch
+from helpers import NoAccel, OptimSettings
 
 
 @register_reward("test_dpo_len_parity")
@@ -203,20 +203,6 @@ def test_declarations_and_config_errors():
             DPO(DPO.Config(**bad))
 
 
-class _NoAccel:
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-class _Optim:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def test_runtime_accumulation_equals_full_batch(tiny_model, task, tokenizer):
@@ -232,14 +218,14 @@ def test_runtime_accumulation_equals_full_batch(tiny_model, task, tokenizer):
     batch = sample(tiny_model, tokenizer, task.eval_examples()[:3], 4, GenerationConfig(max_new_tokens=6))
     batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1])
     algo = DPO(DPO.Config(beta=0.5, pairs_per_prompt=2, normalize="sum"))
-    rt = Runtime(_NoAccel(), tiny_model, None, reference=reference)
+    rt = Runtime(NoAccel(), tiny_model, None, reference=reference)
     batch.ref_logprobs = rt.logprobs_nograd(reference, batch)
     batch, m = algo.prepare(batch, rt)
     assert m["dpo/pairs"] == 4.0
     grads = []
     for micro in (len(batch), 2):
         tiny_model.zero_grad()
-        cfg = _Optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+        cfg = OptimSettings(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
         train_on_batch(rt, algo, batch, torch.optim.SGD(tiny_model.parameters(), lr=0.0), cfg, algo.loss_agg, None,
                        torch.Generator().manual_seed(0))
         grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))

@@ -10,26 +10,9 @@ from algorithms.sft import SFT
 from rlzoo.runtime.generation import GenerationConfig, completion_mask, encode_pairs, sample
 from rlzoo.runtime.logprobs import token_logprobs
 from rlzoo.runtime.trainer import Runtime, split_groups, train_on_batch
+from helpers import NoAccel, OptimSettings
 
 
-class _NoAccel:
-    """The two accelerate calls train_on_batch makes, for a single CPU process."""
-
-    def no_sync(self, model):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-class _Optim:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def _batch(task, tokenizer, n=8):
@@ -87,9 +70,9 @@ def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
 
 def _grads_after(model, algo, batch, micro, mode):
     model.zero_grad()
-    rt = Runtime(_NoAccel(), model, None, micro_batch_size=micro)
+    rt = Runtime(NoAccel(), model, None, micro_batch_size=micro)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    cfg = _Optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+    cfg = OptimSettings(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
     train_on_batch(rt, algo, batch, optimizer, cfg, mode, 40.0, torch.Generator().manual_seed(0))
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
