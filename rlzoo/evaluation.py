@@ -16,6 +16,7 @@ from math import comb
 from typing import Callable
 
 from rlzoo.interface import Example
+from rlzoo.rewards import reward_values
 from rlzoo.runtime.generation import GenerationConfig, sample
 
 
@@ -60,7 +61,7 @@ def evaluate(
     from rlzoo.rewards.verifier import extract_answer, normalize_answer
 
     greedy = sample(model, tokenizer, examples, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size))
-    ok = [reward(ex.prompt, c, ex) > 0 for ex, c in zip(examples, greedy.completions)]
+    ok = [v > 0 for v in reward_values(reward, examples, greedy.completions)]
     out = {"accuracy": sum(ok) / len(examples), "num_examples": len(examples)}
     if samples > 0:
         cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size)
@@ -68,11 +69,12 @@ def evaluate(
         for k in ks:
             if k > samples:
                 raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
+        verdicts = [v > 0 for v in reward_values(reward, batch.examples, batch.completions)]
         pass_k = {k: 0.0 for k in ks}
         maj_k = {k: 0.0 for k in ks}
         for i, ex in enumerate(examples):
             comps = batch.completions[i * samples : (i + 1) * samples]
-            correct = [reward(ex.prompt, c, ex) > 0 for c in comps]
+            correct = verdicts[i * samples : (i + 1) * samples]
             answers = [_vote_key(extract_answer(c), normalize_answer) for c in comps]
             for k in ks:
                 pass_k[k] += pass_at_k(samples, sum(correct), k)
