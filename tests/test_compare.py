@@ -31,6 +31,11 @@ def test_compare_writes_report_and_plots(tmp_path):
         run_cfg = (tmp_path / "runs" / label / "seed0" / "config.yaml").read_text()
         assert str(tmp_path / "runs" / "sft" / "sft" / "final") in run_cfg
     assert "data:\n      source: online" in (tmp_path / "runs" / "rft_online" / "seed0" / "config.yaml").read_text()
+    # a second call reuses every finished run (same config, summary present) and rewrites the report
+    stamp = (tmp_path / "runs" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns
+    compare(cfg, "rlzoo compare configs/compare.yaml (test, resumed)")
+    assert (tmp_path / "runs" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    assert "(test, resumed)" in report.read_text()
 
 
 def test_observations_state_agreement_from_numbers():
@@ -41,3 +46,7 @@ def test_observations_state_agreement_from_numbers():
     assert "online_rft − rft = +5.0 points; this run agrees" in text
     assert "grpo − online_rft = -2.0 points; this run does not agree" in text
     assert "(grpo): maj@8 +10.0, pass@8 +1.0 points over SFT; this run agrees" in text
+    # both falling is not "RL improves Maj@K": Maj@K has to rise
+    assert "(rft): maj@8 +2.0, pass@8 +0.0 points over SFT; this run agrees" in text
+    worse = observations(sft, {"dpo": run(0.4, 0.6, 0.55)})
+    assert any("(dpo): maj@8 -5.0, pass@8 -20.0 points over SFT; this run does not agree" in line for line in worse)
