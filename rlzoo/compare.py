@@ -40,13 +40,15 @@ def _stage_config(cfg: DictConfig, stage: str, overrides: dict[str, Any]) -> Dic
 def _run(config: DictConfig, workdir: Path, log: Path) -> dict[str, Any]:
     """Train ``config`` in a fresh process; its summary (or the error).
 
-    A run whose folder already holds this exact config and a summary is reused, not trained again:
-    an interrupted comparison resumes where it stopped.
+    A run whose folder already holds the same config and a summary is reused, not trained again:
+    an interrupted comparison resumes where it stopped. "The same" is judged after merging the
+    stored config over the current schema, so keys added to rlzoo since (with their defaults) do
+    not force a re-run.
     """
     path = workdir / "config.yaml"
     summary = Path(config.output_dir) / "summary.json"
     text = to_yaml(config)
-    if summary.is_file() and path.is_file() and path.read_text() == text:
+    if summary.is_file() and path.is_file() and _same_config(path, config):
         return json.loads(summary.read_text())["stages"][-1]
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
@@ -57,6 +59,16 @@ def _run(config: DictConfig, workdir: Path, log: Path) -> dict[str, Any]:
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
         return {"error": f"exit {proc.returncode}: {tail[0]}"}
     return json.loads(summary.read_text())["stages"][-1]
+
+
+def _same_config(path: Path, config: DictConfig) -> bool:
+    from rlzoo.config import RunConfig
+
+    try:
+        stored = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+    except Exception:  # a config from an incompatible version: train again
+        return False
+    return OmegaConf.to_container(stored, resolve=True) == OmegaConf.to_container(config, resolve=True)
 
 
 def _curves(metrics_file: Path) -> dict[str, list[tuple[int, float]]]:
@@ -168,7 +180,7 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
     if errors:
         lines += ["", "Failed runs:", ""] + [f"- {label}: {err}" for label, err in errors]
     lines += ["", *observations(sft, results), ""]
-    plots = plot_curves(report, curves)
+    plots = plot_curves(report, curves, start_accuracy=sft["eval"]["accuracy"])
     lines += [f"![{name}]({path.name})" for name, path in plots]
     atomic_write_text(report, "\n".join(lines) + "\n")
 
@@ -215,8 +227,10 @@ def observations(sft: dict, results: dict) -> list[str]:
     return out
 
 
-def plot_curves(report: Path, curves: dict) -> list[tuple[str, Path]]:
-    """Held-out accuracy and rollout reward against step, mean over seeds; PNGs beside the report."""
+def plot_curves(report: Path, curves: dict, start_accuracy: float | None = None) -> list[tuple[str, Path]]:
+    """Held-out accuracy and rollout reward against step, mean over seeds; PNGs beside the report.
+
+    Accuracy curves start at step 0 from the shared SFT checkpoint's accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,6 +247,8 @@ def plot_curves(report: Path, curves: dict) -> list[tuple[str, Path]]:
                     by_step.setdefault(step, []).append(value)
             if not by_step:
                 continue
+            if key == "accuracy" and start_accuracy is not None:
+                by_step[0] = [start_accuracy]
             steps = sorted(by_step)
             values = [statistics.fmean(by_step[s]) for s in steps]
             if key == "reward" and len(values) > 10:
