@@ -109,28 +109,18 @@ def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
 def score_batch(reward, batch) -> dict[str, float]:
     """Fill ``batch.rewards`` with the reward of every completion; reward diagnostics.
 
-    A reward that declares ``parallel = True`` (slow, e.g. it runs programs in subprocesses) is
-    called from a thread pool of ``max(2, cpu count)`` threads, results kept in order; others are
-    called in a plain loop. Events a reward counts (its ``events`` attribute, see
-    ``rlzoo.rewards.builtin.count_event``) are logged as ``reward/<event>_frac``; tool-integrated
-    rollouts add ``tools/calls`` (per sequence), ``tools/fail_frac`` (per call) and ``time/tools``.
+    Rewards are computed by :func:`rlzoo.rewards.reward_values` (a thread pool for a reward that
+    declares ``parallel = True``, a plain loop otherwise; results in order). Events a reward counts
+    (its ``events`` attribute, see ``rlzoo.rewards.builtin.count_event``) are logged as
+    ``reward/<event>_frac``; tool-integrated rollouts add ``tools/calls`` (per sequence),
+    ``tools/fail_frac`` (per call) and ``time/tools``.
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
+    from rlzoo.rewards import reward_values
     from rlzoo.rewards.builtin import reward_events
 
     fn = getattr(reward, "func", reward)  # see through functools.partial (reward.kwargs)
-    pairs = list(zip(batch.examples, batch.completions))
-    call = lambda pair: float(reward(pair[0].prompt, pair[1], pair[0]))  # noqa: E731
     before = reward_events()
-    if getattr(fn, "parallel", False) and len(pairs) > 1:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = min(len(pairs), max(2, cpus))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            values = list(pool.map(call, pairs))
-    else:
-        values = [call(pair) for pair in pairs]
+    values = reward_values(reward, batch.examples, batch.completions)
     after = reward_events()
     batch.rewards = torch.tensor(values, device=batch.input_ids.device)  # [N]
     n = max(len(values), 1)

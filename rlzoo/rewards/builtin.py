@@ -1,5 +1,15 @@
 """Built-in reward functions. A reward is a plain callable ``(prompt, completion, example) -> float``.
 
+* ``rule``: the final answer in the text (chain-of-thought).
+* ``program``: runs the last ```` ```python ```` block in the sandbox and grades what it prints
+  (program-of-thought).
+* ``tool``: the answer the text states outside code and output blocks (tool-integrated rollouts,
+  whose code already ran during generation).
+
+A slow reward may declare ``fn.parallel = True`` so that training and evaluation call it from a
+thread pool (``rlzoo.rewards.reward_values``), and count events (``count_event``) listed in ``fn.events`` to have them logged as
+``reward/<event>_frac``. docs/rewards.md says which reward fits which format.
+
 Register your own with ``@register_reward("name")`` in a plugin module and select it with
 ``reward.name`` in a stage; ``reward.kwargs`` are passed as keyword arguments.
 """
@@ -135,7 +145,7 @@ def program(
     return correct if lines and verify(lines[-1], example.answer) else wrong
 
 
-program.parallel = True  # sandbox runs are subprocesses: score_batch runs them in a thread pool
+program.parallel = True  # sandbox runs are subprocesses: reward_values runs them in a thread pool
 program.events = ("no_program", "exec_fail", "exec_timeout")
 
 

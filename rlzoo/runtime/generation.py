@@ -4,6 +4,10 @@ Prompts are left-padded so every row's completion starts at the same column; Hug
 ``generate`` samples G completions per prompt with the KV cache, temperature and top-p, and stops
 each row at EOS (later positions are padding). The returned batch has ``loss_mask`` = 1 on the
 generated tokens up to and including EOS, ``rewards`` = NaN (the data source scores them).
+
+With ``tool_rounds > 0`` sampling is tool-integrated (:mod:`rlzoo.runtime.tools`): each row stops
+at the end of a python code block, the code runs, its output block is appended (in the context,
+``loss_mask`` 0) and the row continues.
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""The ``program`` (program-of-thought) and ``tool`` rewards, and parallel scoring in score_batch."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import pytest
+import torch
+
+from rlzoo.interface import Example, RolloutBatch
+from rlzoo.rewards.builtin import extract_program, program, tool
+from rlzoo.train import score_batch
+
+FIVE = Example("Q: 2 + 3?", "5")
+
+
+def block(code: str) -> str:
+    return f"\n```python\n{code}\n```"
+
+
+def batch_of(completions: list[str], examples: list[Example]) -> RolloutBatch:
+    n = len(completions)
+    return RolloutBatch(
+        input_ids=torch.zeros(n, 1, dtype=torch.long), attention_mask=torch.ones(n, 1, dtype=torch.long),
+        loss_mask=torch.ones(n, 1), group_ids=torch.arange(n), rewards=torch.full((n,), float("nan")),
+        completions=completions, examples=examples,
+    )
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("x = 2 + 3\nprint(x)", 1.0),  # prints 5
+    ("print(2 * 3)", 0.0),  # prints 6
+    ("print('trace', 99)\nprint(5)", 1.0),  # the last non-empty line is graded
+    ("print(5)\nprint('the end')", 0.0),
+    ("print('The answer is \\\\boxed{5}')", 1.0),  # stdout goes through the verifier's extraction
+    ("x = 5", 0.0),  # prints nothing
+])
+def test_program_output_is_graded(code, expected):
+    assert program(FIVE.prompt, "Let me write code." + block(code), FIVE) == expected
+
+
+@pytest.mark.parametrize("completion", [
+    block("x = [1, 2]\nprint(x[5])"),  # IndexError
+    block("print(5"),  # SyntaxError
+    block("import sys\nprint(5)\nsys.exit(3)"),  # printed the answer, but exited non-zero
+])
+def test_crashing_program_scores_wrong_and_is_counted(completion):
+    from rlzoo.rewards.builtin import reward_events
+
+    before = reward_events().get("exec_fail", 0)
+    assert program(FIVE.prompt, completion, FIVE, wrong=-1.0) == -1.0
+    assert reward_events()["exec_fail"] == before + 1
+
+
+@pytest.mark.parametrize("code", ["import time\nprint(5, flush=True)\ntime.sleep(30)", "while True:\n    pass"])
+def test_slow_or_endless_program_is_stopped_at_the_timeout(code):
+    from rlzoo.rewards.builtin import reward_events
+
+    before = reward_events().get("exec_timeout", 0)
+    t0 = time.perf_counter()
+    assert program(FIVE.prompt, block(code), FIVE, timeout_s=1.0) == 0.0
+    assert time.perf_counter() - t0 < 10  # 1 s limit plus process start-up on a loaded machine
+    assert reward_events()["exec_timeout"] == before + 1
+
+
+def test_no_program_scores_wrong_without_running_unless_bare_code():
+    from rlzoo.rewards.builtin import reward_events
+
+    before = reward_events().get("no_program", 0)
+    assert program(FIVE.prompt, " 2 + 3 = 5. The answer is \\boxed{5}.", FIVE) == 0.0
+    assert reward_events()["no_program"] == before + 1
+    assert program(FIVE.prompt, "print(2 + 3)", FIVE) == 0.0
+    assert program(FIVE.prompt, "print(2 + 3)", FIVE, bare_code=True) == 1.0
+
+
+def test_extraction_takes_the_last_block_and_an_unclosed_one_runs_to_the_end():
+    text = block("print(1)") + "\nBetter:" + block("print(5)")
+    assert extract_program(text) == "print(5)\n"
+    assert program(FIVE.prompt, text, FIVE) == 1.0
+    assert program(FIVE.prompt, "\n```python\nprint(2 + 3)\n", FIVE) == 1.0  # cut before its fence
+    assert extract_program("no code here") is None
+
+
+def test_hostile_program_is_contained():
+    # writing outside the sandbox's work folder fails (read-only mounts / audit hook): the
+    # program crashes before it prints, the file does not appear, the caller is unharmed
+    target = f"/tmp/rlzoo_program_reward_{uuid.uuid4().hex}"
+    code = f"import os\nopen({target!r}, 'w').write('x')\nos.kill(os.getppid(), 9)\nprint(5)"
+    assert program(FIVE.prompt, block(code), FIVE) == 0.0
+    assert not os.path.exists(target)
+
+
+def test_tool_reward_reads_the_stated_answer_not_code_or_output():
+    out = "\n```output\n5\n```\n"
+    assert tool("Q", block("print(2 + 3)") + out + "So the answer is \\boxed{5}.", FIVE) == 1.0
+    assert tool("Q", block("print(2 + 3)") + out + "So the answer is \\boxed{6}.", FIVE) == 0.0
+    assert tool("Q", block("print(2 + 3)") + out, FIVE) == 0.0  # rule would accept the output block
+    assert tool("Q", block("x = 5") + "\nDone.", FIVE) == 0.0  # rule would take the 5 in the code
+    from rlzoo.rewards.builtin import rule
+
+    assert rule("Q", block("print(2 + 3)") + out, FIVE) == 1.0
+
+
+def test_parallel_scoring_keeps_order_and_counts_events():
+    # eight different programs; the even ones print their index (= gold), the odd ones print 0;
+    # the first ones sleep longest, so they finish last: results must still come out in order
+    completions = [block(f"import time\ntime.sleep({0.05 * (8 - i)})\nprint({i if i % 2 == 0 else 0})") for i in range(8)]
+    examples = [Example(f"Q{i}", str(i)) for i in range(8)]
+    completions.append("no program")
+    examples.append(FIVE)
+    batch = batch_of(completions, examples)
+    metrics = score_batch(program, batch)
+    assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    assert metrics["reward/mean"] == pytest.approx(4 / 9)
+    assert metrics["reward/no_program_frac"] == pytest.approx(1 / 9)
+    assert metrics["reward/exec_fail_frac"] == 0.0 and metrics["reward/exec_timeout_frac"] == 0.0
+
+
+def test_pool_only_for_rewards_declared_parallel(monkeypatch):
+    threads: list[str] = []
+    live, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow(prompt, completion, example, *, scale=1.0):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05 * (5 - int(completion)))
+        with lock:
+            live[0] -= 1
+        threads.append(threading.current_thread().name)
+        return scale * float(completion)
+
+    batch = batch_of([str(i) for i in range(5)], [FIVE] * 5)
+    score_batch(slow, batch)  # not declared parallel: a plain loop in this thread
+    assert set(threads) == {threading.current_thread().name} and peak[0] == 1
+    slow.parallel = True
+    import functools
+
+    score_batch(functools.partial(slow, scale=2.0), batch)  # reward.kwargs give a partial
+    assert batch.rewards.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert peak[0] >= 2
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.rewards.builtin as builtin
+    import rlzoo.runtime.tools as tools
+
+    for module in (builtin, tools):
+        result = doctest.testmod(module, verbose=False)
+        assert result.failed == 0 and result.attempted > 0
