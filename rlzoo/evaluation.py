@@ -4,9 +4,11 @@
 * Pass@k: the unbiased estimator of Chen et al. (2021): with n samples of which c are correct,
   pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 * Maj@k: the n samples are cut into n // k disjoint groups of k; each group votes on the final
-  answer (the extracted answer, normalised); the vote is correct if the winner is correct; averaged
-  over groups and problems. Answers vote in normalised form (`1,600` = `1600`); ties go to the
-  answer seen first.
+  answer (the one the reward grades, :func:`rlzoo.rewards.reward_answers`: for a program, what it
+  prints), normalised; the vote is correct if the winner is correct; averaged over groups and
+  problems. Answers vote in normalised form (`1,600` = `1600`); ties go to the answer seen first.
+* ``<event>_frac``: the reward's events (``fn.events``) per greedy answer, e.g. ``format_pot_frac``
+  under ``any_format`` is the share of greedy answers written as programs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from math import comb
 from typing import Callable
 
 from rlzoo.interface import Example
-from rlzoo.rewards import reward_values
+from rlzoo.rewards import reward_answers, reward_values, reward_values_and_events
 from rlzoo.runtime.generation import GenerationConfig, sample
 
 
@@ -58,11 +60,12 @@ def evaluate(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Greedy accuracy, and Pass@k / Maj@k for each k in ``ks`` when ``samples`` > 0."""
-    from rlzoo.rewards.verifier import extract_answer, normalize_answer
+    from rlzoo.rewards.verifier import normalize_answer
 
     greedy = sample(model, tokenizer, examples, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size))
-    ok = [v > 0 for v in reward_values(reward, examples, greedy.completions)]
-    out = {"accuracy": sum(ok) / len(examples), "num_examples": len(examples)}
+    values, events = reward_values_and_events(reward, examples, greedy.completions)
+    out = {"accuracy": sum(v > 0 for v in values) / len(examples), "num_examples": len(examples)}
+    out.update({f"{event}_frac": frac for event, frac in events.items()})  # of the greedy answers
     if samples > 0:
         cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size)
         batch = sample(model, tokenizer, examples, samples, cfg)
@@ -70,12 +73,12 @@ def evaluate(
             if k > samples:
                 raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
         verdicts = [v > 0 for v in reward_values(reward, batch.examples, batch.completions)]
+        voted = reward_answers(reward, batch.examples, batch.completions)
         pass_k = {k: 0.0 for k in ks}
         maj_k = {k: 0.0 for k in ks}
         for i, ex in enumerate(examples):
-            comps = batch.completions[i * samples : (i + 1) * samples]
             correct = verdicts[i * samples : (i + 1) * samples]
-            answers = [_vote_key(extract_answer(c), normalize_answer) for c in comps]
+            answers = [_vote_key(a, normalize_answer) for a in voted[i * samples : (i + 1) * samples]]
             for k in ks:
                 pass_k[k] += pass_at_k(samples, sum(correct), k)
                 chunks = [(answers[j : j + k], correct[j : j + k]) for j in range(0, samples - k + 1, k)]

@@ -115,17 +115,13 @@ def score_batch(reward, batch) -> dict[str, float]:
     ``reward/<event>_frac``; tool-integrated rollouts add ``tools/calls`` (per sequence),
     ``tools/fail_frac`` (per call) and ``time/tools``.
     """
-    from rlzoo.rewards import reward_values
-    from rlzoo.rewards.builtin import reward_events
+    from rlzoo.rewards import reward_values_and_events
 
-    fn = getattr(reward, "func", reward)  # see through functools.partial (reward.kwargs)
-    before = reward_events()
-    values = reward_values(reward, batch.examples, batch.completions)
-    after = reward_events()
+    values, events = reward_values_and_events(reward, batch.examples, batch.completions)
     batch.rewards = torch.tensor(values, device=batch.input_ids.device)  # [N]
     n = max(len(values), 1)
     metrics = {"reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()) if len(values) > 1 else 0.0}
-    metrics.update({f"reward/{e}_frac": (after.get(e, 0) - before.get(e, 0)) / n for e in getattr(fn, "events", ())})
+    metrics.update({f"reward/{e}_frac": frac for e, frac in events.items()})
     if "tool_calls" in batch.extras:
         calls = float(batch.extras["tool_calls"].sum())
         metrics["tools/calls"] = calls / n

@@ -249,6 +249,24 @@ def test_mix_changes_only_formats_not_problems_nor_held_out_set():
     assert len({e.prompt for e in same}) == 3 and len({question_key(e.prompt) for e in same}) == 1
 
 
+def test_without_format_hint_every_prompt_is_the_bare_question():
+    mix = {"cot": 0.7, "pot": 0.3}
+    hinted = SyntheticTask(SyntheticConfig(eval_size=32, format_mix=mix))
+    bare = SyntheticTask(SyntheticConfig(eval_size=32, format_mix=mix, format_hint=False))
+    a = list(itertools.islice(hinted.train_stream(3), 200))
+    b = list(itertools.islice(bare.train_stream(3), 200))
+    # same problems, formats and solutions; only the prompt lost its hint
+    assert [(x.answer, x.solution, x.meta) for x in a] == [(y.answer, y.solution, y.meta) for y in b]
+    assert {y.meta["format"] for y in b} == {"cot", "pot"}
+    for x, y in zip(a, b):
+        assert y.prompt == "Question: " + question_key(x.prompt) + "\nAnswer:"
+    assert len({question_key(y.prompt) for y in b}) == len({y.prompt for y in b})
+    held = {question_key(e.prompt) for e in bare.eval_examples()}
+    assert held == {question_key(e.prompt) for e in hinted.eval_examples()}
+    assert not any(question_key(y.prompt) in held for y in b)
+    assert not any("Python" in t.split("\nAnswer:")[0] for t in bare.corpus(20))
+
+
 def test_eval_format_is_configurable_and_problems_stay_fixed():
     cot = SyntheticTask(SyntheticConfig(eval_size=16)).eval_examples()
     tir = SyntheticTask(SyntheticConfig(eval_size=16, eval_format="tir")).eval_examples()

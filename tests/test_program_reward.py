@@ -145,6 +145,46 @@ def test_pool_only_for_rewards_declared_parallel(monkeypatch):
     assert peak[0] >= 2
 
 
+def test_any_format_grades_each_format_by_its_own_rule_and_counts_formats():
+    from rlzoo.rewards.builtin import any_format, completion_format
+
+    out = "\n```output\n5\n```\n"
+    cases = [
+        (" 2 + 3 = 5. The answer is \\boxed{5}.", "cot", 1.0),
+        (" 2 + 3 = 6. The answer is \\boxed{6}.", "cot", 0.0),
+        (block("x = 2 + 3\nprint(x)"), "pot", 1.0),
+        (block("x = 2 * 3\nprint(x)"), "pot", 0.0),  # the 5 is nowhere: graded by running
+        (block("y = 5\nprint(y + 1)"), "pot", 0.0),  # rule would take the 1 or the 5 in the code
+        (block("print(2 + 3)") + out + "So \\boxed{5}.", "tir", 1.0),
+        (block("print(2 + 3)") + out, "tir", 0.0),  # tool: the text must state the answer
+        (block("print(1 / 0)"), "pot", 0.0),
+    ]
+    completions = [c for c, _, _ in cases]
+    assert [completion_format(c) for c in completions] == [f for _, f, _ in cases]
+    metrics = score_batch(any_format, batch := batch_of(completions, [FIVE] * len(cases)))
+    assert batch.rewards.tolist() == [r for _, _, r in cases]
+    assert metrics["reward/format_cot_frac"] == pytest.approx(2 / 8)
+    assert metrics["reward/format_pot_frac"] == pytest.approx(4 / 8)
+    assert metrics["reward/format_tir_frac"] == pytest.approx(2 / 8)
+    assert metrics["reward/exec_fail_frac"] == pytest.approx(1 / 8)
+
+
+def test_reward_answers_are_the_answers_each_reward_grades():
+    import functools
+
+    from rlzoo.rewards import reward_answers
+    from rlzoo.rewards.builtin import any_format, rule
+
+    completions = [block("x = 2 + 3\nprint(x)"), " 2 + 3 = 5. The answer is \\boxed{5}.",
+                   block("print(7)") + "\n```output\n7\n```\nSo \\boxed{6}.", block("print(1 / 0)")]
+    examples = [FIVE] * len(completions)
+    assert reward_answers(program, examples, completions) == ["5", None, "7", None]
+    assert reward_answers(functools.partial(program, timeout_s=3.0), examples, completions) == ["5", None, "7", None]
+    assert reward_answers(tool, examples, completions) == [None, "5", "6", None]
+    assert reward_answers(any_format, examples, completions) == ["5", "5", "6", None]
+    assert reward_answers(rule, examples, completions)[:3] == ["3", "5", "6"]  # the text: a program's last number
+
+
 def test_doctests():
     import doctest
 

@@ -11,7 +11,8 @@ formats of DeepSeekMath's instruction-tuning data (docs/data.md shows one of eac
 
 The prompt says which format is wanted (:data:`PROMPT_SUFFIX`). Training data is in one format
 (``format``) or a mix drawn per problem by weight (``format_mix``); the choice of format never
-changes which problems are drawn.
+changes which problems are drawn. With ``format_hint: false`` every prompt is the bare question,
+so a model trained on a mix chooses its format itself (and RL can change that choice).
 
 Difficulty is set by :class:`SyntheticConfig` (operand range, number of operations, which
 operators). The held-out evaluation set is a fixed list drawn from its own seed, in one format
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from rlzoo.interface import Example
 
@@ -77,6 +78,7 @@ class SyntheticConfig:
     format: str = "cot"  # training format when format_mix is empty: "cot", "pot" or "tir"
     format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
     eval_format: Optional[str] = None  # format of the held-out set; None = format
+    format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
 
 
 class SyntheticTask:
@@ -105,6 +107,9 @@ class SyntheticTask:
         mix = {f: float(w) for f, w in cfg.format_mix.items() if w > 0} or {cfg.format: 1.0}
         self.formats, self.weights = list(mix), list(mix.values())
         self._eval, self._eval_questions = self._draw(random.Random(cfg.eval_seed), cfg.eval_size, exclude=set())
+
+    def _prompt(self, question: str, fmt: str) -> str:
+        return "Question: " + question + (PROMPT_SUFFIX[fmt] if self.cfg.format_hint else "") + "\nAnswer:"
 
     def eval_examples(self) -> list[Example]:
         return list(self._eval)
@@ -136,7 +141,7 @@ class SyntheticTask:
         for _ in range(n):
             steps, start = self._steps(rng)
             for fmt in formats:
-                _, ex = self._example(steps, start, fmt)
+                _, ex = self._example(steps, start, fmt, self._prompt)
                 texts.append(ex.prompt + ex.solution)
         return texts
 
@@ -148,7 +153,7 @@ class SyntheticTask:
         seen = set(exclude)
         while len(out) < n:
             steps, start = self._steps(rng)
-            question, ex = self._example(steps, start, fmt or self.eval_format)
+            question, ex = self._example(steps, start, fmt or self.eval_format, self._prompt)
             if question not in seen:
                 seen.add(question)
                 out.append(ex)
@@ -198,7 +203,7 @@ class SyntheticTask:
         return None
 
     @staticmethod
-    def _example(steps: list[tuple], start: dict, fmt: str) -> tuple[str, Example]:
+    def _example(steps: list[tuple], start: dict, fmt: str, make_prompt: Callable[[str, str], str]) -> tuple[str, Example]:
         """(question, example): the problem of ``steps`` asked and solved in format ``fmt``."""
         who, item = start["who"], start["item"]
         sentences = [f"{who} has {start['a']} {item}."]
@@ -212,7 +217,7 @@ class SyntheticTask:
             x = y
         sentences.append(f"How many {item} does {who} have now?")
         question = " ".join(sentences)
-        prompt = "Question: " + question + PROMPT_SUFFIX[fmt] + "\nAnswer:"
+        prompt = make_prompt(question, fmt)
         program = "```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"
         if fmt == "cot":
             solution = " " + " ".join(cot_lines) + f" The answer is \\boxed{{{x}}}."

@@ -6,9 +6,15 @@
 * ``tool``: the answer the text states outside code and output blocks (tool-integrated rollouts,
   whose code already ran during generation).
 
+* ``any_format``: by the completion's own format (``tir``, ``pot`` or ``cot``), for a model
+  trained on a format mix.
+
 A slow reward may declare ``fn.parallel = True`` so that training and evaluation call it from a
-thread pool (``rlzoo.rewards.reward_values``), and count events (``count_event``) listed in ``fn.events`` to have them logged as
-``reward/<event>_frac``. docs/rewards.md says which reward fits which format.
+thread pool (``rlzoo.rewards.reward_values``), and count events (``count_event``) listed in
+``fn.events`` to have them logged as ``reward/<event>_frac``. A reward that grades something other
+than the answer the text states declares ``fn.answer(prompt, completion, example, **kwargs)``,
+the answer it grades, so Maj@k votes on it (``rlzoo.rewards.reward_answers``). docs/rewards.md
+says which reward fits which format.
 
 Register your own with ``@register_reward("name")`` in a plugin module and select it with
 ``reward.name`` in a stage; ``reward.kwargs`` are passed as keyword arguments.
@@ -133,20 +139,40 @@ def program(
     """
     from rlzoo.rewards.verifier import verify
 
+    printed = _program_output(completion, timeout_s, memory_mb, site_packages, bare_code, count=True)
+    return correct if printed is not None and verify(printed, example.answer) else wrong
+
+
+def _program_output(completion: str, timeout_s: float, memory_mb: int, site_packages: bool, bare_code: bool, count: bool = False) -> str | None:
+    """The last non-empty line the completion's program prints; ``None`` if it has no program or fails."""
     code = extract_program(completion, bare_code=bare_code)
     if code is None:
-        count_event("no_program")
-        return wrong
+        if count:
+            count_event("no_program")
+        return None
     ok, stdout, timed_out = _run_cached(code, float(timeout_s), int(memory_mb), bool(site_packages))
     if not ok:
-        count_event("exec_timeout" if timed_out else "exec_fail")
-        return wrong
+        if count:
+            count_event("exec_timeout" if timed_out else "exec_fail")
+        return None
     lines = [line for line in stdout.splitlines() if line.strip()]
-    return correct if lines and verify(lines[-1], example.answer) else wrong
+    return lines[-1].strip() if lines else None
+
+
+def _program_answer(
+    prompt: str, completion: str, example: Example, *, timeout_s: float = 5.0, memory_mb: int = 512,
+    site_packages: bool = False, bare_code: bool = False, **_: object,
+) -> str | None:
+    """The answer ``program`` grades: what the program prints last (memoised, so no second run)."""
+    from rlzoo.rewards.verifier import extract_answer
+
+    printed = _program_output(completion, timeout_s, memory_mb, site_packages, bare_code)
+    return None if printed is None else extract_answer(printed)
 
 
 program.parallel = True  # sandbox runs are subprocesses: reward_values runs them in a thread pool
 program.events = ("no_program", "exec_fail", "exec_timeout")
+program.answer = _program_answer
 
 
 @register_reward("tool")
@@ -167,3 +193,77 @@ def tool(prompt: str, completion: str, example: Example, *, correct: float = 1.0
     from rlzoo.rewards.verifier import verify
 
     return correct if verify(_ANY_BLOCK_RE.sub("\n", completion), example.answer) else wrong
+
+
+def _tool_answer(prompt: str, completion: str, example: Example, **_: object) -> str | None:
+    """The answer ``tool`` grades: the one the text states outside code and output blocks."""
+    from rlzoo.rewards.verifier import extract_answer
+
+    return extract_answer(_ANY_BLOCK_RE.sub("\n", completion))
+
+
+tool.answer = _tool_answer
+
+
+_OUTPUT_BLOCK_RE = re.compile(r"```output[^\n`]*\n")
+
+
+def completion_format(completion: str) -> str:
+    """The solution format a completion is written in: ``tir``, ``pot`` or ``cot``.
+
+    ``tir`` if it holds an ```` ```output ```` block, else ``pot`` if it holds a ```` ```python ````
+    block, else ``cot``.
+
+    >>> [completion_format(c) for c in (" 2 + 3 = 5.", "\\n```python\\nprint(5)\\n```", "```python\\nprint(5)\\n```\\n```output\\n5\\n```")]
+    ['cot', 'pot', 'tir']
+    """
+    if _OUTPUT_BLOCK_RE.search(completion):
+        return "tir"
+    return "pot" if _PYTHON_BLOCK_RE.search(completion) else "cot"
+
+
+@register_reward("any_format")
+def any_format(
+    prompt: str,
+    completion: str,
+    example: Example,
+    *,
+    correct: float = 1.0,
+    wrong: float = 0.0,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+) -> float:
+    """Grades a completion in whichever format it is written: for models trained on a format mix.
+
+    Tool-integrated text (it has an ```` ```output ```` block) is graded by ``tool``, a program
+    (a ```` ```python ```` block) by ``program`` (run in the sandbox), anything else by ``rule``.
+    Each call counts its format as an event, so training logs ``reward/format_cot_frac``,
+    ``reward/format_pot_frac`` and ``reward/format_tir_frac``: how often the policy picks each.
+
+    >>> any_format("Q", " 2 + 3 = 5. The answer is \\\\boxed{5}.", Example("Q", "5"))
+    1.0
+    >>> any_format("Q", "\\n```python\\nx = 2 + 3\\nprint(x)\\n```", Example("Q", "5"))
+    1.0
+    """
+    fmt = completion_format(completion)
+    count_event(f"format_{fmt}")
+    if fmt == "tir":
+        return tool(prompt, completion, example, correct=correct, wrong=wrong)
+    if fmt == "pot":
+        return program(prompt, completion, example, correct=correct, wrong=wrong, timeout_s=timeout_s, memory_mb=memory_mb)
+    return rule(prompt, completion, example, correct=correct, wrong=wrong)
+
+
+def _any_format_answer(prompt: str, completion: str, example: Example, *, timeout_s: float = 5.0, memory_mb: int = 512, **_: object) -> str | None:
+    """The answer ``any_format`` grades, by the completion's format."""
+    from rlzoo.rewards.verifier import extract_answer
+
+    fmt = completion_format(completion)
+    if fmt == "pot":
+        return _program_answer(prompt, completion, example, timeout_s=timeout_s, memory_mb=memory_mb)
+    return _tool_answer(prompt, completion, example) if fmt == "tir" else extract_answer(completion)
+
+
+any_format.parallel = True
+any_format.events = ("format_cot", "format_pot", "format_tir", "exec_fail", "exec_timeout")
+any_format.answer = _any_format_answer
