@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed), then run the quickstart: SFT then GRPO on the embedded task (~6 min, 2 CPU cores).
+# Set up (if needed), then run the quickstart: SFT then GRPO on the embedded task (~5 min, 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
