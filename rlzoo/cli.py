@@ -42,9 +42,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def format_summary(summary: dict) -> str:
     """A before/after table: one row per stage, its held-out metrics."""
     rows = summary["stages"]
-    keys = [k for k in rows[0]["eval"] if k != "num_examples"] if rows else []
-    # reward-event shares (format_pot_frac, exec_fail_frac...) only where some stage has any
-    keys = [k for k in keys if not k.endswith("_frac") or any(r["eval"].get(k) for r in rows)]
+    from rlzoo.evaluation import shown_metrics
+
+    keys = shown_metrics([r["eval"] for r in rows])
     header = ["stage", "algorithm", "steps", "seconds"] + keys
     lines = [header] + [
         [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"] + [f"{100 * r['eval'][k]:.1f}" for k in keys]

@@ -120,7 +120,8 @@ def compare(cfg: DictConfig, command: str) -> Path:
                          f"stages.{c.rl_stage}.init": str(checkpoint)}
             for item in entry.overrides:
                 key, _, value = item.partition("=")
-                overrides[f"stages.{c.rl_stage}.{key}"] = OmegaConf.create({"v": value}).v if value else value
+                # typed as the CLI types it (2 -> int), so a finished run's stored config compares equal
+                overrides[f"stages.{c.rl_stage}.{key}"] = OmegaConf.from_dotlist([f"v={value}"]).v if value else value
             print(f"[compare] {label} seed {seed}", flush=True)
             result = _run(_stage_config(cfg, c.rl_stage, overrides), run_dir, out / f"{label}_seed{seed}.log")
             results[label].append(result)
@@ -146,7 +147,9 @@ def _metric(runs: list[dict], key: str) -> list[float]:
 def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results: dict, curves: dict, seconds: float) -> None:
     """The Markdown report and its two plots."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in sft["eval"] if k not in ("num_examples",)]
+    from rlzoo.evaluation import shown_metrics
+
+    keys = [k for k in shown_metrics([sft["eval"]] + [r["eval"] for runs in results.values() for r in runs if "eval" in r]) if k in sft["eval"]]
     rl = cfg.stages[cfg.compare.rl_stage]
     lines = [
         "# Comparison of the methods on equal terms",

@@ -89,6 +89,16 @@ def evaluate(
     return out
 
 
+def shown_metrics(evals: list[dict]) -> list[str]:
+    """The metric names a table of these evaluation results shows, in order.
+
+    ``num_examples`` is left out, and so is every reward-event share (``*_frac``) that is zero in
+    all of them (``format_tir_frac`` when no answer was tool-integrated).
+    """
+    keys = list(dict.fromkeys(k for e in evals for k in e if k != "num_examples"))
+    return [k for k in keys if not k.endswith("_frac") or any(e.get(k) for e in evals)]
+
+
 def _vote_key(answer: str | None, normalize) -> str | None:
     """The form answers vote under (``1,600`` and ``1600`` are one answer)."""
     return None if answer is None else normalize(answer)

@@ -18,7 +18,7 @@ def test_compare_writes_report_and_plots(tmp_path):
         f"output_dir={tmp_path / 'runs'}", f"compare.report={tmp_path / 'report.md'}", "compare.seeds=[0]",
         "sft.steps=2", "rl.steps=2", "rl.eval_every=1", "rl.data.prompts_per_step=2", "rl.data.samples_per_prompt=2",
         "rl.data.pool_prompts=4", "rl.generation.max_new_tokens=12",
-        "compare.entries=[{algorithm: grpo}, {algorithm: rft, label: rft_online, overrides: [data.source=online]}]",
+        "compare.entries=[{algorithm: grpo}, {algorithm: rft, label: rft_online, overrides: [data.source=online, optim.minibatches=2]}]",
     ])
     report = compare(cfg, "rlzoo compare configs/compare.yaml (test)")
     text = report.read_text()
@@ -32,9 +32,11 @@ def test_compare_writes_report_and_plots(tmp_path):
         assert str(tmp_path / "runs" / "sft" / "sft" / "final") in run_cfg
     assert "data:\n      source: online" in (tmp_path / "runs" / "rft_online" / "seed0" / "config.yaml").read_text()
     # a second call reuses every finished run (same config, summary present) and rewrites the report
-    stamp = (tmp_path / "runs" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns
+    # (an entry's numeric override is typed as in the stored config, so that run is reused too)
+    stamps = {label: (tmp_path / "runs" / label / "seed0" / "summary.json").stat().st_mtime_ns for label in ("grpo", "rft_online")}
     compare(cfg, "rlzoo compare configs/compare.yaml (test, resumed)")
-    assert (tmp_path / "runs" / "grpo" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    for label, stamp in stamps.items():
+        assert (tmp_path / "runs" / label / "seed0" / "summary.json").stat().st_mtime_ns == stamp, label
     assert "(test, resumed)" in report.read_text()
 
 
