@@ -4,7 +4,7 @@
 * Pass@k: the unbiased estimator of Chen et al. (2021): with n samples of which c are correct,
   pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 * Maj@k: the n samples are cut into n // k disjoint groups of k; each group votes on the final
-  answer (the one the reward grades, :func:`rlzoo.rewards.reward_answers`: for a program, what it
+  answer (the one the reward grades, :func:`rlzoo.rewards.reward_values_and_answers`: for a program, what it
   prints), normalised; the vote is correct if the winner is correct; averaged over groups and
   problems. Answers vote in normalised form (`1,600` = `1600`); ties go to the answer seen first.
 * ``<event>_frac``: the reward's events (``fn.events``) per greedy answer, e.g. ``format_pot_frac``
@@ -18,7 +18,7 @@ from math import comb
 from typing import Callable
 
 from rlzoo.interface import Example
-from rlzoo.rewards import reward_answers, reward_values, reward_values_and_events
+from rlzoo.rewards import reward_values_and_answers, reward_values_and_events
 from rlzoo.runtime.generation import GenerationConfig, sample
 
 
@@ -72,8 +72,8 @@ def evaluate(
         for k in ks:
             if k > samples:
                 raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
-        verdicts = [v > 0 for v in reward_values(reward, batch.examples, batch.completions)]
-        voted = reward_answers(reward, batch.examples, batch.completions)
+        values, voted = reward_values_and_answers(reward, batch.examples, batch.completions)
+        verdicts = [v > 0 for v in values]
         pass_k = {k: 0.0 for k in ks}
         maj_k = {k: 0.0 for k in ks}
         for i, ex in enumerate(examples):

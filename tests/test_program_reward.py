@@ -185,6 +185,30 @@ def test_reward_answers_are_the_answers_each_reward_grades():
     assert reward_answers(rule, examples, completions)[:3] == ["3", "5", "6"]  # the text: a program's last number
 
 
+def test_grades_and_answers_in_one_pass_run_each_program_once(monkeypatch):
+    import rlzoo.rewards.builtin as builtin
+    import rlzoo.sandbox as sandbox
+    from rlzoo.rewards import reward_values_and_answers
+
+    runs: list[str] = []
+    real = sandbox.run_python
+
+    def counted(code, **kw):
+        runs.append(code)
+        return real(code, **kw)
+
+    monkeypatch.setattr(sandbox, "run_python", counted)
+    monkeypatch.setattr(builtin, "_EXEC_CACHE_SIZE", 16)  # far fewer than the programs
+    builtin._exec_cache.clear()
+    completions = [block(f"print({i} + 0)") for i in range(40)]
+    examples = [Example(f"Q{i}", str(i if i % 2 else i + 1)) for i in range(40)]
+    values, answers = reward_values_and_answers(program, examples, completions)
+    assert values == [float(i % 2) for i in range(40)]
+    assert answers == [str(i) for i in range(40)]
+    assert sorted(runs) == sorted(set(runs)) and len(runs) == 40  # the answer reused each fresh run
+    builtin._exec_cache.clear()
+
+
 def test_doctests():
     import doctest
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, OrderedDict
+from typing import Callable
 
 from rlzoo.interface import Example
 from rlzoo.registry import register_reward
@@ -46,6 +47,16 @@ def rule(prompt: str, completion: str, example: Example, *, correct: float = 1.0
     from rlzoo.rewards.verifier import verify
 
     return correct if verify(completion, example.answer) else wrong
+
+
+def _rule_answer(prompt: str, completion: str, example: Example, **_: object) -> str | None:
+    """The answer ``rule`` grades: the one the text states."""
+    from rlzoo.rewards.verifier import extract_answer
+
+    return extract_answer(completion)
+
+
+rule.answer = _rule_answer
 
 
 # -- program-of-thought and tool-integrated rewards ------------------------------------------------
@@ -245,23 +256,22 @@ def any_format(
     >>> any_format("Q", "\\n```python\\nx = 2 + 3\\nprint(x)\\n```", Example("Q", "5"))
     1.0
     """
-    fmt = completion_format(completion)
+    fmt, grader, kwargs = _grader(completion, timeout_s, memory_mb)
     count_event(f"format_{fmt}")
-    if fmt == "tir":
-        return tool(prompt, completion, example, correct=correct, wrong=wrong)
-    if fmt == "pot":
-        return program(prompt, completion, example, correct=correct, wrong=wrong, timeout_s=timeout_s, memory_mb=memory_mb)
-    return rule(prompt, completion, example, correct=correct, wrong=wrong)
+    return grader(prompt, completion, example, correct=correct, wrong=wrong, **kwargs)
+
+
+def _grader(completion: str, timeout_s: float, memory_mb: int) -> tuple[str, Callable, dict]:
+    """(format, the reward of that format, its extra keyword arguments) for ``completion``."""
+    fmt = completion_format(completion)
+    kwargs = {"timeout_s": timeout_s, "memory_mb": memory_mb} if fmt == "pot" else {}
+    return fmt, {"cot": rule, "pot": program, "tir": tool}[fmt], kwargs
 
 
 def _any_format_answer(prompt: str, completion: str, example: Example, *, timeout_s: float = 5.0, memory_mb: int = 512, **_: object) -> str | None:
-    """The answer ``any_format`` grades, by the completion's format."""
-    from rlzoo.rewards.verifier import extract_answer
-
-    fmt = completion_format(completion)
-    if fmt == "pot":
-        return _program_answer(prompt, completion, example, timeout_s=timeout_s, memory_mb=memory_mb)
-    return _tool_answer(prompt, completion, example) if fmt == "tir" else extract_answer(completion)
+    """The answer ``any_format`` grades: the answer of the reward of the completion's format."""
+    _, grader, kwargs = _grader(completion, timeout_s, memory_mb)
+    return grader.answer(prompt, completion, example, **kwargs)
 
 
 any_format.parallel = True
