@@ -38,6 +38,20 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
+def decoding_kwargs(cfg: GenerationConfig, tokenizer) -> dict:
+    """``generate`` arguments for ``cfg``'s decoding: greedy at temperature 0, else sampling with
+    temperature and top-p (top-k off); padding with the pad token, stopping at EOS."""
+    greedy = cfg.temperature <= 0
+    return {
+        "do_sample": not greedy,
+        "temperature": None if greedy else cfg.temperature,
+        "top_p": None if greedy else cfg.top_p,
+        "top_k": None,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
     """[N, L] 1 on generated tokens up to and including the first EOS (0 after it)."""
     is_eos = completion_ids == eos_id  # [N, L]
@@ -79,7 +93,6 @@ def sample(
             unwrapped.train()
         return _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion,
                               comp_mask, gen_mask, extras)
-    greedy = cfg.temperature <= 0
     rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
     prompts_per_call = max(1, rows_per_call // num_samples)
     pieces = []
@@ -87,16 +100,8 @@ def sample(
         ids = prompt_ids[start : start + prompts_per_call]
         mask = prompt_mask[start : start + prompts_per_call]
         out = unwrapped.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=not greedy,
-            temperature=None if greedy else cfg.temperature,
-            top_p=None if greedy else cfg.top_p,
-            top_k=None,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=num_samples,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, num_return_sequences=num_samples,
+            **decoding_kwargs(cfg, tokenizer),
         )  # [p * G, Lp + L]
         pieces.append(out[:, ids.shape[1] :])
     width = max(p.shape[1] for p in pieces)

@@ -128,6 +128,8 @@ def _tick_ids(tokenizer) -> torch.Tensor:
 
 def _generate_round(model, tokenizer, rows: list[_Row], cfg, stop_at_code: bool) -> list[tuple[list[int], bool]]:
     """One generate call over ``rows``: for each, (new tokens, stopped at a closed code block)."""
+    from rlzoo.runtime.generation import decoding_kwargs  # generation imports this module lazily
+
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     seqs = [r.prompt + r.tokens for r in rows]
@@ -136,18 +138,9 @@ def _generate_round(model, tokenizer, rows: list[_Row], cfg, stop_at_code: bool)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)  # [B, W]
     budgets = torch.tensor([cfg.max_new_tokens - len(r.tokens) for r in rows], device=device)  # [B]
     stop = _StopAtCodeBlock(tokenizer, width, budgets, stop_at_code, _tick_ids(tokenizer))
-    greedy = cfg.temperature <= 0
     out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        do_sample=not greedy,
-        temperature=None if greedy else cfg.temperature,
-        top_p=None if greedy else cfg.top_p,
-        top_k=None,
-        max_new_tokens=int(budgets.max()),
-        pad_token_id=pad,
-        eos_token_id=tokenizer.eos_token_id,
-        stopping_criteria=StoppingCriteriaList([stop]),
+        input_ids=ids, attention_mask=mask, max_new_tokens=int(budgets.max()),
+        stopping_criteria=StoppingCriteriaList([stop]), **decoding_kwargs(cfg, tokenizer),
     )  # [B, W + L]
     results = []
     for j, new in enumerate(out[:, width:].tolist()):
