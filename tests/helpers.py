@@ -1,8 +1,12 @@
-"""Stand-ins shared by tests that drive ``rlzoo.runtime.trainer.train_on_batch`` directly."""
+"""Pieces shared by tests: stand-ins for driving ``rlzoo.runtime.trainer.train_on_batch`` directly,
+and the config overrides of a tiny model for end-to-end runs."""
 
 import contextlib
 
 import torch
+
+# config overrides that shrink the embedded model for smoke runs through ``rlzoo.train.train``
+TINY_MODEL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2"]
 
 
 class NoAccel:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from rlzoo.compare import compare, observations
 from rlzoo.config import load_config
+from helpers import TINY_MODEL
 
 TINY = [
-    "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
+    *TINY_MODEL,
     "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]", "eval.max_new_tokens=12", "logging.progress=false",
 ]
 

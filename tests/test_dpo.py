@@ -13,7 +13,7 @@ from rlzoo.interface import RolloutBatch
 from rlzoo.losses import surrogate_loss
 from rlzoo.registry import register_reward
 from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, split_groups, train_on_batch
-from helpers import NoAccel, OptimSettings
+from helpers import TINY_MODEL, NoAccel, OptimSettings
 
 
 @register_reward("test_dpo_len_parity")
@@ -233,7 +233,7 @@ def test_runtime_accumulation_equals_full_batch(tiny_model, task, tokenizer):
 
 
 SMOKE = [
-    "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
+    *TINY_MODEL,
     "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]", "eval.max_new_tokens=8",
     "sft.steps=2", "sft.data.prompts_per_step=4", "grpo.algorithm=dpo", "grpo.steps=2", "grpo.data.pool_prompts=8",
     "grpo.data.prompts_per_step=4", "grpo.data.samples_per_prompt=4", "grpo.generation.max_new_tokens=8",

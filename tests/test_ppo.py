@@ -11,6 +11,7 @@ from algorithms.ppo import PPO, gae, kl_shaped_rewards, state_values, whiten
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.registry import register_reward
+from helpers import TINY_MODEL
 
 
 @register_reward("test_ppo_len")
@@ -212,8 +213,7 @@ def test_few_steps_through_the_runtime(tmp_path):
     from rlzoo.train import train
 
     cfg = load_config("configs/quickstart.yaml", [
-        "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1",
-        "model.tiny.num_heads=2", "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]",
+        *TINY_MODEL, "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]",
         "eval.max_new_tokens=8", "sft.steps=2", "grpo.algorithm=ppo", "grpo.steps=2",
         "grpo.data.prompts_per_step=4", "grpo.data.samples_per_prompt=2", "grpo.generation.max_new_tokens=12",
         "grpo.optim.updates_per_batch=2", "grpo.optim.minibatches=2", "grpo.optim.micro_batch_size=2",

@@ -13,6 +13,7 @@ from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.registry import ALGORITHMS, register_reward
 from rlzoo.train import make_algorithm
+from helpers import TINY_MODEL
 
 
 @register_reward("test_rft_len_parity")
@@ -169,7 +170,7 @@ def test_batch_without_correct_outputs_becomes_empty():
 
 
 SMOKE = [
-    "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
+    *TINY_MODEL,
     "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]", "eval.max_new_tokens=8",
     "sft.steps=2", "sft.data.prompts_per_step=4", "grpo.steps=2", "grpo.data.pool_prompts=8",
     "grpo.data.prompts_per_step=4", "grpo.data.samples_per_prompt=4", "grpo.generation.max_new_tokens=8",

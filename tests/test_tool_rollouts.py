@@ -17,6 +17,7 @@ import torch
 from rlzoo.interface import Example
 from rlzoo.runtime.generation import GenerationConfig, encode_prompts, sample
 from rlzoo.runtime.tools import OUTPUT_BLOCK
+from helpers import TINY_MODEL
 
 P1 = "Question: Ann has 2 apples. Ann buys 3 more apples. How many apples does Ann have now?\nAnswer:"
 P2 = "Question: Ben has 4 pens.\nAnswer:"
@@ -201,8 +202,7 @@ def test_grpo_smoke_run_with_tool_rounds(tmp_path):
     from rlzoo.train import train
 
     cfg = load_config("configs/quickstart.yaml", [
-        "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1",
-        "model.tiny.num_heads=2", "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]",
+        *TINY_MODEL, "task.synthetic.eval_size=8", "eval.samples=2", "eval.ks=[1,2]",
         "eval.max_new_tokens=16", "sft.steps=2", "sft.data.prompts_per_step=4", "grpo.steps=2",
         "grpo.data.prompts_per_step=2", "grpo.data.samples_per_prompt=2", "grpo.generation.max_new_tokens=24",
         "grpo.generation.tool_rounds=2", f"output_dir={tmp_path}", "logging.progress=false",
