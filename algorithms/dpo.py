@@ -50,7 +50,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlzoo.config import ConfigError
+from rlzoo.errors import ConfigError
+from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -108,6 +109,7 @@ class DPO(NoExtras):
         correct = batch.rewards > self.cfg.threshold  # [N]
         wrong = batch.rewards <= self.cfg.threshold  # [N] (a NaN reward is neither)
         rows: list[int] = []
+        pair_ids: list[int] = []
         dropped = 0
         groups = torch.unique(batch.group_ids)  # [G]
         for g in groups.tolist():
@@ -117,16 +119,17 @@ class DPO(NoExtras):
             if not pos or not neg:
                 dropped += 1
                 continue
-            for i, j in pair_indices(len(pos), len(neg), self.cfg.pairs_per_prompt):
+            for m, (i, j) in enumerate(pair_indices(len(pos), len(neg), self.cfg.pairs_per_prompt)):
                 rows += [pos[i], neg[j]]
+                pair_ids.append(g * self.cfg.pairs_per_prompt + m)  # unique across ranks: g is a global question id
         pairs = len(rows) // 2
         device = batch.group_ids.device
         out = batch.select(torch.tensor(rows, dtype=torch.long))
-        out.group_ids = torch.arange(pairs, device=device).repeat_interleave(2)  # [2P] one id per pair
+        out.group_ids = torch.tensor(pair_ids, dtype=torch.long, device=device).repeat_interleave(2)  # [2P] one id per pair
         out.extras["dpo_sign"] = torch.tensor([1.0, -1.0], device=device).repeat(pairs)  # [2P] +1 on o+, -1 on o-
         return out, {
-            "dpo/pairs": float(pairs),
-            "dpo/dropped_groups": float(dropped),
+            "dpo/num_pairs": float(pairs),
+            "dpo/num_dropped_groups": float(dropped),
             "dpo/dropped_group_frac": dropped / max(len(groups), 1),
         }
 
@@ -134,10 +137,8 @@ class DPO(NoExtras):
         cfg = self.cfg
         sign = batch.extras["dpo_sign"]  # [N] +1 on o+, -1 on o-
         lr = sequence_logratio(logp, batch.ref_logprobs, batch.loss_mask, cfg.normalize)  # [N]
-        _, pair = torch.unique(batch.group_ids, return_inverse=True)  # [N] pair index of each row
-        num_pairs = int(pair.max()) + 1
-        chosen = torch.zeros(num_pairs, device=lr.device).index_add_(0, pair, lr * (sign > 0))  # [P] lr(o+)
-        rejected = torch.zeros(num_pairs, device=lr.device).index_add_(0, pair, lr * (sign < 0))  # [P] lr(o-)
+        chosen, pair = group_sum(lr * (sign > 0), batch.group_ids)  # [P] lr(o+), [N] pair index of each row
+        rejected, _ = group_sum(lr * (sign < 0), batch.group_ids)  # [P] lr(o-)
         z = cfg.beta * (chosen - rejected)  # [P]
         eps = cfg.label_smoothing
         weight = (1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z)  # [P] -dL/dz of one pair

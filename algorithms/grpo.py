@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from rlzoo.functional import clipped_ratio_coefficient, group_sum, masked_mean
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -42,13 +43,11 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool
 
     rewards [N], group_ids [N] -> advantages [N], degenerate [N] bool
     """
-    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N]
-    g = int(inverse.max()) + 1
-    counts = torch.zeros(g, device=rewards.device).index_add_(0, inverse, torch.ones_like(rewards))  # [G]
-    mean = torch.zeros(g, device=rewards.device).index_add_(0, inverse, rewards) / counts  # [G]
-    centred = rewards - mean[inverse]  # [N]
-    var = torch.zeros(g, device=rewards.device).index_add_(0, inverse, centred**2) / (counts - 1).clamp(min=1)  # [G]
-    std = var.sqrt()[inverse]  # [N]
+    counts, index = group_sum(torch.ones_like(rewards), group_ids)  # [G], [N]
+    mean = group_sum(rewards, group_ids)[0] / counts  # [G]
+    centred = rewards - mean[index]  # [N]
+    var = group_sum(centred**2, group_ids)[0] / (counts - 1).clamp(min=1)  # [G]
+    std = var.sqrt()[index]  # [N]
     degenerate = std == 0  # [N] every output of the group got the same reward
     adv = centred / (std + eps) if scale else centred  # [N]
     return torch.where(degenerate, torch.zeros_like(adv), adv), degenerate
@@ -79,31 +78,20 @@ class GRPO(NoExtras):
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         adv, degenerate = group_advantages(batch.rewards, batch.group_ids, self.cfg.scale_rewards, self.cfg.std_eps)  # [N]
         batch.advantages = adv[:, None] * batch.loss_mask  # [N, T]
-        group_flags = torch.zeros(int(batch.group_ids.max()) + 1, dtype=torch.bool, device=adv.device)
-        group_flags[batch.group_ids] = degenerate
-        n_groups = len(torch.unique(batch.group_ids))
+        degenerate_rows, _ = group_sum(degenerate.float(), batch.group_ids)  # [G] rows of each group that are degenerate
         return batch, {
-            "grpo/zero_adv_group_frac": float(group_flags.sum()) / n_groups,
+            "grpo/zero_adv_group_frac": float((degenerate_rows > 0).float().mean()),
             "grpo/adv_abs_mean": float(adv.abs().mean()),
         }
 
     def coefficients(self, batch: RolloutBatch, logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         mask = batch.loss_mask  # [N, T]
-        adv = batch.advantages  # [N, T]
-        ratio = torch.exp(logp - batch.old_logprobs)  # [N, T]
-        clipped = ratio.clamp(1 - cfg.clip_eps, 1 + (cfg.clip_eps_high or cfg.clip_eps))  # [N, T]
-        # the min picks the unclipped term unless the clipped one is strictly smaller
-        active = (ratio * adv <= clipped * adv).float()  # [N, T]
-        coef = adv * ratio * active  # [N, T]
-        metrics = {"policy/clip_frac": _masked_mean(1 - active, mask), "policy/ratio_mean": _masked_mean(ratio, mask)}
+        coef, parts = clipped_ratio_coefficient(batch.advantages, logp, batch.old_logprobs, cfg.clip_eps, cfg.clip_eps_high)  # [N, T]
+        metrics = {"policy/clip_frac": masked_mean(parts["clipped"], mask), "policy/ratio_mean": masked_mean(parts["ratio"], mask)}
         if cfg.beta > 0:
             ref_ratio = torch.exp(batch.ref_logprobs - logp)  # [N, T] pi_ref / pi_theta
             coef = coef + cfg.beta * (ref_ratio - 1)  # [N, T]
             k3 = ref_ratio - (batch.ref_logprobs - logp) - 1  # [N, T]
-            metrics["kl/k3"] = _masked_mean(k3, mask)
+            metrics["kl/k3"] = masked_mean(k3, mask)
         return coef.detach(), metrics
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((x * mask).sum() / mask.sum().clamp(min=1))

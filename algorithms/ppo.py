@@ -59,10 +59,12 @@ Departures from the paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from rlzoo.functional import clipped_ratio_coefficient, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -107,11 +109,16 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / (std + eps) with mean and (unbiased) std over the masked entries; 0 off the mask."""
-    count = mask.sum().clamp(min=1.0)
-    mean = (x * mask).sum() / count
-    var = (((x - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1.0)
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, reduce_sum=None) -> torch.Tensor:
+    """(x - mean) / (std + eps) with mean and (unbiased) std over the masked entries; 0 off the mask.
+
+    ``reduce_sum`` (``runtime.reduce_sum``) sums the statistics over every rank, so the whitening
+    uses the global batch's mean and std whatever the process count.
+    """
+    reduce_sum = reduce_sum or (lambda t: t)
+    count, total = reduce_sum(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
+    mean = total / count.clamp(min=1.0)
+    var = reduce_sum((((x - mean) * mask) ** 2).sum()) / (count - 1).clamp(min=1.0)
     return (x - mean) / (var.sqrt() + eps) * mask  # [N, T]
 
 
@@ -127,6 +134,7 @@ class PPO:
         gamma: float = 1.0  # discount of GAE
         lam: float = 0.95  # GAE lambda (1 = Monte Carlo returns minus values)
         clip_eps: float = 0.2  # ratio clip epsilon of the policy surrogate
+        clip_eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher); None = clip_eps
         value_clip_eps: float = 0.2  # clip of the value prediction around the old value
         vf_coef: float = 0.1  # weight of the value loss in the total loss
         whiten_advantages: bool = True  # normalise advantages by their masked mean/std over the batch
@@ -143,7 +151,6 @@ class PPO:
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
         mask = batch.loss_mask  # [N, T]
-        batch.old_logprobs = runtime.policy_logprobs(batch)  # [N, T] the sampling policy
         with torch.no_grad():
             values = state_values(runtime.values(batch)).float() * mask  # [N, T] V(s_t)
         if cfg.beta > 0:
@@ -154,35 +161,32 @@ class PPO:
         advantages = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # [N, T]
         returns = (advantages + values) * mask  # [N, T]
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)  # [N, T]
+            advantages = whiten(advantages, mask, reduce_sum=runtime.reduce_sum)  # [N, T] over the global batch
         batch.advantages = advantages
         batch.extras["values"] = values
         batch.extras["returns"] = returns
         return batch, {
-            "kl/reward_kl": _masked_mean(kl, mask),
+            "kl/reward_kl": masked_mean(kl, mask),
             "reward/score_mean": float(batch.rewards.mean()),
             "reward/total_mean": float(rewards.sum(-1).mean()),
-            "value/old_mean": _masked_mean(values, mask),
-            "ppo/return_mean": _masked_mean(returns, mask),
+            "value/old_mean": masked_mean(values, mask),
+            "ppo/return_mean": masked_mean(returns, mask),
         }
 
     def coefficients(self, batch: RolloutBatch, logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        eps = self.cfg.clip_eps
+        cfg = self.cfg
         mask = batch.loss_mask  # [N, T]
-        adv = batch.advantages  # [N, T]
+        coef, parts = clipped_ratio_coefficient(batch.advantages, logp, batch.old_logprobs, cfg.clip_eps, cfg.clip_eps_high)  # [N, T]
         log_ratio = logp - batch.old_logprobs  # [N, T]
-        ratio = torch.exp(log_ratio)  # [N, T]
-        clipped = ratio.clamp(1 - eps, 1 + eps)  # [N, T]
-        # the min picks the unclipped term unless the clipped one is strictly smaller
-        active = (ratio * adv <= clipped * adv).float()  # [N, T]
-        coef = adv * ratio * active  # [N, T]
         return coef.detach(), {
-            "policy/clip_frac": _masked_mean(1 - active, mask),
-            "policy/ratio_mean": _masked_mean(ratio, mask),
-            "ppo/approx_kl": _masked_mean(torch.expm1(log_ratio) - log_ratio, mask),  # k3 of KL(pi_old || pi_theta)
+            "policy/clip_frac": masked_mean(parts["clipped"], mask),
+            "policy/ratio_mean": masked_mean(parts["ratio"], mask),
+            "ppo/approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),  # k3 of KL(pi_old || pi_theta)
         }
 
     def extra_loss(self, batch: RolloutBatch, runtime) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped value loss per token, [n, T], weighted by ``vf_coef`` (the runtime averages
+        it over the minibatch's trained tokens, every rank's)."""
         cfg = self.cfg
         mask = batch.loss_mask  # [n, T]
         values = state_values(runtime.values(batch)).float()  # [n, T] with grad
@@ -190,12 +194,11 @@ class PPO:
         clipped = old + (values - old).clamp(-cfg.value_clip_eps, cfg.value_clip_eps)  # [n, T]
         err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2  # [n, T] each
         per_token = 0.5 * torch.maximum(err, err_clipped)  # [n, T]
-        value_loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)  # scalar, micro-batch mean
         v = values.detach()  # [n, T]
-        return cfg.vf_coef * value_loss, {
-            "loss/value": float(value_loss.detach()),
-            "value/mean": _masked_mean(v, mask),
-            "value/clip_frac": _masked_mean((err_clipped > err).float(), mask),
+        return cfg.vf_coef * per_token, {
+            "loss/value": masked_mean(per_token.detach(), mask),
+            "value/mean": masked_mean(v, mask),
+            "value/clip_frac": masked_mean((err_clipped > err).float(), mask),
             "value/explained_var": explained_variance(v, returns, mask),
         }
 
@@ -211,6 +214,3 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     total = var(target)
     return float("nan") if float(total) <= 1e-12 else float(1 - var(target - pred) / total)
 
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((x * mask).sum() / mask.sum().clamp(min=1))

@@ -38,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -89,9 +90,7 @@ class RFT(NoExtras):
             raise ValueError("RFT needs scored samples (data.source offline or online); this batch has no rewards")
         correct = batch.rewards > self.cfg.threshold  # [N] (a NaN reward is not correct)
         keep = (correct & ~duplicate_mask(batch, correct)) if self.dedupe else correct  # [N]
-        _, group = torch.unique(batch.group_ids, return_inverse=True)  # [N]
-        solved = torch.zeros(int(group.max()) + 1 if len(batch) else 0, device=correct.device)  # [P]
-        solved.index_add_(0, group, correct.float())
+        solved, _ = group_sum(correct.float(), batch.group_ids)  # [P] correct outputs per question
         n = max(len(batch), 1)
         metrics = {
             "rft/correct_frac": float(correct.sum()) / n,

@@ -3,8 +3,8 @@
 GRPO drops PPO's value model (DeepSeekMath Sec. 4.1). PPO holds a second copy of the backbone
 plus its gradients and AdamW state, so its step should cost about four extra model-sizes of memory
 (weights + grads + two Adam moments). This script measures it through the real runtime: each
-algorithm runs ``rlzoo.train.run_stage`` for one step of the quickstart's RL stage (sampling,
-reference log-probs, ``prepare``, ``train_on_batch``) in a fresh spawned process.
+algorithm builds the quickstart's RL stage and runs one ``train_step`` (sampling, reference and
+old log-probs, ``prepare``, ``train_on_batch``) in a fresh spawned process.
 
     CPU   peak RSS (VmHWM) after the step, and its delta over the RSS of the same process right
           after the policy was built (the high-water mark is reset there when Linux allows it)
@@ -14,8 +14,7 @@ reference log-probs, ``prepare``, ``train_on_batch``) in a fresh spawned process
 Both algorithms use the same optimisation settings (``updates_per_batch``, ``minibatches``,
 ``micro_batch_size``), the same prompts, and the same number of sequences; the completion lengths
 are printed (a random model rarely samples EOS, so every row runs to ``max_new_tokens``). The
-measurement is taken when the runtime logs the first step; the stage is then stopped, so the
-end-of-stage evaluation and checkpoint are not counted.
+measurement is taken right after the step, so no evaluation or checkpoint is counted.
 
 Usage (from the repository root):
 
@@ -41,29 +40,6 @@ CONFIG = ROOT / "configs" / "quickstart.yaml"
 MB = 1024 * 1024
 
 
-class _StepDone(Exception):
-    """Raised by the logger at the first logged step to end the stage there."""
-
-
-class _MeasuringLogger:
-    """Stands in for MetricsLogger: records peak memory when the first step is logged."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.record: dict[str, float] = {}
-
-    def log(self, metrics: dict, step: int) -> None:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.record["gpu_peak"] = torch.cuda.max_memory_allocated() / MB
-        self.record["rss_peak"] = _proc_status("VmHWM") / 1024
-        self.record.update({k: metrics[k] for k in ("train/sequences", "completion/length_mean", "completion/length_max")
-                            if k in metrics})
-        raise _StepDone
-
-
 def _proc_status(field: str) -> float:
     """A kB figure of /proc/self/status (VmRSS, VmHWM); ru_maxrss where /proc is missing."""
     try:
@@ -87,27 +63,29 @@ def _reset_peak_rss() -> bool:
 
 
 def measure(algorithm: str, overrides: list[str], device: str) -> dict[str, float]:
-    """One RL step of ``algorithm`` through run_stage in this (fresh) process; memory in MB."""
+    """One RL step of ``algorithm`` (``rlzoo.runtime.stage.train_step``) in this (fresh) process; memory in MB."""
     sys.path.insert(0, str(ROOT))
     import gc
+    import os
 
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the stage's accelerator takes a GPU whenever it sees one
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from rlzoo.config import load_config
-    from rlzoo.train import build_task, initial_model, make_algorithm, run_stage
+    from rlzoo.runtime.stage import build_stage, train_step
+    from rlzoo.train import build_task, initial_model, make_algorithm, make_reward, score_batch
 
     cfg = load_config(CONFIG, [*overrides, f"grpo.algorithm={algorithm}", "grpo.steps=1", "logging.progress=false"])
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision)
-    cuda = accelerator.device.type == "cuda"
+    cuda = torch.cuda.is_available()
     set_seed(cfg.seed)
     task = build_task(cfg)
-    policy, tokenizer = initial_model(cfg, task)
-    policy.to(accelerator.device)
+    lm, tokenizer = initial_model(cfg, task)
+    lm.to("cuda" if cuda else "cpu")
     stage = cfg.stages.grpo
     algo = make_algorithm(cfg, stage.algorithm)
-    params = sum(p.numel() for p in policy.parameters())
+    params = sum(p.numel() for p in lm.parameters())
     gc.collect()
     reset = _reset_peak_rss()
     base_rss = _proc_status("VmRSS") / 1024
@@ -115,16 +93,15 @@ def measure(algorithm: str, overrides: list[str], device: str) -> dict[str, floa
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated() / MB
-    logger = _MeasuringLogger(cuda)
-    with tempfile.TemporaryDirectory() as out:
-        try:
-            run_stage(cfg, "grpo", stage, algo, policy, tokenizer, task, task.eval_examples(), accelerator, logger,
-                      Path(out), "", 0, seed=cfg.seed)
-        except _StepDone:
-            pass
-    rec = logger.record
-    if not rec:
-        raise RuntimeError("the stage logged no step")
+    st = build_stage("grpo", stage, algo, lm, tokenizer, task.train_stream(cfg.seed), model_cfg=cfg.model,
+                     mixed_precision=cfg.mixed_precision, seed=cfg.seed, sample_seed=cfg.seed,
+                     reward=make_reward(stage), score=score_batch)
+    metrics = train_step(st)
+    rec = {k: metrics[k] for k in ("train/num_sequences", "completion/length_mean", "completion/length_max") if k in metrics}
+    if cuda:
+        torch.cuda.synchronize()
+        rec["gpu_peak"] = torch.cuda.max_memory_allocated() / MB
+    rec["rss_peak"] = _proc_status("VmHWM") / 1024
     rec.update({"params_m": params / 1e6, "rss_base": base_rss, "rss_delta": rec["rss_peak"] - base_rss,
                 "hwm_reset": float(reset), "vocab": float(len(tokenizer))})
     if cuda:
@@ -191,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         header += f" {'GPU peak MB':>12} {'GPU delta MB':>13}"
     print(header)
     for name, r in results.items():
-        line = (f"{name:<10} {r['params_m']:>8.1f} {r['train/sequences']:>5.0f} {r['completion/length_max']:>7.0f} {r['rss_base']:>12.0f} "
+        line = (f"{name:<10} {r['params_m']:>8.1f} {r['train/num_sequences']:>5.0f} {r['completion/length_max']:>7.0f} {r['rss_base']:>12.0f} "
                 f"{r['rss_peak']:>12.0f} {r['rss_delta']:>13.0f}")
         if gpu:
             line += f" {r['gpu_peak']:>12.0f} {r['gpu_delta']:>13.0f}"

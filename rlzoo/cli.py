@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
-    print(format_summary(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # one table, from the main process of a launched run
+        print(format_summary(summary))
     return 0
 
 

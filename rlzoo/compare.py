@@ -24,7 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import ConfigError, to_yaml
+from rlzoo.config import to_yaml
+from rlzoo.errors import ConfigError
 from rlzoo.runtime.checkpoint import atomic_write_text
 
 

@@ -20,14 +20,62 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlzoo.data.files import FilesConfig
-from rlzoo.data.synthetic import SyntheticConfig
-from rlzoo.runtime.generation import GenerationConfig
-from rlzoo.runtime.models import TinyModelConfig
+from rlzoo.errors import ConfigError
+
+# -- sub-configs of the parts of a run (each module that uses one imports it from here) ------------
 
 
-class ConfigError(Exception):
-    """A user mistake in a config file or override; ``str()`` is one line."""
+@dataclass
+class TinyModelConfig:
+    """The embedded default: a small Llama built from a config (no download)."""
+
+    hidden_size: int = 128  # width of the residual stream
+    intermediate_size: int = 384  # width of the MLP
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads (no grouped KV)
+    max_position_embeddings: int = 256  # longest prompt + completion
+    vocab_size: int = 512  # BPE merges of the locally built tokenizer (the saturated size is smaller)
+
+
+@dataclass
+class SyntheticConfig:
+    """Difficulty and size of the embedded task."""
+
+    min_ops: int = 1  # fewest operations per problem
+    max_ops: int = 3  # most operations per problem
+    ops_weights: Optional[list[float]] = None  # relative frequency of min_ops..max_ops operations (None = uniform)
+    max_operand: int = 10  # operands are drawn from 1..max_operand (the start from 1..2*max_operand)
+    max_value: int = 100  # every intermediate and final value stays in 0..max_value
+    operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
+    eval_size: int = 200  # size of the fixed held-out set
+    eval_seed: int = 12345  # seed of the held-out set (never used for training)
+    format: str = "cot"  # training format when format_mix is empty: "cot", "pot" or "tir"
+    format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
+    eval_format: Optional[str] = None  # format of the held-out set; None = format
+    format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
+
+
+@dataclass
+class FilesConfig:
+    """The jsonl files of a file task (``task.name: gsm8k`` or ``math``)."""
+
+    train: Optional[str] = None  # training problems (jsonl); None = ../shared/data/<task>/train.jsonl
+    eval: Optional[str] = None  # held-out problems (jsonl); None = gsm8k/test.jsonl, or MATH-500 (math/test.jsonl)
+    eval_size: Optional[int] = None  # held-out set = the first N rows of eval (None = all)
+    format: str = "cot"  # prompt template and reference-solution format: cot, pot or tir
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings."""
+
+    max_new_tokens: int = 64  # completion length cap; a row without EOS by then is cut there
+    temperature: float = 1.0  # sampling temperature (0 = greedy)
+    top_p: float = 1.0  # nucleus sampling mass
+    batch_size: int = 256  # sequences generated at once (prompts * samples); bounds memory
+    tool_rounds: int = 0  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
+    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call (the paper's 10 s)
+    tool_output_max_chars: int = 512  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
 
 
 @dataclass
@@ -36,8 +84,10 @@ class ModelConfig:
 
     path: Optional[str] = None  # local Hugging Face folder; None builds the embedded tiny Llama
     gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
-    dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16
+    dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
     logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward
+    gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
+    dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
 
 
@@ -116,6 +166,8 @@ class EvalConfig:
     max_new_tokens: int = 64  # completion cap
     batch_size: int = 256  # sequences generated at once
     reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
+    tool_rounds: int = 0  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
+    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call
 
 
 @dataclass
@@ -155,7 +207,7 @@ class RunConfig:
     name: str = "run"  # run name; outputs go to runs/<name> unless output_dir is set
     output_dir: Optional[str] = None  # where outputs go
     seed: int = 0  # seed of everything (torch, python, numpy, data order)
-    mixed_precision: str = "no"  # accelerate's mixed precision: no, bf16 or fp16
+    mixed_precision: str = "no"  # autocast of every model (policy, reference, value): no, bf16 or fp16 (fp16 needs a GPU)
     threads: Optional[int] = None  # torch CPU threads (None = torch's default, one per core)
     plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -17,9 +17,11 @@ from collections import Counter
 from math import comb
 from typing import Callable
 
+from rlzoo.config import GenerationConfig
 from rlzoo.interface import Example
 from rlzoo.rewards import reward_values_and_answers, reward_values_and_events
-from rlzoo.runtime.generation import GenerationConfig, sample
+from rlzoo.runtime.distributed import Dist
+from rlzoo.runtime.generation import sample
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -58,35 +60,61 @@ def evaluate(
     top_p: float = 1.0,
     max_new_tokens: int = 64,
     batch_size: int = 256,
+    tool_rounds: int = 0,
+    tool_timeout_s: float = 10.0,
+    tool_output_max_chars: int = 512,
+    seed: int = 0,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Greedy accuracy, and Pass@k / Maj@k for each k in ``ks`` when ``samples`` > 0."""
+    """Greedy accuracy, and Pass@k / Maj@k for each k in ``ks`` when ``samples`` > 0.
+
+    With several processes (``dist``) each rank evaluates a contiguous block of ``examples`` and
+    the per-problem results are gathered, so every rank returns the same numbers. Sample j of
+    problem i is drawn with the seed ``(seed, i, j)`` (:mod:`rlzoo.runtime.sampling`), so the
+    numbers do not depend on the process count or the batch size either. ``tool_rounds > 0``
+    runs the code blocks of tool-integrated answers, as training rollouts do.
+    """
     from rlzoo.rewards.verifier import normalize_answer
 
-    greedy = sample(model, tokenizer, examples, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size))
-    values, events = reward_values_and_events(reward, examples, greedy.completions)
-    out = {"accuracy": sum(v > 0 for v in values) / len(examples), "num_examples": len(examples)}
-    out.update({f"{event}_frac": frac for event, frac in events.items()})  # of the greedy answers
+    for k in ks:
+        if samples > 0 and k > samples:
+            raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
+    dist = dist or Dist()
+    block = dist.shard(len(examples))
+    mine, keys = examples[block], list(range(block.start, block.stop))
+    tools = {"tool_rounds": tool_rounds, "tool_timeout_s": tool_timeout_s, "tool_output_max_chars": tool_output_max_chars}
+    record: dict = {"greedy": [], "events": {}, "verdicts": [], "answers": []}
+    if mine:
+        greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
+        values, events = reward_values_and_events(reward, mine, greedy.completions)
+        record["greedy"] = [v > 0 for v in values]
+        record["events"] = {e: frac * len(mine) for e, frac in events.items()}
+        if samples > 0:
+            cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size, **tools)
+            batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
+            values, voted = reward_values_and_answers(reward, batch.examples, batch.completions)
+            record["verdicts"] = [[v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
+            record["answers"] = [[_vote_key(a, normalize_answer) for a in voted[i * samples : (i + 1) * samples]]
+                                 for i in range(len(mine))]
+    parts = dist.gather(record)
+    n = len(examples)
+    greedy_ok = [v for p in parts for v in p["greedy"]]
+    out = {"accuracy": sum(greedy_ok) / n, "num_examples": n}
+    for event in dict.fromkeys(e for p in parts for e in p["events"]):  # of the greedy answers
+        out[f"{event}_frac"] = sum(p["events"].get(event, 0.0) for p in parts) / n
     if samples > 0:
-        cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size)
-        batch = sample(model, tokenizer, examples, samples, cfg)
+        verdicts = [v for p in parts for v in p["verdicts"]]
+        answers = [a for p in parts for a in p["answers"]]
         for k in ks:
-            if k > samples:
-                raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
-        values, voted = reward_values_and_answers(reward, batch.examples, batch.completions)
-        verdicts = [v > 0 for v in values]
-        pass_k = {k: 0.0 for k in ks}
-        maj_k = {k: 0.0 for k in ks}
-        for i, ex in enumerate(examples):
-            correct = verdicts[i * samples : (i + 1) * samples]
-            answers = [_vote_key(a, normalize_answer) for a in voted[i * samples : (i + 1) * samples]]
-            for k in ks:
-                pass_k[k] += pass_at_k(samples, sum(correct), k)
-                chunks = [(answers[j : j + k], correct[j : j + k]) for j in range(0, samples - k + 1, k)]
-                maj_k[k] += sum(majority_correct(a, c) for a, c in chunks) / len(chunks)
-        for k in ks:
-            out[f"pass@{k}"] = pass_k[k] / len(examples)
-            out[f"maj@{k}"] = maj_k[k] / len(examples)
+            out[f"pass@{k}"] = sum(pass_at_k(samples, sum(c), k) for c in verdicts) / n
+            out[f"maj@{k}"] = sum(maj_at_k(a, c, k) for a, c in zip(answers, verdicts)) / n
     return out
+
+
+def maj_at_k(answers: list[str | None], correct: list[bool], k: int) -> float:
+    """Maj@k of one problem: the n samples cut into n // k disjoint groups of k, each voting."""
+    chunks = [(answers[j : j + k], correct[j : j + k]) for j in range(0, len(answers) - k + 1, k)]
+    return sum(majority_correct(a, c) for a, c in chunks) / len(chunks)
 
 
 def shown_metrics(evals: list[dict]) -> list[str]:

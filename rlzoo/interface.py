@@ -57,9 +57,16 @@ class RolloutBatch:
     old_logprobs   [N, T] float  log pi_old(token), the sampling-time policy (None unless needed)
     ref_logprobs   [N, T] float  log pi_ref(token) (None unless the algorithm needs a reference)
     advantages     [N, T] float  set by an algorithm's ``prepare`` (None otherwise)
+    sample_logprobs [N, T] float log-prob of each generated token recorded by the sampler, under
+                                 softmax(logits / temperature) (0 elsewhere; None for given text)
     extras         name -> tensor with leading dim N: algorithm-specific (values, returns...)
     completions    N completion strings (for logging and rewards)
     examples       N examples the sequences answer
+    temperature    the sampling temperature of the completions (1 for given text or greedy); every
+                   log-prob of the batch (training, old, reference) is taken under logits / temperature
+
+    Group ids are global: a question's position in the stage's question stream (DPO: one id per
+    pair), so they are unique across ranks and the same whatever the process count.
     """
 
     input_ids: "Tensor"
@@ -70,9 +77,11 @@ class RolloutBatch:
     old_logprobs: "Tensor | None" = None
     ref_logprobs: "Tensor | None" = None
     advantages: "Tensor | None" = None
+    sample_logprobs: "Tensor | None" = None
     extras: dict[str, "Tensor"] = field(default_factory=dict)
     completions: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
+    temperature: float = 1.0
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -86,8 +95,8 @@ class RolloutBatch:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
-                out[f.name] = None
+            if value is None or isinstance(value, float):
+                out[f.name] = value
             elif f.name == "extras":
                 out[f.name] = {k: v[idx.to(v.device)] for k, v in value.items()}
             elif isinstance(value, list):
@@ -96,13 +105,42 @@ class RolloutBatch:
                 out[f.name] = value[idx.to(value.device)]
         return RolloutBatch(**out)
 
+    @staticmethod
+    def concat(batches: "list[RolloutBatch]", pad_token_id: int) -> "RolloutBatch":
+        """The rows of ``batches`` in order, each left-padded to the widest (positions follow the
+        attention mask, so left padding changes no log-prob). All must share a temperature and
+        the same optional fields."""
+        import torch
+        import torch.nn.functional as F
+
+        batches = [b for b in batches if len(b)] or batches[:1]
+        width = max(b.input_ids.shape[1] for b in batches)
+
+        def cat(tensors: list, pad_value: float) -> "Tensor":
+            if tensors[0].dim() == 1:
+                return torch.cat(tensors)
+            return torch.cat([F.pad(t, (width - t.shape[1], 0), value=pad_value) for t in tensors])
+
+        out: dict[str, Any] = {}
+        for f in fields(RolloutBatch):
+            values = [getattr(b, f.name) for b in batches]
+            if f.name == "temperature":
+                out[f.name] = values[0]
+            elif f.name == "extras":
+                out[f.name] = {k: cat([v[k] for v in values], 0.0) for k in values[0]}
+            elif isinstance(values[0], list):
+                out[f.name] = [x for v in values for x in v]
+            elif values[0] is None:
+                out[f.name] = None
+            else:
+                out[f.name] = cat(values, pad_token_id if f.name == "input_ids" else 0.0)
+        return RolloutBatch(**out)
+
     def to(self, device: "torch.device | str") -> "RolloutBatch":
         """The same batch with every tensor on ``device``."""
-        moved = {
-            f.name: getattr(self, f.name).to(device)
-            for f in fields(self)
-            if hasattr(getattr(self, f.name), "to")
-        }
+        import torch
+
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         moved["extras"] = {k: v.to(device) for k, v in self.extras.items()}
         return replace(self, **moved)
 
@@ -125,7 +163,9 @@ class Algorithm(Protocol):
                   ``data.source`` overrides it, and the runtime sets the instance's
                   ``data_source`` to the source actually used before the first ``prepare``
     needs         runtime services the algorithm uses, a subset of
-                  {"reference", "old_logprobs", "value_model"}
+                  {"reference", "old_logprobs", "value_model"}: the runtime fills
+                  ``batch.ref_logprobs`` and ``batch.old_logprobs`` (no-grad passes of the frozen
+                  reference and of the sampling policy) before ``prepare``, and builds a value model
     loss_agg      the aggregation mode the coefficients are derived for, or None to let the
                   user choose with ``optim.loss_agg`` (see rlzoo.losses.aggregate)
     group_coupled True when a sequence's coefficient depends on other sequences of its group
@@ -143,6 +183,11 @@ class Algorithm(Protocol):
     def prepare(self, batch: RolloutBatch, runtime: "RuntimeView") -> tuple[RolloutBatch, dict[str, float]]:
         """Once per batch, before any update, without gradients: advantages, pairing, filtering.
 
+        Under data parallel ``batch`` holds this process's rows: whole groups (a question's G
+        samples are never split across processes), so group statistics are local; a statistic
+        of the whole batch must sum over processes with ``runtime.reduce_sum``. Diagnostics are
+        averaged over processes weighted by rows (``num_*`` keys are summed).
+
         Returns the (possibly filtered) batch and diagnostics with slash-namespaced keys.
         """
         ...
@@ -156,7 +201,12 @@ class Algorithm(Protocol):
         ...
 
     def extra_loss(self, batch: RolloutBatch, runtime: "RuntimeView") -> tuple["Tensor | None", dict[str, float]]:
-        """A named loss term that is not a policy gradient (PPO's value loss), or None."""
+        """A loss term that is not a policy gradient (PPO's value loss), per token [n, T], or None.
+
+        The runtime averages it over the trained tokens of the whole minibatch (every micro-batch,
+        every rank) and backpropagates it after the policy loss. It may use the value model
+        (``runtime.values``); a term of the policy's own log-probs belongs in the coefficient.
+        """
         ...
 
 
@@ -169,6 +219,11 @@ class RuntimeView(Protocol):
 
     def values(self, batch: RolloutBatch) -> "Tensor":
         """[N, T] value estimates of the value model (grad enabled when the caller's is)."""
+        ...
+
+    def reduce_sum(self, values: "Tensor") -> "Tensor":
+        """``values`` summed elementwise over every process: for statistics of the global batch
+        (PPO's advantage whitening), so that 2 processes compute what 1 process computes."""
         ...
 
 

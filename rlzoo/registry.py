@@ -16,14 +16,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
+from rlzoo.errors import RegistryError
+
 T = TypeVar("T")
-
-
-class RegistryError(KeyError):
-    """An unknown or duplicate name. ``str()`` is a one-line message for the user."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -91,7 +86,7 @@ def load_plugin(spec: str) -> None:
             raise RegistryError(f"plugin module not found: {spec} ({e})") from None
 
 
-ALGORITHMS: Registry = Registry("algorithm", builtin_package="algorithms")
+ALGORITHMS: Registry = Registry("algorithm", builtin_package="rlzoo.algorithms")
 REWARDS: Registry = Registry("reward", builtin_package="rlzoo.rewards.builtin")
 DATA_SOURCES: Registry = Registry("data source", builtin_package="rlzoo.data.sources")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import ConfigError, algorithm_config, to_yaml
+from rlzoo.config import algorithm_config, to_yaml
+from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
 from rlzoo.runtime.checkpoint import atomic_write_text, save_checkpoint
-from rlzoo.runtime.generation import encode_pairs, sample
+from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
-from rlzoo.runtime.models import build_tiny_model, build_value_model, frozen_copy, load_pretrained
-from rlzoo.runtime.trainer import Runtime, lr_lambda, resolve_loss_agg, timed, train_on_batch
+from rlzoo.runtime.models import build_tiny_model, load_pretrained
+from rlzoo.runtime.stage import build_stage, train_step
+from rlzoo.runtime.trainer import resolve_loss_agg
 
 
 def build_task(cfg: DictConfig):
@@ -107,21 +108,21 @@ def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
 
 
 def score_batch(reward, batch) -> dict[str, float]:
-    """Fill ``batch.rewards`` with the reward of every completion; reward diagnostics.
+    """Fill ``batch.rewards`` with the reward of every completion; this rank's reward diagnostics.
 
     Rewards are computed by :func:`rlzoo.rewards.reward_values` (a thread pool for a reward that
     declares ``parallel = True``, a plain loop otherwise; results in order). Events a reward counts
     (its ``events`` attribute, see ``rlzoo.rewards.builtin.count_event``) are logged as
     ``reward/<event>_frac``; tool-integrated rollouts add ``tools/calls`` (per sequence),
-    ``tools/fail_frac`` (per call) and ``time/tools``.
+    ``tools/fail_frac`` (per call) and ``time/tools``. The mean and std of the rewards are taken
+    over every rank by the stage (``reward/mean``, ``reward/std``).
     """
     from rlzoo.rewards import reward_values_and_events
 
     values, events = reward_values_and_events(reward, batch.examples, batch.completions)
-    batch.rewards = torch.tensor(values, device=batch.input_ids.device)  # [N]
+    batch.rewards = torch.tensor(values, device=batch.input_ids.device, dtype=torch.float)  # [N]
     n = max(len(values), 1)
-    metrics = {"reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()) if len(values) > 1 else 0.0}
-    metrics.update({f"reward/{e}_frac": frac for e, frac in events.items()})
+    metrics = {f"reward/{e}_frac": frac for e, frac in events.items()}
     if "tool_calls" in batch.extras:
         calls = float(batch.extras["tool_calls"].sum())
         metrics["tools/calls"] = calls / n
@@ -130,8 +131,10 @@ def score_batch(reward, batch) -> dict[str, float]:
     return metrics
 
 
-def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward) -> dict[str, float]:
+def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward, dist=None) -> dict[str, float]:
+    """The held-out evaluation of ``cfg.eval`` (sharded over the ranks of ``dist``)."""
     from rlzoo.evaluation import evaluate
+    from rlzoo.runtime.sampling import mix_seed
 
     e = cfg.eval
     subset = examples[: e.num_examples] if e.num_examples else examples
@@ -141,55 +144,75 @@ def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward)
         subset = apply_chat_template(subset, tokenizer)
     return evaluate(
         model, tokenizer, subset, reward, samples=e.samples, ks=list(e.ks), temperature=e.temperature,
-        top_p=e.top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+        top_p=e.top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, tool_rounds=e.tool_rounds,
+        tool_timeout_s=e.tool_timeout_s, seed=mix_seed(cfg.seed, "eval"), dist=dist,
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run every stage of ``cfg``; returns the summary (also written to summary.json)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
+def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
+    """Check every stage before any work starts; the stages with their algorithm instances."""
     for plugin in cfg.plugins:
         load_plugin(plugin)
-    out = Path(cfg.output_dir or f"runs/{cfg.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    config_yaml = to_yaml(cfg)
-    atomic_write_text(out / "config.yaml", config_yaml)
-    # validate every stage before any work starts
     stages = [(name, stage, make_algorithm(cfg, stage.algorithm)) for name, stage in cfg.stages.items()]
     for name, stage, algo in stages:
         DATA_SOURCES.get(stage.data.source or algo.data_source)
         make_reward(stage)
         if stage.task:
             stage_task_config(cfg, name, stage)
+        if stage.optim.schedule not in SCHEDULES:
+            raise ConfigError(f"stages.{name}.optim.schedule: unknown schedule '{stage.optim.schedule}'; known: {', '.join(SCHEDULES)}")
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
-            lr_lambda(stage.optim.schedule, 0, 1)
         except ValueError as e:
             raise ConfigError(f"stages.{name}.{e}") from None
+    REWARDS.get(cfg.eval.reward)
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision: unknown '{cfg.mixed_precision}'; known: no, bf16, fp16")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision: fp16 needs a GPU (on a CPU use bf16)")
+    return stages
 
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run every stage of ``cfg``; returns the summary (also written to summary.json).
+
+    Under ``torchrun``/``accelerate launch`` every process runs this; only the main one writes
+    files, and every number it writes is reduced over all processes first.
+    """
+    from accelerate.utils import set_seed
+
+    stages = validate(cfg)
+    dist = init_distributed()
+    out = Path(cfg.output_dir or f"runs/{cfg.name}")
+    config_yaml = to_yaml(cfg)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", config_yaml)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     task = build_task(cfg)
-    policy, tokenizer = initial_model(cfg, task)
+    lm, tokenizer = initial_model(cfg, task)
     eval_examples = task.eval_examples()
     logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
-                           config=OmegaConf.to_container(cfg, resolve=True))
+                           config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
     summary: dict[str, Any] = {"stages": []}
     global_step = 0
     try:
         for index, (name, stage, algo) in enumerate(stages):
             if stage.init:
-                policy, tokenizer = load_pretrained(stage.init, dtype=cfg.model.dtype)
-            result, global_step = run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples,
-                                            accelerator, logger, out, config_yaml, global_step, seed=cfg.seed + index)
+                lm, tokenizer = load_pretrained(stage.init, dtype=cfg.model.dtype)
+            result, global_step, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
+                                                logger, out, config_yaml, global_step)
             summary["stages"].append(result)
-            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+            if dist.is_main:
+                atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     return summary
 
 
@@ -202,91 +225,55 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_stage(cfg, name, stage, algo, policy, tokenizer, task, eval_examples, accelerator, logger, out,
-              config_yaml, global_step, seed) -> tuple[dict[str, Any], int]:
-    """Train ``policy`` in place for one stage; returns its summary entry and the global step."""
-    from rlzoo.data.sources import SourceContext
+def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
+              global_step) -> tuple[dict[str, Any], int, torch.nn.Module]:
+    """Train ``lm`` for one stage; returns its summary entry, the global step and the trained LM."""
     from tqdm.auto import tqdm
 
+    from rlzoo.runtime.sampling import mix_seed
+
     t_start = time.perf_counter()
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(accelerator.device)
-    reward = make_reward(stage)
-    ocfg = stage.optim
-    policy.train()
-    reference = frozen_copy(policy) if "reference" in algo.needs else None
-    value_model = build_value_model(policy) if "value_model" in algo.needs else None
-    param_groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": ocfg.lr}]
-    if value_model is not None:
-        param_groups.append({"params": list(value_model.parameters()), "lr": ocfg.value_lr or ocfg.lr, "name": "value"})
-    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(ocfg.schedule, ocfg.warmup_steps, stage.steps))
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    if value_model is not None:
-        value_model = accelerator.prepare(value_model)
-    if reference is not None:
-        reference = reference.to(accelerator.device)
-    rt = Runtime(accelerator, policy, tokenizer, reference, value_model, cfg.model.logprob_chunk_size, ocfg.micro_batch_size)
-    device = accelerator.device
-    stream_seed = seed * 1000 + accelerator.process_index
-    prompts = stage_task(cfg, name, stage, task).train_stream(stream_seed)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    seed = cfg.seed + index
+    prompts = stage_task(cfg, name, stage, task).train_stream(seed * 1000)  # the same stream on every rank
     if cfg.task.chat_template:
         from rlzoo.data.templates import chat_stream
 
         prompts = chat_stream(prompts, tokenizer)
-    ctx = SourceContext(
-        prompts=prompts,
-        settings=stage.data,
-        encode=lambda exs, comps: encode_pairs(tokenizer, exs, comps, device),
-        sample=lambda exs, n: sample(policy, tokenizer, exs, n, stage.generation),
-        score=lambda batch: score_batch(reward, batch),
-        seed=stream_seed,
-    )
-    algo.data_source = stage.data.source or algo.data_source  # the instance sees the source it runs on
-    source = DATA_SOURCES.get(algo.data_source)(ctx)
-    loss_agg = resolve_loss_agg(algo, ocfg.loss_agg)
-    agg_constant = ocfg.loss_agg_constant or float(stage.generation.max_new_tokens)
-    generator = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(stage.steps), desc=f"{name} ({stage.algorithm})", disable=not cfg.logging.progress, dynamic_ncols=True)
-    random.seed(seed)
-    for step in bar:
-        metrics: dict[str, float] = {}
-        t0 = time.perf_counter()
-        batch, source_metrics = source.next_batch(step)
-        metrics.update(source_metrics)
-        metrics["time/data"] = time.perf_counter() - t0 - metrics.get("time/generate", 0.0) - metrics.get("time/reward", 0.0)
-        with timed(metrics, "time/reference"):
-            if reference is not None:
-                batch.ref_logprobs = rt.logprobs_nograd(reference, batch)  # [N, T]
-        with timed(metrics, "time/prepare"):
-            batch, prep_metrics = algo.prepare(batch, rt)
-        metrics.update(prep_metrics)
-        if len(batch) == 0:
-            metrics["train/skipped"] = 1.0
-        else:
-            with timed(metrics, "time/train"):
-                metrics.update(train_on_batch(rt, algo, batch, optimizer, ocfg, loss_agg, agg_constant, generator))
-        scheduler.step()
+    st = build_stage(name, stage, algo, lm, tokenizer, prompts, model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
+                     seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage), score=score_batch)
+    dist, device = st.dist, st.accelerator.device
+    eval_reward = REWARDS.get(cfg.eval.reward)
+    bar = tqdm(total=stage.steps, desc=f"{name} ({stage.algorithm})", disable=not (cfg.logging.progress and dist.is_main),
+               dynamic_ncols=True)
+    while st.step < stage.steps:
+        metrics = train_step(st)
         global_step += 1
-        metrics.update({"optim/lr": scheduler.get_last_lr()[0], "train/sequences": float(len(batch)),
-                        "time/step": time.perf_counter() - t0})
-        if stage.eval_every and (step + 1) % stage.eval_every == 0 and step + 1 < stage.steps:
-            evaluation = run_eval(cfg, policy, tokenizer, eval_examples, REWARDS.get(cfg.eval.reward))
+        step = st.step
+        if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
+            evaluation = run_eval(cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
             metrics.update({f"eval/{k}": v for k, v in evaluation.items()})
-        if (step + 1) % cfg.logging.log_every == 0:
-            logger.log({"stage": name, "step": step + 1, **metrics}, global_step)
+        if logger is not None and step % cfg.logging.log_every == 0:
+            logger.log({"stage": name, "step": step, **metrics}, global_step)
+        bar.update(1)
         bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("reward/mean", "loss/policy") if k in metrics})
-        if stage.save_every and (step + 1) % stage.save_every == 0:
-            save_checkpoint(out / name / "latest", policy, tokenizer, optimizer=optimizer, config_yaml=config_yaml,
-                            state={"stage": name, "step": step + 1, "global_step": global_step})
+        if stage.save_every and step % stage.save_every == 0:
+            save(st, out / name / "latest", tokenizer, config_yaml, global_step)
     bar.close()
     train_seconds = time.perf_counter() - t_start
-    policy.eval()
-    eval_metrics = run_eval(cfg, policy, tokenizer, eval_examples, REWARDS.get(cfg.eval.reward))
-    logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, global_step)
-    save_checkpoint(out / name / "final", policy, tokenizer, optimizer=optimizer, config_yaml=config_yaml,
-                    state={"stage": name, "step": stage.steps, "global_step": global_step})
+    save(st, out / name / "final", tokenizer, config_yaml, global_step)  # before the evaluation: a trained stage is never lost
+    eval_metrics = run_eval(cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
+    if logger is not None:
+        logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, global_step)
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(train_seconds, 2),
               "peak_memory_mb": round(peak_memory_mb(device), 1), "eval": eval_metrics}
-    return result, global_step
+    return result, global_step, st.close()
 
+
+def save(st, folder: Path, tokenizer, config_yaml: str, global_step: int) -> None:
+    """The main process writes the stage's checkpoint; the others wait for it."""
+    if st.dist.is_main:
+        save_checkpoint(folder, st.lm, tokenizer, optimizer=st.optimizer, config_yaml=config_yaml,
+                        state={"stage": st.name, "step": st.step, "global_step": global_step})
+    st.dist.barrier()

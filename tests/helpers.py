@@ -1,7 +1,6 @@
-"""Pieces shared by tests: stand-ins for driving ``rlzoo.runtime.trainer.train_on_batch`` directly,
-and the config overrides of a tiny model for end-to-end runs."""
-
-import contextlib
+"""Pieces shared by tests: a real single-process runtime for driving
+``rlzoo.runtime.trainer.train_on_batch`` directly, and the config overrides of a tiny model for
+end-to-end runs."""
 
 import torch
 
@@ -9,21 +8,20 @@ import torch
 TINY_MODEL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2"]
 
 
-class NoAccel:
-    """The three accelerate calls train_on_batch makes, for a single CPU process."""
+def make_runtime(model, tokenizer=None, *, reference=None, micro_batch_size: int = 64, chunk_size: int = 4096):
+    """The runtime of one CPU process around ``model`` (and a frozen ``reference``), as a stage builds it."""
+    from accelerate import Accelerator
 
-    def no_sync(self, model):
-        return contextlib.nullcontext()
+    from rlzoo.runtime.models import LogProbModel
+    from rlzoo.runtime.trainer import Runtime
 
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    accelerator = Accelerator(cpu=True)
+    ref = None if reference is None else LogProbModel(reference, chunk_size)
+    return Runtime(accelerator, LogProbModel(model, chunk_size), tokenizer, ref, None, micro_batch_size)
 
 
-class OptimSettings:
-    """An ``optim`` config section given as keyword arguments."""
+def optim(**kw):
+    """A stage's ``optim`` section (the real dataclass) with ``kw`` set."""
+    from rlzoo.config import OptimConfig
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    return OptimConfig(**kw)

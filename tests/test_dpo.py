@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms.dpo import DPO, LOSS_AGG, pair_indices, sequence_logratio
+from rlzoo.algorithms.dpo import DPO, LOSS_AGG, pair_indices, sequence_logratio
 from rlzoo.config import ConfigError, load_config
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import surrogate_loss
 from rlzoo.registry import register_reward
-from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, split_groups, train_on_batch
-from helpers import TINY_MODEL, NoAccel, OptimSettings
+from rlzoo.runtime.trainer import resolve_loss_agg, split_groups, train_on_batch
+from helpers import TINY_MODEL, make_runtime, optim
 
 
 @register_reward("test_dpo_len_parity")
@@ -166,19 +166,19 @@ def test_prepare_pairs_correct_with_wrong_of_the_same_question():
     out, m = algo.prepare(batch, None)
     # group 0: o+ rows [0, 3], o- rows [1, 2] -> pairs (0,1), (3,2), (0,2); group 3: o+ [13], o- [12, 15] -> (13,12), (13,15)
     assert out.completions == ["c0", "c1", "c3", "c2", "c0", "c2", "c13", "c12", "c13", "c15"]
-    assert out.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert out.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 9, 9, 10, 10]  # pair m of question g: g * pairs_per_prompt + m
     assert out.extras["dpo_sign"].tolist() == [1, -1] * 5
     assert out.rewards.tolist() == [1, 0] * 5
     torch.testing.assert_close(out.ref_logprobs[6], batch.ref_logprobs[13])  # per-row tensors travel with the row
-    assert m == {"dpo/pairs": 5.0, "dpo/dropped_groups": 2.0, "dpo/dropped_group_frac": 0.5}
+    assert m == {"dpo/num_pairs": 5.0, "dpo/num_dropped_groups": 2.0, "dpo/dropped_group_frac": 0.5}
     # default: one pair per question
     out, m = DPO(DPO.Config()).prepare(scored_batch(rewards), None)
-    assert out.completions == ["c0", "c1", "c13", "c12"] and m["dpo/pairs"] == 2.0
+    assert out.completions == ["c0", "c1", "c13", "c12"] and m["dpo/num_pairs"] == 2.0
 
 
 def test_prepare_with_no_usable_group_gives_an_empty_batch():
     out, m = DPO(DPO.Config()).prepare(scored_batch([1, 1, 0, 0], samples=2), None)
-    assert len(out) == 0 and m["dpo/pairs"] == 0.0 and m["dpo/dropped_groups"] == 2.0
+    assert len(out) == 0 and m["dpo/num_pairs"] == 0.0 and m["dpo/num_dropped_groups"] == 2.0
 
 
 def test_pair_indices():
@@ -218,14 +218,14 @@ def test_runtime_accumulation_equals_full_batch(tiny_model, task, tokenizer):
     batch = sample(tiny_model, tokenizer, task.eval_examples()[:3], 4, GenerationConfig(max_new_tokens=6))
     batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1])
     algo = DPO(DPO.Config(beta=0.5, pairs_per_prompt=2, normalize="sum"))
-    rt = Runtime(NoAccel(), tiny_model, None, reference=reference)
-    batch.ref_logprobs = rt.logprobs_nograd(reference, batch)
+    rt = make_runtime(tiny_model, tokenizer, reference=reference)
+    batch.ref_logprobs = rt.logprobs_nograd(rt.reference, batch)
     batch, m = algo.prepare(batch, rt)
-    assert m["dpo/pairs"] == 4.0
+    assert m["dpo/num_pairs"] == 4.0
     grads = []
     for micro in (len(batch), 2):
         tiny_model.zero_grad()
-        cfg = OptimSettings(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+        cfg = optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
         train_on_batch(rt, algo, batch, torch.optim.SGD(tiny_model.parameters(), lr=0.0), cfg, algo.loss_agg, None,
                        torch.Generator().manual_seed(0))
         grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
@@ -251,7 +251,7 @@ def test_smoke_run_trains(tmp_path, extra):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["stage"] == "grpo" and "loss/policy" in r]
     assert len(steps) == 2
-    assert all(math.isfinite(r["loss/policy"]) and math.isfinite(r["dpo/loss"]) and r["dpo/pairs"] > 0 for r in steps)
+    assert all(math.isfinite(r["loss/policy"]) and math.isfinite(r["dpo/loss"]) and r["dpo/num_pairs"] > 0 for r in steps)
     assert steps[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-5)  # step 1: policy = reference, z = 0
     if extra:
         assert all("pool/mean" in r for r in steps)  # re-sampled at every step

@@ -56,7 +56,7 @@ def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported
         def __init__(self, completions):
             self.completions, self.examples = completions, [ex] * len(completions)
 
-    monkeypatch.setattr(evaluation, "sample", lambda model, tok, exs, n, cfg: Batch(greedy if n == 1 else samples))
+    monkeypatch.setattr(evaluation, "sample", lambda model, tok, exs, n, cfg, **kw: Batch(greedy if n == 1 else samples))
     out = evaluation.evaluate(None, None, [ex], any_format, samples=4, ks=[1, 4])
     assert out["accuracy"] == 1.0
     assert out["pass@1"] == pytest.approx(0.5) and out["pass@4"] == 1.0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algorithms.grpo import GRPO, group_advantages
+from rlzoo.algorithms.grpo import GRPO, group_advantages
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 

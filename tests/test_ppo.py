@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from algorithms.ppo import PPO, gae, kl_shaped_rewards, state_values, whiten
+from rlzoo.algorithms.ppo import PPO, gae, kl_shaped_rewards, state_values, whiten
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.registry import register_reward
@@ -21,16 +21,16 @@ def _length_reward(prompt, completion, example) -> float:
 
 
 class _ValueRuntime:
-    """A RuntimeView with fixed policy log-probs and raw value-model outputs."""
+    """A RuntimeView of one process whose value model outputs fixed raw values."""
 
-    def __init__(self, logprobs, raw_values):
-        self.logprobs, self.raw_values = logprobs, raw_values
-
-    def policy_logprobs(self, batch):
-        return self.logprobs
+    def __init__(self, raw_values):
+        self.raw_values = raw_values
 
     def values(self, batch):
         return self.raw_values
+
+    def reduce_sum(self, values):
+        return values
 
 
 def make_batch(lengths=(3, 5, 1, 4), prompt=2, seed=0):
@@ -112,7 +112,8 @@ def test_prepare_aligns_values_and_folds_kl():
     )
     old = torch.tensor([[0.0, -0.5, -2.5]])  # log pi_old - log pi_ref = (0.5, -0.5)
     algo = PPO(PPO.Config(beta=0.2, gamma=1.0, lam=1.0, whiten_advantages=False))
-    batch, metrics = algo.prepare(batch, _ValueRuntime(old, torch.tensor([[0.3, 0.6, 99.0]])))
+    batch.old_logprobs = old  # the runtime fills pi_old before prepare
+    batch, metrics = algo.prepare(batch, _ValueRuntime(torch.tensor([[0.3, 0.6, 99.0]])))
     # r = (-0.1, 0.1 + 1.0); A_c = 1.1 - 0.6 = 0.5; A_b = (-0.1 + 1.1) - 0.3 = 0.7
     torch.testing.assert_close(batch.extras["values"], torch.tensor([[0.0, 0.3, 0.6]]))
     torch.testing.assert_close(batch.advantages, torch.tensor([[0.0, 0.7, 0.5]]))
@@ -146,7 +147,8 @@ def test_coefficient_gradient_equals_clipped_surrogate_gradient(mode):
     n, t = batch.loss_mask.shape
     algo = PPO(PPO.Config(beta=0.04, gamma=0.95, lam=0.9))
     old = -torch.rand(n, t, generator=g) * 2
-    batch, _ = algo.prepare(batch, _ValueRuntime(old, torch.randn(n, t, generator=g)))
+    batch.old_logprobs = old
+    batch, _ = algo.prepare(batch, _ValueRuntime(torch.randn(n, t, generator=g)))
     adv, on = batch.advantages, batch.loss_mask > 0
     # ratios far from 1, clipped on both sides, for both signs of A
     logp0 = old + torch.randn(n, t, generator=g) * 0.5
@@ -173,7 +175,8 @@ def test_on_policy_coefficient_is_the_advantage():
     n, t = batch.loss_mask.shape
     old = -torch.rand(n, t, generator=g)
     algo = PPO(PPO.Config())
-    batch, _ = algo.prepare(batch, _ValueRuntime(old, torch.zeros(n, t)))
+    batch.old_logprobs = old
+    batch, _ = algo.prepare(batch, _ValueRuntime(torch.zeros(n, t)))
     coef, metrics = algo.coefficients(batch, old)
     torch.testing.assert_close(coef, batch.advantages)
     assert metrics["policy/clip_frac"] == 0 and metrics["ppo/approx_kl"] == 0
@@ -192,7 +195,8 @@ def test_value_loss_clipping_by_hand():
                                  "returns": torch.tensor([[0.0, 1.0, 1.0, 0.0]])})
     raw = torch.tensor([[0.5, 0.5, -0.1, 7.0]], requires_grad=True)  # state values are raw shifted right
     algo = PPO(PPO.Config(value_clip_eps=0.2, vf_coef=0.5))
-    loss, metrics = algo.extra_loss(batch, _ValueRuntime(None, raw))
+    per_token, metrics = algo.extra_loss(batch, _ValueRuntime(raw))
+    loss = aggregate(per_token, mask, "token-mean")  # the runtime's average over trained tokens
     assert float(loss.detach()) == pytest.approx(0.075)
     assert metrics["loss/value"] == pytest.approx(0.15)
     assert metrics["value/clip_frac"] == pytest.approx(1 / 3)

@@ -114,7 +114,7 @@ def test_parallel_scoring_keeps_order_and_counts_events():
     batch = batch_of(completions, examples)
     metrics = score_batch(program, batch)
     assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
-    assert metrics["reward/mean"] == pytest.approx(4 / 9)
+    assert "reward/mean" not in metrics  # the stage takes the mean over every rank's rewards
     assert metrics["reward/no_program_frac"] == pytest.approx(1 / 9)
     assert metrics["reward/exec_fail_frac"] == 0.0 and metrics["reward/exec_timeout_frac"] == 0.0
 

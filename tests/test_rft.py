@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from algorithms.rft import RFT, OnlineRFT, duplicate_mask
-from algorithms.sft import SFT
+from rlzoo.algorithms.rft import RFT, OnlineRFT, duplicate_mask
+from rlzoo.algorithms.sft import SFT
 from rlzoo.config import load_config
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss

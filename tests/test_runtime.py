@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from algorithms.grpo import GRPO
-from algorithms.sft import SFT
+from rlzoo.algorithms.grpo import GRPO
+from rlzoo.algorithms.sft import SFT
 from rlzoo.runtime.generation import GenerationConfig, completion_mask, encode_pairs, sample
 from rlzoo.runtime.logprobs import token_logprobs
-from rlzoo.runtime.trainer import Runtime, split_groups, train_on_batch
-from helpers import NoAccel, OptimSettings
+from rlzoo.runtime.trainer import split_groups, train_on_batch
+from helpers import make_runtime, optim
 
 
 
@@ -70,9 +70,9 @@ def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
 
 def _grads_after(model, algo, batch, micro, mode):
     model.zero_grad()
-    rt = Runtime(NoAccel(), model, None, micro_batch_size=micro)
+    rt = make_runtime(model, micro_batch_size=micro)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    cfg = OptimSettings(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+    cfg = optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
     train_on_batch(rt, algo, batch, optimizer, cfg, mode, 40.0, torch.Generator().manual_seed(0))
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -90,6 +90,7 @@ def test_grpo_accumulation_equals_full_batch(tiny_model, task, tokenizer):
     batch = sample(tiny_model, tokenizer, task.eval_examples()[:2], 4, GenerationConfig(max_new_tokens=6))
     batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1])
     algo = GRPO(GRPO.Config(beta=0.0))
+    batch.old_logprobs = make_runtime(tiny_model).policy_logprobs(batch)  # as the stage fills pi_old
     batch, _ = algo.prepare(batch, None)
     full = _grads_after(tiny_model, algo, batch, 8, "seq-mean-token-mean")
     accumulated = _grads_after(tiny_model, algo, batch, 3, "seq-mean-token-mean")

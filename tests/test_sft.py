@@ -2,7 +2,7 @@
 
 import torch
 
-from algorithms.sft import SFT
+from rlzoo.algorithms.sft import SFT
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 

@@ -24,7 +24,7 @@ and, for MATH, ``subject``, ``level`` and ``unique_id``.
 
 Rows are read as one JSON object per line with :mod:`json` rather than ``datasets``' json loader:
 that way a bad row (invalid JSON, a missing field, a wrong type) raises a one-line
-:class:`~rlzoo.data.sources.DataError` naming the file and the 1-based line, and nothing is
+:class:`~rlzoo.errors.DataError` naming the file and the 1-based line, and nothing is
 cached on disk. Blank lines are skipped.
 
 :class:`FileTask` makes a task of two files (``task.name: gsm8k`` or ``math``, paths under
@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from rlzoo.data.sources import DataError
+from rlzoo.config import FilesConfig
 from rlzoo.data.templates import check_format, format_prompt
+from rlzoo.errors import DataError
 from rlzoo.interface import Example
 
 DATA_ROOT = "../shared/data"  # relative to the working directory (the repository root)
@@ -55,14 +56,6 @@ FILE_TASKS = tuple(DEFAULT_FILES)
 _CALC_ANNOTATION_RE = re.compile(r"<<[^<>\n]*>>")  # GSM8K calculator annotations <<48/2=24>>
 
 
-@dataclass
-class FilesConfig:
-    """The jsonl files of a file task (``task.name: gsm8k`` or ``math``)."""
-
-    train: Optional[str] = None  # training problems (jsonl); None = ../shared/data/<task>/train.jsonl
-    eval: Optional[str] = None  # held-out problems (jsonl); None = gsm8k/test.jsonl, or MATH-500 (math/test.jsonl)
-    eval_size: Optional[int] = None  # held-out set = the first N rows of eval (None = all)
-    format: str = "cot"  # prompt template and reference-solution format: cot, pot or tir
 
 
 # -- one file -----------------------------------------------------------------------------------
@@ -274,7 +267,7 @@ def installed_model(name: str) -> tuple[str, str]:
     """
     import importlib.util
 
-    from rlzoo.runtime.models import ModelLoadError
+    from rlzoo.errors import ModelLoadError
 
     if name not in INSTALLED_MODELS:
         raise ModelLoadError(f"unknown installed model '{name}'; known: {', '.join(INSTALLED_MODELS)}")

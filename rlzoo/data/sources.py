@@ -1,7 +1,7 @@
 """Data sources: where an algorithm's (q, o) pairs come from (the paper's "data source" column).
 
 Every source has the same signature: built from a :class:`SourceContext`, it answers
-``next_batch(step) -> (RolloutBatch, metrics)``.
+``next_batch(step) -> (RolloutBatch, metrics)`` with **this rank's** rows of the step's batch.
 
 * ``dataset``: questions with their reference solutions (SFT's data).
 * ``online``: ``samples_per_prompt`` outputs per question sampled from the *current* policy at
@@ -10,60 +10,75 @@ Every source has the same signature: built from a :class:`SourceContext`, it ans
   at the start of the stage, from the stage's initial policy (the SFT model), scored, then served
   in batches of whole groups (RFT, DPO). With ``resample_every = N`` the pool is re-sampled from
   the current policy every N steps (iterative DPO / RFT).
+
+The global batch never depends on the process count: questions come from one seeded stream that
+every rank reads alike (:meth:`SourceContext.questions` keeps this rank's block of them), a
+question's group id is its position in that stream, and each sample is drawn with a seed made of
+that position (:mod:`rlzoo.runtime.sampling`). The offline pool is sampled in blocks, one per rank,
+then gathered, so every rank holds the same pool and serves its block of each step's groups.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
+from rlzoo.errors import DataError
 from rlzoo.interface import Example, RolloutBatch
 from rlzoo.registry import register_data_source
-
-
-class DataError(Exception):
-    """Unusable data (a missing file, a bad row); ``str()`` is one line naming file and line."""
+from rlzoo.runtime.distributed import Dist, MetricsReducer
 
 
 @dataclass
 class SourceContext:
     """What a data source may use.
 
-    prompts   endless iterator of training questions (never the held-out set)
+    prompts   endless iterator of training questions (never the held-out set), the same on every rank
     settings  the stage's ``data`` config (DataConfig)
-    encode    (examples, completions) -> RolloutBatch of given texts
-    sample    (examples, n) -> RolloutBatch of n outputs per question from the current policy
+    encode    (examples, completions, group ids) -> RolloutBatch of given texts
+    sample    (examples, group ids, n) -> RolloutBatch of n outputs per question from the current
+              policy, each row seeded by its question's group id and its sample index
     score     fills ``batch.rewards`` in place and returns reward diagnostics
-    seed      seed for the source's own shuffling
+    seed      seed for the source's own shuffling (the same on every rank)
+    dist      this rank and the collectives (:class:`~rlzoo.runtime.distributed.Dist`)
+    pad_token_id  for gathering batches of different widths
     """
 
     prompts: Iterator[Example]
     settings: object
-    encode: Callable[[list[Example], list[str]], RolloutBatch]
-    sample: Callable[[list[Example], int], RolloutBatch]
+    encode: Callable[[list[Example], list[str], list[int]], RolloutBatch]
+    sample: Callable[[list[Example], list[int], int], RolloutBatch]
     score: Callable[[RolloutBatch], dict[str, float]]
     seed: int = 0
+    dist: Dist = field(default_factory=Dist)
+    pad_token_id: int = 0
+    position: int = 0  # questions taken from ``prompts`` so far (a question's group id is its position)
+
+    def questions(self, n: int) -> tuple[list[Example], list[int]]:
+        """The next ``n`` questions of the stream: this rank's block of them, and their positions."""
+        drawn = list(islice(self.prompts, n))
+        if len(drawn) < n:
+            raise DataError(f"the question stream ended after {self.position + len(drawn)} questions")
+        positions = list(range(self.position, self.position + n))
+        self.position += n
+        block = self.dist.shard(n)
+        return drawn[block], positions[block]
 
 
-def sample_and_score(ctx: SourceContext, examples: list[Example], n: int) -> tuple[RolloutBatch, dict[str, float]]:
+def sample_and_score(ctx: SourceContext, examples: list[Example], keys: list[int], n: int) -> tuple[RolloutBatch, dict[str, float]]:
     """Sample ``n`` outputs per question with the current policy and score them, timed."""
     t0 = time.perf_counter()
-    batch = ctx.sample(examples, n)
+    batch = ctx.sample(examples, keys, n)
     t1 = time.perf_counter()
-    metrics = ctx.score(batch)
+    metrics = ctx.score(batch) if len(batch) else {}
     lengths = batch.completion_lengths.float()  # [N]
-    metrics.update(
-        {
-            "time/generate": t1 - t0,
-            "time/reward": time.perf_counter() - t1,
-            "completion/length_mean": float(lengths.mean()),
-            "completion/length_max": float(lengths.max()),
-        }
-    )
+    metrics.update({"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1})
+    if len(batch):
+        metrics.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max())})
     return batch, metrics
 
 
@@ -75,53 +90,74 @@ class DatasetSource:
         self.ctx = ctx
 
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
-        examples = list(islice(self.ctx.prompts, self.ctx.settings.prompts_per_step))
+        examples, keys = self.ctx.questions(self.ctx.settings.prompts_per_step)
         missing = [ex.prompt[:60] for ex in examples if ex.solution is None]
         if missing:
             raise DataError(f"data source 'dataset' needs reference solutions; none for: {missing[0]!r}")
-        return self.ctx.encode(examples, [ex.solution for ex in examples]), {}
+        return self.ctx.encode(examples, [ex.solution for ex in examples], keys), {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 @register_data_source("online")
-class OnlineSource:
+class OnlineSource(DatasetSource):
     """``samples_per_prompt`` outputs per question from the current policy, every step."""
 
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
-
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
-        examples = list(islice(self.ctx.prompts, self.ctx.settings.prompts_per_step))
-        return sample_and_score(self.ctx, examples, self.ctx.settings.samples_per_prompt)
+        examples, keys = self.ctx.questions(self.ctx.settings.prompts_per_step)
+        return sample_and_score(self.ctx, examples, keys, self.ctx.settings.samples_per_prompt)
 
 
 @register_data_source("offline")
 class OfflineSource:
-    """A pool sampled once from the stage's initial policy (re-sampled every ``resample_every``)."""
+    """A pool sampled once from the stage's initial policy (re-sampled every ``resample_every``),
+    held whole by every rank and served in a seeded order of whole groups."""
 
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx
         self.pool: RolloutBatch | None = None
-        self.order: list[int] = []
+        self.order: list[int] = []  # group ids still to serve, in order
         self.generator = torch.Generator().manual_seed(ctx.seed)
 
     def _refill(self) -> dict[str, float]:
         s = self.ctx.settings
-        examples = list(islice(self.ctx.prompts, s.pool_prompts))
-        self.pool, metrics = sample_and_score(self.ctx, examples, s.samples_per_prompt)
+        examples, keys = self.ctx.questions(s.pool_prompts)
+        block, metrics = sample_and_score(self.ctx, examples, keys, s.samples_per_prompt)
+        self.pool = RolloutBatch.concat(self.ctx.dist.gather(block.to("cpu")), self.ctx.pad_token_id).to(block.input_ids.device)
         self.order = []
-        return {f"pool/{k.split('/', 1)[1]}" if k.startswith("reward/") else k: v for k, v in metrics.items()}
+        reducer = MetricsReducer()  # the pool's metrics over every rank's block
+        reducer.add(metrics, len(block))
+        metrics = reducer.reduce(self.ctx.dist)
+        metrics = {f"pool/{k.split('/', 1)[1]}" if k.startswith("reward/") else k: v for k, v in metrics.items()}
+        rewards = self.pool.rewards[~torch.isnan(self.pool.rewards)].double()  # [P * G] every rank's
+        if len(rewards):
+            metrics.update({"pool/mean": float(rewards.mean()), "pool/std": float(rewards.std()) if len(rewards) > 1 else 0.0})
+        return metrics
 
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         s = self.ctx.settings
         metrics: dict[str, float] = {}
         if self.pool is None or (s.resample_every > 0 and step > 0 and step % s.resample_every == 0):
             metrics = self._refill()
-        groups = torch.unique(self.pool.group_ids)  # [P]
+        groups = torch.unique_consecutive(self.pool.group_ids)  # [P] in pool order
         if len(self.order) < s.prompts_per_step:
             self.order += groups[torch.randperm(len(groups), generator=self.generator)].tolist()
         take, self.order = self.order[: s.prompts_per_step], self.order[s.prompts_per_step :]
-        rows = torch.isin(self.pool.group_ids, torch.tensor(take, device=self.pool.group_ids.device)).nonzero().squeeze(-1)
-        batch = self.pool.select(rows)
-        finite = batch.rewards[~torch.isnan(batch.rewards)]
-        metrics["reward/mean"] = float(finite.mean()) if len(finite) else float("nan")
-        return batch, metrics
+        ids = self.pool.group_ids.tolist()
+        rows = [i for g in take[self.ctx.dist.shard(len(take))] for i, gi in enumerate(ids) if gi == g]  # in serving order
+        return self.pool.select(rows), metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pool, its serving order and generator: what a resumed stage needs to go on exactly."""
+        return {"pool": None if self.pool is None else self.pool.to("cpu"), "order": list(self.order),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.ctx.dist.device
+        self.pool = None if state["pool"] is None else state["pool"].to(device)
+        self.order = list(state["order"])
+        self.generator.set_state(state["generator"])

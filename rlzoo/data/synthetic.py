@@ -28,9 +28,9 @@ True
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
+from rlzoo.config import SyntheticConfig
 from rlzoo.interface import Example
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jo", "Kim", "Leo", "Mia", "Ned", "Ola", "Pam"]
@@ -63,22 +63,6 @@ def question_key(prompt: str) -> str:
     return question
 
 
-@dataclass
-class SyntheticConfig:
-    """Difficulty and size of the embedded task."""
-
-    min_ops: int = 1  # fewest operations per problem
-    max_ops: int = 3  # most operations per problem
-    ops_weights: Optional[list[float]] = None  # relative frequency of min_ops..max_ops operations (None = uniform)
-    max_operand: int = 10  # operands are drawn from 1..max_operand (the start from 1..2*max_operand)
-    max_value: int = 100  # every intermediate and final value stays in 0..max_value
-    operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
-    eval_size: int = 200  # size of the fixed held-out set
-    eval_seed: int = 12345  # seed of the held-out set (never used for training)
-    format: str = "cot"  # training format when format_mix is empty: "cot", "pot" or "tir"
-    format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
-    eval_format: Optional[str] = None  # format of the held-out set; None = format
-    format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
 
 
 class SyntheticTask:

@@ -62,7 +62,7 @@ def format_prompt(question: str, fmt: str = "cot") -> str:
 def chat_prompt(prompt: str, tokenizer) -> str:
     """``prompt`` as one user turn of ``tokenizer``'s chat template, ending in the assistant header."""
     if not getattr(tokenizer, "chat_template", None):
-        from rlzoo.config import ConfigError
+        from rlzoo.errors import ConfigError
 
         raise ConfigError("task.chat_template is true but the tokenizer has no chat template")
     return tokenizer.apply_chat_template(

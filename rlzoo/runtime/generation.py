@@ -2,8 +2,11 @@
 
 Prompts are left-padded so every row's completion starts at the same column; Hugging Face
 ``generate`` samples G completions per prompt with the KV cache, temperature and top-p, and stops
-each row at EOS (later positions are padding). The returned batch has ``loss_mask`` = 1 on the
-generated tokens up to and including EOS, ``rewards`` = NaN (the data source scores them).
+each row at EOS (later positions are padding). Each row is sampled with its own seed
+(:mod:`rlzoo.runtime.sampling`), so its tokens do not depend on the other rows. The returned batch
+has ``loss_mask`` = 1 on the generated tokens up to and including EOS, ``rewards`` = NaN (the data
+source scores them), ``sample_logprobs`` the sampler's log-probs and ``temperature`` the
+temperature every later log-prob of these tokens is taken at.
 
 With ``tool_rounds > 0`` sampling is tool-integrated (:mod:`rlzoo.runtime.tools`): each row stops
 at the end of a python code block, the code runs, its output block is appended (in the context,
@@ -12,44 +15,19 @@ at the end of a python code block, the code runs, its output block is appended (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from rlzoo.config import GenerationConfig
 from rlzoo.interface import Example, RolloutBatch
+from rlzoo.runtime.sampling import generate, row_seeds
 
 
-@dataclass
-class GenerationConfig:
-    """Sampling settings."""
-
-    max_new_tokens: int = 64  # completion length cap; a row without EOS by then is cut there
-    temperature: float = 1.0  # sampling temperature (0 = greedy)
-    top_p: float = 1.0  # nucleus sampling mass
-    batch_size: int = 256  # sequences generated at once (prompts * samples); bounds memory
-    tool_rounds: int = 0  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
-    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call (the paper's 10 s)
-    tool_output_max_chars: int = 512  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
 
 
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask, [P, Lp] each."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return enc.input_ids.to(device), enc.attention_mask.to(device)
-
-
-def decoding_kwargs(cfg: GenerationConfig, tokenizer) -> dict:
-    """``generate`` arguments for ``cfg``'s decoding: greedy at temperature 0, else sampling with
-    temperature and top-p (top-k off); padding with the pad token, stopping at EOS."""
-    greedy = cfg.temperature <= 0
-    return {
-        "do_sample": not greedy,
-        "temperature": None if greedy else cfg.temperature,
-        "top_p": None if greedy else cfg.top_p,
-        "top_k": None,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
@@ -62,6 +40,13 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> t
     return mask.long()  # [N, L]
 
 
+def causal_lm(model):
+    """The Hugging Face causal LM inside ``model``: through a DDP wrapper (``.module``) and the
+    runtime's :class:`~rlzoo.runtime.models.LogProbModel` (``.lm``)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "lm", model)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -70,72 +55,83 @@ def sample(
     num_samples: int,
     cfg: GenerationConfig,
     *,
-    group_offset: int = 0,
+    seed: int = 0,
+    keys: list[int] | None = None,
+    group_ids: list[int] | None = None,
 ) -> RolloutBatch:
     """``num_samples`` completions of each example's prompt: N = len(examples) * num_samples rows.
 
-    Rows of one example are adjacent and share ``group_ids`` (offset by ``group_offset``). With
-    ``cfg.tool_rounds > 0`` the completions are tool-integrated (:mod:`rlzoo.runtime.tools`): tool
-    output tokens are in ``input_ids`` and ``attention_mask`` but not in ``loss_mask``.
+    Rows of one example are adjacent and share a group id (``group_ids[i]``, default ``keys[i]``).
+    Row ``(i, j)`` is sampled with the seed ``mix_seed(seed, keys[i], j)`` (``keys`` default to
+    0, 1, ...): its tokens depend on nothing else (:mod:`rlzoo.runtime.sampling`), so a question
+    sampled alone, in another batch or on another rank gets the same completion. With
+    ``cfg.tool_rounds > 0`` the completions are tool-integrated (:mod:`rlzoo.runtime.tools`):
+    tool output tokens are in ``input_ids`` and ``attention_mask`` but not in ``loss_mask``.
     """
-    unwrapped = getattr(model, "module", model)
-    device = next(unwrapped.parameters()).device
-    was_training = unwrapped.training
-    unwrapped.eval()
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    keys = list(range(len(examples))) if keys is None else list(keys)
+    group_ids = keys if group_ids is None else list(group_ids)
+    seeds = row_seeds(seed, keys, num_samples)  # [N]
+    was_training = lm.training
+    lm.eval()
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [ex.prompt for ex in examples], device)  # [P, Lp]
     rep_prompt = prompt_ids.repeat_interleave(num_samples, dim=0)  # [N, Lp]
     rep_pmask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, Lp]
-    if getattr(cfg, "tool_rounds", 0) > 0:
-        from rlzoo.runtime.tools import generate_with_tools
+    try:
+        if cfg.tool_rounds > 0:
+            from rlzoo.runtime.tools import generate_with_tools
 
-        completion, comp_mask, gen_mask, extras = generate_with_tools(unwrapped, tokenizer, rep_prompt, rep_pmask, cfg)  # [N, L] x3
-        if was_training:
-            unwrapped.train()
-        return _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion,
-                              comp_mask, gen_mask, extras)
-    rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
-    prompts_per_call = max(1, rows_per_call // num_samples)
-    pieces = []
-    for start in range(0, len(examples), prompts_per_call):
-        ids = prompt_ids[start : start + prompts_per_call]
-        mask = prompt_mask[start : start + prompts_per_call]
-        out = unwrapped.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, num_return_sequences=num_samples,
-            **decoding_kwargs(cfg, tokenizer),
-        )  # [p * G, Lp + L]
-        pieces.append(out[:, ids.shape[1] :])
-    width = max(p.shape[1] for p in pieces)
-    completion = torch.cat(
-        [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=tokenizer.pad_token_id) for p in pieces]
-    )  # [N, L]
-    comp_mask = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)  # [N, L]
-    if was_training:
-        unwrapped.train()
-    return _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion,
-                          comp_mask, comp_mask, {})
-
-
-def _rollout_batch(tokenizer, examples, num_samples, group_offset, rep_prompt, rep_pmask, completion, comp_mask,
-                   gen_mask, extras) -> RolloutBatch:
-    """The batch of prompts [N, Lp] and completions [N, L]: ``comp_mask`` marks real completion
-    tokens (attention), ``gen_mask`` the generated ones (loss)."""
-    device = rep_prompt.device
+            completion, comp_mask, gen_mask, logprobs, extras = generate_with_tools(lm, tokenizer, rep_prompt, rep_pmask, cfg, seeds)
+        else:
+            completion, logprobs = _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds)
+            comp_mask = gen_mask = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)  # [N, L]
+            extras = {}
+    finally:
+        lm.train(was_training)
     texts = tokenizer.batch_decode(completion * comp_mask + tokenizer.pad_token_id * (1 - comp_mask), skip_special_tokens=True)
     n = len(examples) * num_samples
+    zeros = torch.zeros_like(rep_pmask)  # [N, Lp]
     return RolloutBatch(
         input_ids=torch.cat([rep_prompt, completion], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([rep_pmask, comp_mask], dim=1),  # [N, Lp + L]
-        loss_mask=torch.cat([torch.zeros_like(rep_pmask), gen_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.arange(len(examples), device=device).repeat_interleave(num_samples) + group_offset,  # [N]
+        loss_mask=torch.cat([zeros, gen_mask], dim=1).float(),  # [N, Lp + L]
+        group_ids=torch.tensor(group_ids, device=device).repeat_interleave(num_samples),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
+        sample_logprobs=None if logprobs is None else torch.cat([zeros.float(), logprobs * gen_mask], dim=1),  # [N, Lp + L]
         extras=extras,
         completions=texts,
         examples=[ex for ex in examples for _ in range(num_samples)],
+        temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
     )
 
 
-def encode_pairs(tokenizer, examples: list[Example], completions: list[str], device) -> RolloutBatch:
-    """A batch of given (prompt, completion) texts, e.g. SFT's gold solutions; EOS is appended."""
+def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds):
+    """(completion ids [N, L] right-padded, sampling-time log-probs [N, L] or None), in chunks of
+    at most ``cfg.batch_size`` rows (whole prompts)."""
+    rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
+    prompts_per_call = max(1, rows_per_call // num_samples)
+    pieces, logprobs = [], []
+    for start in range(0, len(prompt_ids), prompts_per_call):
+        stop = min(start + prompts_per_call, len(prompt_ids))
+        new, lp = generate(
+            lm, tokenizer, prompt_ids[start:stop], prompt_mask[start:stop], seeds=seeds[start * num_samples : stop * num_samples],
+            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, num_return_sequences=num_samples,
+        )  # [p * G, L] each
+        pieces.append(new)
+        logprobs.append(lp)
+    width = max(p.shape[1] for p in pieces)
+    pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+    completion = torch.cat([pad(p, tokenizer.pad_token_id) for p in pieces])  # [N, L]
+    if any(lp is None for lp in logprobs):
+        return completion, None
+    return completion, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
+
+
+def encode_pairs(tokenizer, examples: list[Example], completions: list[str], device, group_ids: list[int] | None = None) -> RolloutBatch:
+    """A batch of given (prompt, completion) texts, e.g. SFT's gold solutions; EOS is appended.
+
+    Each row is its own group (``group_ids``, default 0, 1, ...)."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [ex.prompt for ex in examples], device)  # [N, Lp]
     enc = tokenizer(
         [c + tokenizer.eos_token for c in completions],
@@ -150,7 +146,7 @@ def encode_pairs(tokenizer, examples: list[Example], completions: list[str], dev
         input_ids=torch.cat([prompt_ids, comp_ids], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([prompt_mask, comp_mask], dim=1),  # [N, Lp + L]
         loss_mask=torch.cat([torch.zeros_like(prompt_mask), comp_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.arange(n, device=device),  # [N]
+        group_ids=torch.arange(n, device=device) if group_ids is None else torch.tensor(group_ids, device=device),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
         completions=list(completions),
         examples=list(examples),

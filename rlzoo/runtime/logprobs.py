@@ -9,6 +9,9 @@ are recomputed there: peak memory grows with ``chunk_size * V`` instead of ``N *
 Assumption: the model is a Hugging Face causal LM whose logits are ``lm_head(hidden)`` (true of
 Llama, Qwen, Mistral, GPT-2...). Models that post-process logits (Gemma's soft-capping) should set
 ``chunk_size=0``, which runs the plain forward and takes log-probs from its logits.
+
+Under autocast (``mixed_precision: bf16``) the backbone and the head's matmul run in bf16; the
+log-softmax is taken in fp32.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+
+def backbone(lm: torch.nn.Module) -> torch.nn.Module:
+    """The transformer of a causal LM, without its output head (through a peft wrapper too)."""
+    return lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -40,10 +48,11 @@ def token_logprobs(
 ) -> Tensor:
     """[N, T] log-prob of each token given the tokens before it; column 0 is 0.
 
-    ``temperature`` divides the logits (use the sampling temperature for the log-probs of sampled
-    tokens to match the sampling distribution).
+    ``model`` is the Hugging Face causal LM itself; the runtime calls this inside the forward of
+    :class:`rlzoo.runtime.models.LogProbModel`, so that DDP, FSDP and autocast see every pass.
+    ``temperature`` divides the logits (the sampling temperature, for the log-probs of sampled
+    tokens to be those of the distribution they were drawn from).
     """
-    model = getattr(model, "module", model)  # an accelerate/DDP wrapper holds the model in .module
     position_ids = position_ids_from_mask(attention_mask)  # [N, T]
     targets = input_ids[:, 1:]  # [N, T-1]
     if chunk_size <= 0:
@@ -52,7 +61,7 @@ def token_logprobs(
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T-1]
         logp = picked - torch.logsumexp(logits, dim=-1)  # [N, T-1]
     else:
-        hidden = model.base_model(
+        hidden = backbone(model)(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state[:, :-1]  # [N, T-1, H]
         head = model.get_output_embeddings()

@@ -1,29 +1,57 @@
-"""Loading and building the models of a run: policy, frozen reference, optional value model."""
+"""Loading and building the models of a run: policy, frozen reference, optional value model.
+
+Every pass that computes log-probs goes through :class:`LogProbModel`, a module whose
+``forward`` returns token log-probs. The runtime hands it (not the bare Hugging Face model) to
+``accelerator.prepare``, so DDP synchronises gradients, FSDP gathers shards and autocast applies
+in the memory-saving chunked head too. :class:`ValueModel` is prepared the same way.
+
+Dropout: an RL ratio pi_theta / pi_old and a KL to the reference are only meaningful when every
+log-prob pass computes the same function, so :func:`disable_dropout` sets every dropout
+probability of a model to 0 (``model.dropout: true`` keeps them). The models stay in training
+mode, which Hugging Face's gradient checkpointing needs.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rlzoo.config import TinyModelConfig
+from rlzoo.errors import ModelLoadError
+from rlzoo.runtime.logprobs import backbone, position_ids_from_mask, token_logprobs
 
-class ModelLoadError(Exception):
-    """A model folder or file that cannot be loaded; ``str()`` is a one-line message."""
+
+class LogProbModel(nn.Module):
+    """A causal LM (``lm``) whose forward returns [N, T] token log-probs (column 0 is 0).
+
+    ``chunk_size`` rows of the output head are computed at a time (0: the plain full-logits
+    forward); ``temperature`` divides the logits. Generation and saving use ``lm`` directly.
+    """
+
+    def __init__(self, lm: nn.Module, chunk_size: int = 4096) -> None:
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return token_logprobs(self.lm, input_ids, attention_mask, chunk_size=self.chunk_size, temperature=temperature)  # [N, T]
 
 
-@dataclass
-class TinyModelConfig:
-    """The embedded default: a small Llama built from a config (no download)."""
-
-    hidden_size: int = 128  # width of the residual stream
-    intermediate_size: int = 384  # width of the MLP
-    num_layers: int = 4  # transformer blocks
-    num_heads: int = 4  # attention heads (no grouped KV)
-    max_position_embeddings: int = 256  # longest prompt + completion
-    vocab_size: int = 512  # BPE merges of the locally built tokenizer (the saturated size is smaller)
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability of ``model`` to 0: ``nn.Dropout`` modules, and the float
+    attributes named like ``*dropout*`` / ``*pdrop*`` that attention code reads (Llama's
+    ``attention_dropout``) and the config's. Returns ``model``."""
+    configs = [m.config for m in model.modules() if hasattr(m, "config")]
+    for obj in [*model.modules(), *configs]:
+        if isinstance(obj, nn.Dropout):
+            obj.p = 0.0
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
+                setattr(obj, name, 0.0)
+    return model
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> nn.Module:
@@ -89,15 +117,13 @@ class ValueModel(nn.Module):
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
-        self.backbone = lm.base_model
+        self.backbone = backbone(lm)
         hidden = lm.config.hidden_size
         self.head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from rlzoo.runtime.logprobs import position_ids_from_mask
-
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).last_hidden_state  # [N, T, H]
@@ -105,8 +131,20 @@ class ValueModel(nn.Module):
 
 
 def build_value_model(policy: nn.Module, path: str | None = None) -> ValueModel:
-    """A value model initialised from the policy (a deep copy) or from a local folder."""
+    """A value model initialised from the policy (a deep copy of the causal LM) or from a local folder."""
     if path is None:
         return ValueModel(copy.deepcopy(policy))
     model, _ = load_pretrained(path)
     return ValueModel(model)
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Hugging Face gradient (activation) checkpointing, non-reentrant (DDP supports it), on or off."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+        on, off, is_on, kwargs = "activation_checkpointing_enable", "activation_checkpointing_disable", "is_activation_checkpointing", "activation_checkpointing_kwargs"
+    else:
+        on, off, is_on, kwargs = "gradient_checkpointing_enable", "gradient_checkpointing_disable", "is_gradient_checkpointing", "gradient_checkpointing_kwargs"
+    if enabled:
+        getattr(model, on)(**{kwargs: {"use_reentrant": False}})
+    elif getattr(model, is_on, False):
+        getattr(model, off)()

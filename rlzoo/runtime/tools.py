@@ -37,6 +37,7 @@ as ``tools/calls``, ``tools/fail_frac`` and ``time/tools``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -44,6 +45,8 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from rlzoo.runtime.sampling import generate
 
 CODE_BLOCK_RE = re.compile(r"```python[^\n`]*\n(.*?)```", re.DOTALL)  # a closed python block
 OUTPUT_BLOCK = "```output\n{}\n```\n"
@@ -56,6 +59,7 @@ class _Row:
     prompt: list[int]  # prompt ids without padding
     tokens: list[int] = field(default_factory=list)  # completion so far (generated and tool tokens)
     generated: list[int] = field(default_factory=list)  # 1 per generated token, 0 per tool token
+    logprobs: list[float] = field(default_factory=list)  # sampling-time log-prob per token (0 for tool tokens)
     done: bool = False
     calls: int = 0
     failures: int = 0
@@ -114,22 +118,16 @@ class _StopAtCodeBlock(StoppingCriteria):
         return done
 
 
-_TICK_CACHE: dict[int, tuple[object, torch.Tensor]] = {}  # id -> (tokenizer, kept alive so ids stay unique; ids)
-
-
+@functools.lru_cache(maxsize=8)
 def _tick_ids(tokenizer) -> torch.Tensor:
     """Ids of the tokens whose text contains a backtick (computed once per tokenizer)."""
-    key = id(tokenizer)
-    if key not in _TICK_CACHE:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        _TICK_CACHE[key] = (tokenizer, torch.tensor([i for i, t in enumerate(texts) if "`" in t], dtype=torch.long))
-    return _TICK_CACHE[key][1]
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([i for i, t in enumerate(texts) if "`" in t], dtype=torch.long)
 
 
-def _generate_round(model, tokenizer, rows: list[_Row], cfg, stop_at_code: bool) -> list[tuple[list[int], bool]]:
-    """One generate call over ``rows``: for each, (new tokens, stopped at a closed code block)."""
-    from rlzoo.runtime.generation import decoding_kwargs  # generation imports this module lazily
-
+def _generate_round(model, tokenizer, rows: list[_Row], cfg, stop_at_code: bool, seeds: torch.Tensor) -> list[tuple[list[int], list[float], bool]]:
+    """One generate call over ``rows`` (their ``seeds``): for each, (new tokens, their sampling-time
+    log-probs, stopped at a closed code block)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     seqs = [r.prompt + r.tokens for r in rows]
@@ -137,30 +135,37 @@ def _generate_round(model, tokenizer, rows: list[_Row], cfg, stop_at_code: bool)
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)  # [B, W] left-padded
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)  # [B, W]
     budgets = torch.tensor([cfg.max_new_tokens - len(r.tokens) for r in rows], device=device)  # [B]
+    offsets = torch.tensor([len(r.tokens) for r in rows])  # [B] the row's token counter continues across rounds
     stop = _StopAtCodeBlock(tokenizer, width, budgets, stop_at_code, _tick_ids(tokenizer))
-    out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=int(budgets.max()),
-        stopping_criteria=StoppingCriteriaList([stop]), **decoding_kwargs(cfg, tokenizer),
-    )  # [B, W + L]
+    new_ids, logprobs = generate(
+        model, tokenizer, ids, mask, seeds=seeds, offsets=offsets, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=int(budgets.max()), stopping_criteria=StoppingCriteriaList([stop]),
+    )  # [B, L] each
+    if logprobs is None:  # a generate that ran no logits processor
+        logprobs = torch.zeros(new_ids.shape)
     results = []
-    for j, new in enumerate(out[:, width:].tolist()):
-        new = new[: int(budgets[j])]
+    for j, (new, lp) in enumerate(zip(new_ids.tolist(), logprobs.tolist())):
+        keep = int(budgets[j])
         if j in stop.stop_len:
-            results.append((new[: stop.stop_len[j]], True))
-            continue
-        if tokenizer.eos_token_id in new:
-            new = new[: new.index(tokenizer.eos_token_id) + 1]
-        results.append((new, False))
+            keep, at_code = min(keep, stop.stop_len[j]), True
+        else:
+            at_code = False
+            if tokenizer.eos_token_id in new[:keep]:
+                keep = new.index(tokenizer.eos_token_id) + 1
+        results.append((new[:keep], lp[:keep], at_code))
     return results
 
 
 @torch.no_grad()
-def generate_with_tools(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg):
+def generate_with_tools(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg, seeds: torch.Tensor):
     """Tool-integrated completions of N left-padded prompts (one row each; repeat for G samples).
 
-    Returns ``(completion [N, L], attention [N, L], generated [N, L], extras)``: completion ids
-    right-padded with pad, 1 on every real completion token, 1 on the tokens the policy generated
-    (tool output is 0), and per-row ``tool_calls`` / ``tool_failures`` / ``tool_seconds`` [N].
+    ``seeds`` [N] are the rows' sampling seeds (:mod:`rlzoo.runtime.sampling`); a row's token
+    counter runs on across rounds, so its tokens do not depend on how rounds are batched.
+    Returns ``(completion [N, L], attention [N, L], generated [N, L], logprobs [N, L], extras)``:
+    completion ids right-padded with pad, 1 on every real completion token, 1 on the tokens the
+    policy generated (tool output is 0), their sampling-time log-probs (0 on tool tokens), and
+    per-row ``tool_calls`` / ``tool_failures`` / ``tool_seconds`` [N].
     """
     from rlzoo.sandbox import run_many
 
@@ -174,11 +179,12 @@ def generate_with_tools(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask:
         starts = {i: len(rows[i].tokens) for i in active}
         for c in range(0, len(active), cfg.batch_size):
             chunk = active[c : c + cfg.batch_size]
-            for i, (new, at_code) in zip(chunk, _generate_round(model, tokenizer, [rows[i] for i in chunk], cfg,
-                                                                 stop_at_code=round_index < cfg.tool_rounds)):
+            results = _generate_round(model, tokenizer, [rows[i] for i in chunk], cfg, round_index < cfg.tool_rounds, seeds[chunk])
+            for i, (new, lp, at_code) in zip(chunk, results):
                 row = rows[i]
                 row.tokens += new
                 row.generated += [1] * len(new)
+                row.logprobs += lp
                 row.done = not at_code or len(row.tokens) >= cfg.max_new_tokens
         pending = [i for i in active if not rows[i].done]
         if not pending:
@@ -194,21 +200,26 @@ def generate_with_tools(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask:
             row = rows[i]
             block = ("" if text.endswith("\n") else "\n") + OUTPUT_BLOCK.format(tool_output_text(result, cfg.tool_output_max_chars))
             room = cfg.max_new_tokens - len(row.tokens)
-            out_ids = tokenizer(block, add_special_tokens=False).input_ids
-            row.tokens += out_ids[:room]
-            row.generated += [0] * len(out_ids[:room])
+            out_ids = tokenizer(block, add_special_tokens=False).input_ids[:room]
+            row.tokens += out_ids
+            row.generated += [0] * len(out_ids)
+            row.logprobs += [0.0] * len(out_ids)
             row.done = len(out_ids) >= room  # no room left to go on
             row.calls += 1
             row.failures += not result.ok
             row.seconds += share
     width = max([len(r.tokens) for r in rows] + [0])
-    pad = tokenizer.pad_token_id
-    completion = torch.tensor([r.tokens + [pad] * (width - len(r.tokens)) for r in rows], dtype=torch.long, device=device)  # [N, L]
-    attention = torch.tensor([[1] * len(r.tokens) + [0] * (width - len(r.tokens)) for r in rows], dtype=torch.long, device=device)  # [N, L]
-    generated = torch.tensor([r.generated + [0] * (width - len(r.tokens)) for r in rows], dtype=torch.long, device=device)  # [N, L]
+
+    def padded(values: list[list], pad_value, dtype=torch.long) -> torch.Tensor:
+        return torch.tensor([v + [pad_value] * (width - len(v)) for v in values], dtype=dtype, device=device)  # [N, L]
+
+    completion = padded([r.tokens for r in rows], tokenizer.pad_token_id)  # [N, L]
+    attention = padded([[1] * len(r.tokens) for r in rows], 0)  # [N, L]
+    generated = padded([r.generated for r in rows], 0)  # [N, L]
+    logprobs = padded([r.logprobs for r in rows], 0.0, torch.float)  # [N, L]
     extras = {
         "tool_calls": torch.tensor([r.calls for r in rows], device=device),  # [N]
         "tool_failures": torch.tensor([r.failures for r in rows], device=device),  # [N]
         "tool_seconds": torch.tensor([r.seconds for r in rows], dtype=torch.float, device=device),  # [N]
     }
-    return completion, attention, generated, extras
+    return completion, attention, generated, logprobs, extras

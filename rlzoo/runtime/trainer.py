@@ -1,65 +1,121 @@
-"""The shared runtime of one stage: every algorithm runs through this loop unchanged.
+"""Policy updates on one prepared batch: the single surrogate loss, exact under data parallel.
 
-One step:
-    1. the data source yields a batch (reading, or sampling + scoring: ``time/generate``, ``time/reward``)
-    2. reference / old log-probs, if the algorithm needs them (``time/reference``)
-    3. ``algorithm.prepare`` (advantages, pairing, filtering)
-    4. ``updates_per_batch`` passes; each pass splits the batch in ``minibatches`` optimizer steps;
-       each minibatch accumulates gradients over micro-batches of ``micro_batch_size`` sequences
-       (``time/train``). For every micro-batch: log-probs with grad, ``coef = algorithm.
-       coefficients(batch, logp.detach())``, loss ``-aggregate(coef * logp)`` normalised by the
-       minibatch's totals (so accumulation equals the full minibatch exactly), plus the
-       algorithm's extra loss, if any.
+``train_on_batch`` runs ``updates_per_batch`` passes over the batch; each pass splits the *global*
+batch (every rank's rows) into ``minibatches`` optimizer steps by one seeded permutation that is the
+same on every rank, so the minibatches are the ones a single process would form. Each rank
+accumulates gradients over micro-batches of ``micro_batch_size`` of its own rows of a minibatch.
+For every micro-batch: log-probs with grad through the wrapped model, ``coef =
+algorithm.coefficients(micro, logp.detach())``, loss ``-aggregate(coef * logp)`` normalised by the
+minibatch's totals over all ranks, times the world size (DDP averages gradients; the sum is
+wanted), then the algorithm's extra per-token loss (a token mean over the minibatch). A rank
+holding no row of a minibatch takes part in the gradient all-reduce with a zero loss.
+
+After the micro-batches: gradients are unscaled once (fp16), each parameter group is clipped on
+its own, and a step whose gradient norm is not finite is not applied (``train/skipped_nonfinite``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from rlzoo.interface import RolloutBatch
-from rlzoo.losses import AGG_MODES, surrogate_loss
-from rlzoo.runtime.logprobs import token_logprobs
+from rlzoo.losses import AGG_MODES, aggregate, surrogate_loss
+from rlzoo.runtime.distributed import Dist
 
 
 @dataclass
 class Runtime:
-    """The models and settings one stage trains with (the algorithms' ``RuntimeView``)."""
+    """The models one stage trains with, and what algorithms may use of them (``RuntimeView``).
+
+    policy      the prepared :class:`~rlzoo.runtime.models.LogProbModel` (DDP-wrapped on several ranks)
+    reference   a frozen LogProbModel under the same autocast, or None
+    value_model the prepared value model, or None
+    """
 
     accelerator: object
     policy: torch.nn.Module
-    tokenizer: object
+    tokenizer: object = None
     reference: torch.nn.Module | None = None
     value_model: torch.nn.Module | None = None
-    chunk_size: int = 4096
     micro_batch_size: int = 64
-    extras: dict = field(default_factory=dict)
+    dist: Dist | None = None
 
-    def logprobs(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
-        """[N, T] token log-probs of ``model`` on ``batch`` (grad follows the caller's mode)."""
-        return token_logprobs(model, batch.input_ids, batch.attention_mask, chunk_size=self.chunk_size)
+    def __post_init__(self) -> None:
+        if self.dist is None:
+            self.dist = Dist()
+
+    # -- log-probs and values ------------------------------------------------------------------
+
+    def logprobs(self, batch: RolloutBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """[N, T] token log-probs of ``model`` (default: the policy) at the batch's temperature;
+        grad follows the caller's mode. Columns that are padding in every row are not computed."""
+        model = self.policy if model is None else model
+        lo, hi = _real_columns(batch.attention_mask)
+        logp = model(batch.input_ids[:, lo:hi], batch.attention_mask[:, lo:hi], batch.temperature)  # [N, hi - lo]
+        return torch.nn.functional.pad(logp, (lo, batch.input_ids.shape[1] - hi))  # [N, T]
 
     @torch.no_grad()
     def logprobs_nograd(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
-        """[N, T] log-probs computed micro-batch by micro-batch without grad."""
-        parts = [self.logprobs(model, micro) for micro in split_rows(batch, self.micro_batch_size)]
-        return torch.cat(parts)  # [N, T]
+        """[N, T] log-probs micro-batch by micro-batch without grad, through the unwrapped model
+        (no DDP collective, the same autocast)."""
+        model = getattr(model, "module", model)
+        parts = [self.logprobs(micro, model) for micro in split_rows(batch, self.micro_batch_size)]
+        return torch.cat(parts) if parts else torch.zeros_like(batch.loss_mask)  # [N, T]
 
     def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         """[N, T] log-probs of the current policy, without grad."""
         return self.logprobs_nograd(self.policy, batch)
 
     def values(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, T] value-model outputs: with grad through the wrapped model when grad is enabled,
+        else micro-batched without grad."""
         if self.value_model is None:
             raise RuntimeError("this algorithm asked for values but declared no 'value_model' in its needs")
         if torch.is_grad_enabled():
             return self.value_model(batch.input_ids, batch.attention_mask)  # [N, T]
-        parts = [self.value_model(m.input_ids, m.attention_mask) for m in split_rows(batch, self.micro_batch_size)]
-        return torch.cat(parts)  # [N, T]
+        model = getattr(self.value_model, "module", self.value_model)
+        parts = [model(m.input_ids, m.attention_mask) for m in split_rows(batch, self.micro_batch_size)]
+        return torch.cat(parts) if parts else torch.zeros_like(batch.loss_mask)  # [N, T]
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed elementwise over every rank (for global batch statistics)."""
+        return self.dist.sum(values.detach().cpu()).to(values.dtype).to(values.device)
+
+    # -- distribution --------------------------------------------------------------------------
+
+    def models_with_grad(self) -> list[torch.nn.Module]:
+        return [m for m in (self.policy, self.value_model) if m is not None]
+
+    def sync_gradients(self, sync: bool):
+        """A context in which backward passes all-reduce gradients (``sync``) or only accumulate."""
+        stack = contextlib.ExitStack()
+        if not sync:
+            for model in self.models_with_grad():
+                stack.enter_context(self.accelerator.no_sync(model))
+        return stack
+
+    def zero_backward(self) -> None:
+        """A backward of a zero loss through every trained model, so that a rank without rows
+        joins the gradient all-reduce of its peers (its contribution is 0)."""
+        ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.accelerator.device)
+        mask = torch.ones_like(ids)
+        loss = 0.0 * self.policy(ids, mask).sum()
+        if self.value_model is not None:
+            loss = loss + 0.0 * self.value_model(ids, mask).sum()
+        self.accelerator.backward(loss)
+
+
+def _real_columns(attention_mask: torch.Tensor) -> tuple[int, int]:
+    """[lo, hi): the columns where some row has a real token (outside, every row is padding)."""
+    any_real = attention_mask.bool().any(0).nonzero().squeeze(-1)  # [T']
+    if len(any_real) == 0:
+        return 0, attention_mask.shape[1]
+    return int(any_real[0]), int(any_real[-1]) + 1
 
 
 def split_rows(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
@@ -93,21 +149,31 @@ def resolve_loss_agg(algorithm, configured: str | None) -> str:
     return mode
 
 
-def _minibatch_orders(batch: RolloutBatch, minibatches: int, group_coupled: bool, generator: torch.Generator) -> list[list[int]]:
-    """Row indices of each minibatch of one shuffled pass (whole groups when coupled)."""
-    if group_coupled:
-        groups = torch.unique(batch.group_ids)
-        perm = groups[torch.randperm(len(groups), generator=generator)]
-        chunks = perm.chunk(minibatches)
-        return [torch.isin(batch.group_ids, c.to(batch.group_ids.device)).nonzero().squeeze(-1).tolist() for c in chunks]
+def minibatch_rows(batch: RolloutBatch, minibatches: int, group_coupled: bool, generator: torch.Generator,
+                   dist: Dist) -> list[list[int]]:
+    """This rank's row indices of each minibatch of one shuffled pass over the global batch.
+
+    The permutation is over every rank's rows (whole groups when coupled), drawn from
+    ``generator`` (the same state on every rank), so minibatch k holds the rows a single process
+    holding the whole batch would put there; each rank keeps its own of them, in its own order.
+    """
     if minibatches == 1:
         return [list(range(len(batch)))]
-    perm = torch.randperm(len(batch), generator=generator)
-    return [c.tolist() for c in perm.chunk(minibatches)]
+    if group_coupled:
+        local = torch.unique_consecutive(batch.group_ids).tolist()  # this rank's groups, in order
+        everyone = [g for part in dist.gather(local) for g in part]  # the global batch's groups
+        chunks = [set(c.tolist()) for c in torch.tensor(everyone)[torch.randperm(len(everyone), generator=generator)].chunk(minibatches)]
+        ids = batch.group_ids.tolist()
+        return [[i for i, g in enumerate(ids) if g in chunk] for chunk in chunks]
+    sizes = [int(n) for n in dist.gather(len(batch))]
+    offset = sum(sizes[: dist.rank])
+    perm = torch.randperm(sum(sizes), generator=generator)  # [N_global]
+    chunks = perm.chunk(minibatches) if len(perm) else [perm] * minibatches
+    return [[int(i) - offset for i in c if offset <= int(i) < offset + len(batch)] for c in chunks]
 
 
-class _MeanMeter:
-    """Row-weighted means of per-micro-batch diagnostics."""
+class _RowMeans:
+    """Row-weighted sums of per-micro-batch diagnostics on this rank."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
@@ -132,99 +198,89 @@ def train_on_batch(
     loss_agg: str,
     agg_constant: float | None,
     generator: torch.Generator,
-) -> dict[str, float]:
-    """All policy updates on one prepared batch; returns averaged diagnostics."""
-    acc = rt.accelerator
-    needs = algorithm.needs
-    reuse = optim_cfg.updates_per_batch > 1 or optim_cfg.minibatches > 1
-    if "old_logprobs" in needs and batch.old_logprobs is None and reuse:
-        batch.old_logprobs = rt.logprobs_nograd(rt.policy, batch)  # [N, T]
+) -> tuple[dict[str, float], float, dict[str, float]]:
+    """All policy updates on one prepared batch (this rank's rows of it).
+
+    Returns (row-weighted means of this rank's diagnostics, the rows they weigh, global metrics
+    that are already the same on every rank: losses, gradient norms, skipped steps).
+    """
+    acc, dist = rt.accelerator, rt.dist
     splitter = split_groups if algorithm.group_coupled else split_rows
-    meter = _MeanMeter()
+    meter = _RowMeans()
+    losses = torch.zeros(3, dtype=torch.float64)  # this rank's share of the policy and extra losses, summed over steps; has-extra
+    norms: dict[str, list[float]] = defaultdict(list)
+    steps = skipped = overflows = 0
+    has_extra = False
     for _ in range(optim_cfg.updates_per_batch):
-        for rows in _minibatch_orders(batch, optim_cfg.minibatches, algorithm.group_coupled, generator):
+        for rows in minibatch_rows(batch, optim_cfg.minibatches, algorithm.group_coupled, generator, dist):
             minibatch = batch.select(rows)
-            totals = {
-                "num_seqs": float(len(minibatch)),
-                "num_tokens": float(minibatch.loss_mask.sum()),
-                "constant": agg_constant,
-            }
+            num_seqs, num_tokens = dist.sum([float(len(minibatch)), float(minibatch.loss_mask.sum())]).tolist()
+            if num_seqs == 0:
+                continue  # an empty minibatch on every rank (more minibatches than rows)
+            totals = {"num_seqs": num_seqs, "num_tokens": num_tokens, "constant": agg_constant}
             optimizer.zero_grad(set_to_none=True)
             micros = splitter(minibatch, optim_cfg.micro_batch_size)
+            if not micros:
+                with rt.sync_gradients(True):
+                    rt.zero_backward()
             for i, micro in enumerate(micros):
-                sync = acc.no_sync(rt.policy) if i < len(micros) - 1 else _nullcontext()
-                with sync:
-                    logp = rt.logprobs(rt.policy, micro)  # [n, T]
-                    if "old_logprobs" in needs and micro.old_logprobs is None:
-                        micro.old_logprobs = logp.detach()  # on-policy: pi_old = pi_theta, ratio 1
+                with rt.sync_gradients(i == len(micros) - 1):
+                    logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
                     coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                     loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
-                    share = len(micro) / len(minibatch)
-                    acc.backward(loss)  # the policy graph is freed before the extra term is built
-                    extra, extra_metrics = algorithm.extra_loss(micro, rt)
+                    acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
+                    extra, extra_metrics = algorithm.extra_loss(micro, rt)  # [n, T] or None
                     if extra is not None:
-                        acc.backward(share * extra)
-                metrics = {**metrics, **extra_metrics, "loss/policy": float(loss.detach()) / share}
-                if extra is not None:
-                    metrics["loss/extra"] = float(extra.detach())
-                meter.add(metrics, len(micro))
-            meter.add(clip_param_groups(acc, optimizer, optim_cfg.grad_clip), 1.0)
-            optimizer.step()
-    return meter.means()
+                        extra = aggregate(extra, micro.loss_mask, "token-mean", num_tokens=num_tokens)
+                        acc.backward(extra * dist.world)
+                        has_extra = True
+                        losses[1] += float(extra.detach())
+                losses[0] += float(loss.detach())
+                meter.add({**metrics, **extra_metrics}, len(micro))
+            group_norms = clip_param_groups(acc, optimizer, optim_cfg.grad_clip)
+            for k, v in group_norms.items():
+                norms[k].append(v)
+            steps += 1
+            if getattr(acc, "scaler", None) is not None:  # fp16: the loss scaler skips an overflowing step and lowers its scale
+                optimizer.step()
+                overflows += bool(getattr(optimizer, "step_was_skipped", False))
+            elif all(math.isfinite(v) for v in group_norms.values()):
+                optimizer.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)  # a non-finite gradient never reaches the weights
+                skipped += 1
+    losses[2] = float(has_extra)
+    total = dist.sum(losses).tolist()
+    shared = {k: sum(v) / len(v) for k, v in norms.items()}
+    if steps:
+        shared["loss/policy"] = total[0] / steps
+        if total[2]:
+            shared["loss/extra"] = total[1] / steps
+    shared["train/skipped_nonfinite"] = float(skipped)
+    if getattr(acc, "scaler", None) is not None:
+        shared["optim/fp16_overflow_steps"] = float(overflows)
+    return meter.means(), float(len(batch)), shared
 
 
 def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) -> dict[str, float]:
-    """Clip each param group's gradient norm on its own (a value model's gradients never shrink
-    the policy's step); returns the norms before clipping: ``optim/grad_norm`` for the first
-    group (the policy), ``optim/grad_norm_<name>`` for the others."""
+    """Unscale the gradients once (fp16), then clip each param group's gradient norm on its own
+    (a value model's gradients never shrink the policy's step); returns the norms before clipping:
+    ``optim/grad_norm`` for the first group (the policy), ``optim/grad_norm_<name>`` for the others.
+
+    Under FSDP and DeepSpeed, gradients are sharded and accelerate clips them as one group.
+    """
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = acc.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        return {"optim/grad_norm": float(norm) if norm is not None else float("nan")}
+    acc.unscale_gradients(optimizer)
     norms = {}
     for i, group in enumerate(optimizer.param_groups):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             continue
-        if max_norm > 0:
-            norm = acc.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         norms["optim/grad_norm" if i == 0 else f"optim/grad_norm_{group.get('name', i)}"] = float(norm)
     return norms
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def lr_lambda(schedule: str, warmup: int, total: int):
-    """Multiplier of the peak learning rate at each step: linear warm-up, then the schedule."""
-    if schedule not in ("constant", "linear", "cosine"):
-        raise ValueError(f"optim.schedule: unknown schedule '{schedule}'; known: constant, linear, cosine")
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return f
-
-
-def timed(metrics: dict[str, float], key: str):
-    """Context manager adding the elapsed seconds to ``metrics[key]``."""
-
-    class _Timer:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - self.t0
-            return False
-
-    return _Timer()

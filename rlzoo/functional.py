@@ -1,0 +1,53 @@
+"""Building blocks that several algorithms' coefficients share, written once.
+
+* :func:`masked_mean` for diagnostics over trained tokens;
+* :func:`group_sum`, the one group reduction (GRPO's group statistics, DPO's pairs, RFT's solved
+  questions);
+* :func:`clipped_ratio_coefficient`, the derivative of PPO's clipped surrogate with respect to
+  log pi_theta (GRPO and PPO), with DAPO's clip-higher.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> float:
+    """Mean of ``x`` [N, T] over the entries where ``mask`` [N, T] is 1 (0 when there are none)."""
+    return float((x * mask).sum() / mask.sum().clamp(min=1))
+
+
+def group_sum(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-group sums of ``values`` [N] and each row's group index.
+
+    group ids are any integers (a question's stream position); groups are numbered 0..G-1 in
+    increasing id order. Returns ``sums`` [G] and ``index`` [N] (``sums[index]`` is each row's
+    group sum).
+
+    >>> group_sum(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([7, 9, 7]))
+    (tensor([4., 2.]), tensor([0, 1, 0]))
+    """
+    _, index = torch.unique(group_ids, return_inverse=True)  # [N]
+    num_groups = int(index.max()) + 1 if len(index) else 0
+    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)  # [G]
+    return sums, index
+
+
+def clipped_ratio_coefficient(adv: Tensor, logp: Tensor, old_logp: Tensor, eps_low: float,
+                              eps_high: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """d/d log pi_theta of ``min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)``, per token.
+
+    rho = pi_theta / pi_old. The unclipped term's derivative is rho * A; the clipped term's is
+    rho * A inside the clip range and 0 outside. The min takes the unclipped term unless the
+    clipped one is strictly smaller, so
+
+        GC = A * rho * [rho * A <= clip(rho) * A]
+
+    adv, logp, old_logp [N, T] -> coef [N, T], and ``ratio`` / ``clipped`` [N, T] (1.0 where the
+    clipped term was taken) for diagnostics. ``eps_high`` None means ``eps_low`` (symmetric clip).
+    """
+    ratio = torch.exp(logp - old_logp)  # [N, T]
+    clipped = ratio.clamp(1 - eps_low, 1 + (eps_low if eps_high is None else eps_high))  # [N, T]
+    active = (ratio * adv <= clipped * adv).to(ratio.dtype)  # [N, T] the unclipped branch is the min
+    return adv * ratio * active, {"ratio": ratio, "clipped": 1 - active}

@@ -1,0 +1,201 @@
+"""One stage of a run: every algorithm trains through this loop unchanged.
+
+:func:`build_stage` makes the stage's models, optimizer, schedule and data source with a fresh
+``Accelerator`` (nothing of an earlier stage, no optimizer and no loss scaler, stays alive);
+:func:`train_step` is one step in the paper's order:
+
+    1. data source   the step's batch: read, or sampled and scored    (time/generate, time/reward)
+    2. reference     log pi_ref of the batch, if the algorithm needs it (time/reference)
+    3. pi_old        log pi_old, if the algorithm needs it             (time/old_logprobs)
+    4. prepare       the algorithm's advantages, pairs or filter       (time/prepare)
+    5. update        the single surrogate loss, optimizer steps        (time/train)
+
+Every log-prob of a batch is taken at the batch's sampling temperature, under the same autocast,
+without dropout, so pi_old = pi_theta = pi_ref before the first update of a stage: ratio 1, KL 0.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from rlzoo.interface import Algorithm, Example, RolloutBatch
+from rlzoo.registry import DATA_SOURCES
+from rlzoo.runtime.distributed import Dist, MetricsReducer
+from rlzoo.runtime.models import LogProbModel, ValueModel, build_value_model, disable_dropout, frozen_copy, set_gradient_checkpointing
+from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, train_on_batch
+
+
+def make_accelerator(mixed_precision: str):
+    """A fresh ``Accelerator`` for one stage: GPUs when there are any, else CPU processes (gloo)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # buffers (rotary frequencies) are the same everywhere: no sync at forward, so that a no-grad
+    # pass is no collective (ranks may make different numbers of them). accelerate has no
+    # ``forward_sync_buffers`` yet, so torch's deprecation warning of this flag is silenced in prepare.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+
+
+@contextmanager
+def timed(metrics: dict[str, float], key: str):
+    """Adds the seconds the block takes to ``metrics[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class Stage:
+    """Everything one stage trains with."""
+
+    name: str
+    cfg: Any  # the stage's config (StageConfig)
+    algorithm: Algorithm
+    accelerator: Any
+    rt: Runtime
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    source: Any
+    ctx: Any  # the source's SourceContext (its question position is the stage's data position)
+    loss_agg: str
+    agg_constant: float | None
+    generator: torch.Generator  # minibatch shuffling, the same on every rank
+    step: int = 0  # steps done
+
+    @property
+    def dist(self) -> Dist:
+        return self.rt.dist
+
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The policy's Hugging Face causal LM, unwrapped."""
+        return self.accelerator.unwrap_model(self.rt.policy).lm
+
+    def close(self) -> torch.nn.Module:
+        """Release the stage's optimizer, wrappers and accelerator state; returns the trained LM."""
+        lm = self.lm
+        self.accelerator.free_memory()
+        self.rt = self.optimizer = self.scheduler = self.source = None
+        return lm
+
+
+def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
+                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, score) -> Stage:
+    """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``.
+
+    ``seed`` seeds the data source's and the minibatches' shuffling, ``sample_seed`` the rollouts
+    (a row's seed is ``(sample_seed, its question's position, its sample index)``)."""
+    from transformers import get_scheduler
+
+    from rlzoo.data.sources import SourceContext
+    from rlzoo.runtime.generation import encode_pairs, sample
+
+    accelerator = make_accelerator(mixed_precision)
+    dist = Dist(accelerator.device)
+    ocfg = stage_cfg.optim
+    if not model_cfg.dropout:
+        disable_dropout(lm)
+    set_gradient_checkpointing(lm, model_cfg.gradient_checkpointing)
+    lm.train()
+    policy = LogProbModel(lm, model_cfg.logprob_chunk_size)
+    reference = None
+    if "reference" in algorithm.needs:
+        reference = LogProbModel(frozen_copy(lm), model_cfg.logprob_chunk_size)
+    value_model: ValueModel | None = None
+    param_groups = [{"params": [p for p in lm.parameters() if p.requires_grad], "lr": ocfg.lr, "name": "policy"}]
+    if "value_model" in algorithm.needs:
+        value_model = build_value_model(lm)
+        set_gradient_checkpointing(value_model.backbone, model_cfg.gradient_checkpointing)
+        param_groups.append({"params": list(value_model.parameters()), "lr": ocfg.value_lr or ocfg.lr, "name": "value"})
+    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
+    # stepped once per step; not given to accelerate, which would step it once per process
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=ocfg.warmup_steps, num_training_steps=stage_cfg.steps)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+        if value_model is not None:
+            policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+        else:
+            policy, optimizer = accelerator.prepare(policy, optimizer)
+    if reference is not None:
+        reference = accelerator.prepare_model(reference, evaluation_mode=True)  # the policy's autocast, no DDP
+    rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist)
+    device = accelerator.device
+    ctx = SourceContext(
+        prompts=prompts,
+        settings=stage_cfg.data,
+        encode=lambda exs, comps, keys: encode_pairs(tokenizer, exs, comps, device, group_ids=keys),
+        sample=lambda exs, keys, n: sample(policy, tokenizer, exs, n, stage_cfg.generation, seed=sample_seed, keys=keys),
+        score=lambda batch: score(reward, batch),
+        seed=seed,
+        dist=dist,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    algorithm.data_source = stage_cfg.data.source or algorithm.data_source  # the instance sees the source it runs on
+    source = DATA_SOURCES.get(algorithm.data_source)(ctx)
+    return Stage(
+        name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
+        scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
+        agg_constant=ocfg.loss_agg_constant or float(stage_cfg.generation.max_new_tokens),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def reward_statistics(dist: Dist, batch: RolloutBatch) -> dict[str, float]:
+    """Mean and std of the step's rewards over every rank (none for unscored data)."""
+    rewards = [r for part in dist.gather(batch.rewards.tolist()) for r in part if r == r]  # NaN != NaN
+    if not rewards:
+        return {}
+    t = torch.tensor(rewards, dtype=torch.float64)
+    return {"reward/mean": float(t.mean()), "reward/std": float(t.std()) if len(t) > 1 else 0.0}
+
+
+def train_step(st: Stage) -> dict[str, float]:
+    """One step of the stage (its ``st.step + 1``-th); returns its metrics, the same on every rank."""
+    algo, rt, dist = st.algorithm, st.rt, st.dist
+    local: dict[str, float] = {}
+    t0 = time.perf_counter()
+    batch, source_metrics = st.source.next_batch(st.step)  # 1. data source
+    rows = float(len(batch))
+    shared = reward_statistics(dist, batch)
+    local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
+    with timed(local, "time/reference"):
+        if rt.reference is not None:
+            batch.ref_logprobs = rt.logprobs_nograd(rt.reference, batch)  # 2. reference [N, T]
+    with timed(local, "time/old_logprobs"):
+        if "old_logprobs" in algo.needs:
+            batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
+    with timed(local, "time/prepare"):
+        batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
+    reducer = MetricsReducer()
+    if rows:
+        reducer.add({**source_metrics, **prep_metrics}, rows)
+    else:
+        reducer.add({k: v for k, v in source_metrics.items() if k.startswith("time/")})
+    trained = float(dist.sum([float(len(batch))])[0])
+    if trained == 0:
+        shared["train/skipped_empty"] = 1.0  # nothing to learn from on any rank (e.g. no correct output)
+    else:
+        with timed(local, "time/train"):
+            train_metrics, weight, train_shared = train_on_batch(
+                rt, algo, batch, st.optimizer, st.cfg.optim, st.loss_agg, st.agg_constant, st.generator)  # 5. update
+        if weight:
+            reducer.add(train_metrics, weight)
+        shared.update(train_shared)
+    st.scheduler.step()
+    st.step += 1
+    local["time/step"] = time.perf_counter() - t0
+    reducer.add(local)
+    metrics = reducer.reduce(dist)
+    metrics.update(shared)
+    metrics.update({"optim/lr": st.scheduler.get_last_lr()[0], "train/num_sequences": trained})
+    return metrics
