@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+from accelerate.utils import DistributedType
 
 from rlzoo.interface import Algorithm, Example, RolloutBatch
 from rlzoo.registry import DATA_SOURCES
@@ -159,6 +160,16 @@ def reward_statistics(dist: Dist, batch: RolloutBatch) -> dict[str, float]:
     return {"reward/mean": float(t.mean()), "reward/std": float(t.std()) if len(t) > 1 else 0.0}
 
 
+def replica_divergence(dist: Dist, models: list[torch.nn.Module]) -> float:
+    """How far the ranks' copies of the weights are apart: the largest difference of a weight
+    fingerprint (sum and sum of squares in float64) from the main rank's. 0 when in sync."""
+    with torch.no_grad():
+        prints = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
+                              for m in models for p in m.parameters()]).sum(0).cpu()  # [2]
+    everyone = torch.stack(dist.gather(prints))  # [world, 2]
+    return float((everyone - everyone[0]).abs().max())
+
+
 def train_step(st: Stage) -> dict[str, float]:
     """One step of the stage (its ``st.step + 1``-th); returns its metrics, the same on every rank."""
     algo, rt, dist = st.algorithm, st.rt, st.dist
@@ -193,6 +204,8 @@ def train_step(st: Stage) -> dict[str, float]:
         shared.update(train_shared)
     st.scheduler.step()
     st.step += 1
+    if dist.world > 1 and st.accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        shared["dist/replica_max_diff"] = replica_divergence(dist, st.rt.models_with_grad())
     local["time/step"] = time.perf_counter() - t0
     reducer.add(local)
     metrics = reducer.reduce(dist)

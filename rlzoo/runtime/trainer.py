@@ -99,15 +99,14 @@ class Runtime:
                 stack.enter_context(self.accelerator.no_sync(model))
         return stack
 
-    def zero_backward(self) -> None:
-        """A backward of a zero loss through every trained model, so that a rank without rows
-        joins the gradient all-reduce of its peers (its contribution is 0)."""
+    def zero_backward(self, model: torch.nn.Module | None = None) -> None:
+        """A forward and backward of a zero loss through ``model`` (default: every trained model,
+        in the order of a real micro-batch), so that a rank with fewer rows than its peers takes
+        part in their collectives (gradient all-reduce, bucket rebuild) with a contribution of 0."""
         ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.accelerator.device)
         mask = torch.ones_like(ids)
-        loss = 0.0 * self.policy(ids, mask).sum()
-        if self.value_model is not None:
-            loss = loss + 0.0 * self.value_model(ids, mask).sum()
-        self.accelerator.backward(loss)
+        for m in [model] if model is not None else self.models_with_grad():
+            self.accelerator.backward(0.0 * m(ids, mask).sum())
 
 
 def _real_columns(attention_mask: torch.Tensor) -> tuple[int, int]:
@@ -153,23 +152,24 @@ def minibatch_rows(batch: RolloutBatch, minibatches: int, group_coupled: bool, g
                    dist: Dist) -> list[list[int]]:
     """This rank's row indices of each minibatch of one shuffled pass over the global batch.
 
-    The permutation is over every rank's rows (whole groups when coupled), drawn from
-    ``generator`` (the same state on every rank), so minibatch k holds the rows a single process
-    holding the whole batch would put there; each rank keeps its own of them, in its own order.
+    The global batch is put in a canonical order, by group id (a row keeps its place within its
+    group), whatever the process count and whatever order ``prepare`` left the rows in. One
+    permutation of it (of its groups when coupled) is drawn from ``generator``, whose state is
+    the same on every rank, and cut into ``minibatches`` chunks: minibatch k holds the rows a
+    single process holding the whole batch would put there; each rank keeps its own of them.
     """
     if minibatches == 1:
         return [list(range(len(batch)))]
+    ids = batch.group_ids.tolist()
+    everyone = dist.gather(ids)  # every rank's group ids, in rank order
     if group_coupled:
-        local = torch.unique_consecutive(batch.group_ids).tolist()  # this rank's groups, in order
-        everyone = [g for part in dist.gather(local) for g in part]  # the global batch's groups
-        chunks = [set(c.tolist()) for c in torch.tensor(everyone)[torch.randperm(len(everyone), generator=generator)].chunk(minibatches)]
-        ids = batch.group_ids.tolist()
+        groups = torch.tensor(sorted({g for part in everyone for g in part}), dtype=torch.long)  # [G]
+        chunks = [set(c.tolist()) for c in groups[torch.randperm(len(groups), generator=generator)].chunk(minibatches)]
         return [[i for i, g in enumerate(ids) if g in chunk] for chunk in chunks]
-    sizes = [int(n) for n in dist.gather(len(batch))]
-    offset = sum(sizes[: dist.rank])
-    perm = torch.randperm(sum(sizes), generator=generator)  # [N_global]
+    canonical = sorted((g, r, i) for r, part in enumerate(everyone) for i, g in enumerate(part))  # (group, rank, row)
+    perm = torch.randperm(len(canonical), generator=generator)  # [N_global]
     chunks = perm.chunk(minibatches) if len(perm) else [perm] * minibatches
-    return [[int(i) - offset for i in c if offset <= int(i) < offset + len(batch)] for c in chunks]
+    return [sorted(canonical[j][2] for j in c.tolist() if canonical[j][1] == dist.rank) for c in chunks]
 
 
 class _RowMeans:
@@ -214,17 +214,22 @@ def train_on_batch(
     for _ in range(optim_cfg.updates_per_batch):
         for rows in minibatch_rows(batch, optim_cfg.minibatches, algorithm.group_coupled, generator, dist):
             minibatch = batch.select(rows)
-            num_seqs, num_tokens = dist.sum([float(len(minibatch)), float(minibatch.loss_mask.sum())]).tolist()
+            micros = splitter(minibatch, optim_cfg.micro_batch_size)
+            counts = dist.gather((len(minibatch), float(minibatch.loss_mask.sum()), len(micros)))  # every rank's
+            num_seqs, num_tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
             if num_seqs == 0:
                 continue  # an empty minibatch on every rank (more minibatches than rows)
             totals = {"num_seqs": num_seqs, "num_tokens": num_tokens, "constant": agg_constant}
             optimizer.zero_grad(set_to_none=True)
-            micros = splitter(minibatch, optim_cfg.micro_batch_size)
-            if not micros:
-                with rt.sync_gradients(True):
-                    rt.zero_backward()
-            for i, micro in enumerate(micros):
-                with rt.sync_gradients(i == len(micros) - 1):
+            # every rank runs as many micro-batches as the busiest one (zero losses past its own), so
+            # that the DDP collectives of the policy and the value model come in the same order everywhere
+            rounds = max(c[2] for c in counts)
+            for i in range(rounds):
+                with rt.sync_gradients(i == rounds - 1):
+                    if i >= len(micros):
+                        rt.zero_backward()
+                        continue
+                    micro = micros[i]
                     logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
                     coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                     loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
@@ -235,6 +240,8 @@ def train_on_batch(
                         acc.backward(extra * dist.world)
                         has_extra = True
                         losses[1] += float(extra.detach())
+                    elif rt.value_model is not None:
+                        rt.zero_backward(rt.value_model)  # the value model's all-reduce still takes place
                 losses[0] += float(loss.detach())
                 meter.add({**metrics, **extra_metrics}, len(micro))
             group_norms = clip_param_groups(acc, optimizer, optim_cfg.grad_clip)

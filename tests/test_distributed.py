@@ -1,0 +1,105 @@
+"""Data parallel is exact: 2 CPU processes (torchrun, gloo) take the steps 1 process takes.
+
+* ``train_on_batch`` on one fixed batch whose questions are split 5 + 1 or 6 + 0 over 2 ranks
+  ends with the weights of 1 process holding the whole batch (GRPO with shuffled minibatches,
+  DPO with pairs kept whole, PPO with a value model and whitening over the global batch).
+* A run of four stages (SFT, GRPO with 2 updates x 2 minibatches, PPO, DPO from an offline pool)
+  launched as 2 processes ends every stage with the weights of the 1-process run, to 1e-5. Rollouts
+  are row-seeded, so both runs sample the same completions (their reward means agree at every
+  step), every step's replicas agree (``dist/replica_max_diff`` = 0), the held-out evaluation gives
+  the same numbers, and only the main process writes files (one metrics line per step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def launch(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``args`` as one process (``python ...``) or ``nproc`` processes under torchrun (gloo)."""
+    runner = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  f"--nproc_per_node={nproc}"]
+    proc = subprocess.run([*runner, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process_updates(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    launch(1, "tests/dist_worker.py", str(out), "even")
+    return out
+
+
+@pytest.mark.parametrize("split", ["uneven", "empty"])
+def test_updates_on_a_split_batch_equal_one_process(one_process_updates, tmp_path, split):
+    launch(2, "tests/dist_worker.py", str(tmp_path), split)
+    for algorithm in ("grpo", "dpo", "ppo"):
+        one = torch.load(one_process_updates / f"{algorithm}.pt")
+        two = torch.load(tmp_path / f"{algorithm}.pt")
+        assert max_diff(one, two) < 1e-5, algorithm
+        start = torch.load(one_process_updates / "start.pt")  # the updates really moved the weights
+        assert max_diff({k: one[k] for k in start}, start) > 1e-4, algorithm
+
+
+def stage_overrides(name: str, algorithm: str, **kw) -> list[str]:
+    common = {"steps": 2, "data.prompts_per_step": 3, "data.samples_per_prompt": 4, "generation.max_new_tokens": 10,
+              "reward.name": "test_length_parity", "optim.micro_batch_size": 3, "optim.lr": 1e-3}
+    return [f"stages.{name}.algorithm={algorithm}"] + [f"stages.{name}.{k}={v}" for k, v in {**common, **kw}.items()]
+
+
+RUN = [
+    "train", "configs/quickstart.yaml", "plugins=[tests/plugins/dp_plugin.py]", "logging.progress=false",
+    "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
+    "task.synthetic.eval_size=7", "eval.samples=2", "eval.ks=[1,2]", "eval.max_new_tokens=8",
+    "stages.sft.steps=3", "stages.sft.data.prompts_per_step=5", "stages.sft.optim.micro_batch_size=2",
+    *stage_overrides("grpo", "grpo", **{"optim.updates_per_batch": 2, "optim.minibatches": 2}),
+    *stage_overrides("ppo", "ppo", **{"data.samples_per_prompt": 2, "optim.minibatches": 2, "optim.micro_batch_size": 2}),
+    *stage_overrides("dpo", "dpo", **{"data.pool_prompts": 6, "optim.minibatches": 2, "optim.micro_batch_size": 2}),
+]
+STAGES = ("sft", "grpo", "ppo", "dpo")
+
+
+def test_four_stages_on_two_processes_equal_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    launch(1, "-m", "rlzoo", *RUN, f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", *RUN, f"output_dir={tmp_path / 'two'}")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for stage in STAGES:
+        a, b = load_file(one / stage / "final" / "model.safetensors"), load_file(two / stage / "final" / "model.safetensors")
+        assert max_diff(a, b) < 1e-5, stage
+    rows_one = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["stage"], r["step"]) for r in rows_two if "loss/policy" in r]
+    assert steps == [(s, i) for s in STAGES for i in range(1, {"sft": 3}.get(s, 2) + 1)]  # one line per step
+    assert len(rows_one) == len(rows_two)
+    for a, b in zip(rows_one, rows_two):
+        assert (a["stage"], a["step"]) == (b["stage"], b["step"])
+        if "loss/policy" in b:
+            assert b["dist/replica_max_diff"] == 0.0 and "dist/replica_max_diff" not in a
+            assert b["train/num_sequences"] == a["train/num_sequences"]
+            assert b["loss/policy"] == pytest.approx(a["loss/policy"], abs=1e-5)
+            for key in ("reward/mean", "pool/mean", "dpo/num_pairs"):  # the same samples on 1 and 2 processes
+                assert b.get(key) == a.get(key), (key, a["stage"], a["step"])
+        for key in (k for k in a if k.startswith("eval/")):
+            assert b[key] == a[key], key
+    assert rows_two[4]["reward/mean"] not in (0.0, 1.0)  # the reward varies: advantages are not all 0
+    summary_one, summary_two = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert [s["eval"] for s in summary_one["stages"]] == [s["eval"] for s in summary_two["stages"]]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
