@@ -181,6 +181,13 @@ VERIFY_CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("I give up.", "5", F),
         ("\\boxed{5} and the answer is 6", "6", F),
     ],
+    # Rule: prose without \boxed, also in other languages: the answer phrase, else the last number
+    # (LaTeX thousands separators and, in French/German/... prose, decimal commas understood)
+    "prose_and_other_languages": [
+        ("Ils ont donc 2,5 litres.", "2.5", T), ("Ils ont donc 2,5 litres.", "5", F), ("一共需要 1,200 元。", "1200", T),
+        ("一共需要 1,200 元。", "200", F), ("答案是 $-4$。", "-4", T), ("So we need $1{,}250$ bricks.", "1250", T),
+        ("So we need $1{,}250$ bricks.", "250", F), ("**Answer:** 17", "17", T), ("La réponse est 17.", "71", F),
+    ],
     # Rule: gold containing \boxed or #### is itself extracted
     "gold_is_a_full_solution": [
         ("\\boxed{18}", "She makes 9 * 2 = $<<9*2=18>>18.\n#### 18", T),
@@ -256,6 +263,21 @@ EXTRACT_CASES: list[tuple[str, str | None]] = [
     ("Worth -4 points", "-4"),
     ("", None),
     ("no numbers here at all", None),
+    # other languages, LaTeX thousands separators in prose, the math span holding the last number
+    ("所以她一共付了 35 元。", "35"),
+    ("答案：$\\frac{1}{3}$", "\\frac{1}{3}"),
+    ("La réponse est 4,25 m.", "4.25"),
+    ("Il a donc 1 200 timbres.", "1200"),
+    ("Das Ergebnis ist 2,5 Liter.", "2.5"),
+    ("Le prix est de 1 250 euros.", "1250"),
+    ("The length is 3,5 here.", "5"),  # English prose: no decimal comma
+    ("Then he buys 3 250-gram bags.", "250"),  # English prose: a space does not join digit groups
+    ("It is 1 250 metres long.", "250"),
+    ("The school has $1{,}250$ students.", "1{,}250"),  # the span holding the last number
+    ("He ran 1\\,500 metres.", "1,500"),
+    ("**Answer:** 9", "9"),
+    ("So the distance is $2\\sqrt{5}$ km.", "2\\sqrt{5}"),
+    ("She paid $5 and then $7.", "7"),
     # priority between rules
     ("\\boxed{5}. The answer is 6.", "5"),
     ("The answer is 6.\n#### 7", "6"),
