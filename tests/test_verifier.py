@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rlzoo.rewards import verifier as V
-from rlzoo.rewards.verifier import extract_answer, normalize_answer, verifier_stats, verify
+from rlzoo.rewards.verifier import answers_equivalent, extract_answer, normalize_answer, verifier_stats, verify
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -99,10 +99,23 @@ VERIFY_CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("f(x) = x^2", "x^2", T), ("x \\in [1,3)", "[1,3)", T), ("y = 2x+3", "y = 3 + 2x", T), ("a_1 = 7", "7", T),
         ("x = 4", "3", F), ("y = 2x+3", "2x-3", F), ("x \\in [1,3)", "[1,3]", F),
     ],
-    # Rule: equations whose left side is not one variable: lhs - rhs equal up to sign
+    # Rule: equations are equal when lhs - rhs of one is a non-zero constant times the other's
+    # (issue 12: a line or a conic written with a constant factor is the same answer, so the pair
+    # "2x + 4y = 6" / "x + 2y = 3", rejected before, is now accepted); an assignment y = ... is also
+    # an equation when the other side is one
     "equations": [
-        ("x + y = 3", "3 - x - y = 0", T), ("x + y = 3", "y + x - 3 = 0", T), ("2x + 4y = 6", "x + 2y = 3", F),
-        ("x + y = 3", "x + y = 4", F),
+        ("x + y = 3", "3 - x - y = 0", T), ("x + y = 3", "y + x - 3 = 0", T), ("2x + 4y = 6", "x + 2y = 3", T),
+        ("x + y = 3", "x + y = 4", F), ("2x + 4y = 6", "x + 2y = 6", F), ("y = 2x + 3", "2x - y + 3 = 0", T),
+        ("y = 2x + 3", "2x + y + 3 = 0", F), ("x^2 + y^2 = 9", "3x^2 + 3y^2 = 27", T), ("x^2 + y^2 = 9", "x^2 + 3y^2 = 9", F),
+        ("x = 3", "2x = 6", T), ("x = 3", "x^2 = 9", F), ("x = 3", "y = 3", T),  # the last as before: right sides equal
+    ],
+    # Rule: one spelling per relation sign; a relation is read left to right (7 >= y is y <= 7);
+    # each inequality link may be scaled by a positive constant, never a negative one
+    "relations": [
+        ("x \\geq 1", "x >= 1", T), ("x \\neq 1", "x != 1", T), ("x \\lt 1", "x < 1", T), ("5 \\geq y", "y \\leq 5", T),
+        ("-2y < 6", "y > -3", T), ("-3 < 2x - 1 \\le 5", "-1 < x \\le 3", T), ("2 \\ne x", "x \\ne 2", T),
+        ("x \\geq 1", "x \\leq 1", F), ("x < 1", "x \\le 1", F), ("-2y < 6", "y < -3", F), ("x \\ne 1", "x = 1", F),
+        ("-3 < 2x - 1 \\le 5", "-1 < x < 3", F), ("x < 1", "1", F), ("x^2 < 1", "x < 1", F),
     ],
     # Rule: `\$` and `$` dropped
     "currency": [
@@ -110,8 +123,9 @@ VERIFY_CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("\\$ 5.00", "5", T),
         ("\\$18", "17", F), ("\\$18.90", "18.09", F),
     ],
-    # Rule: ordered, same length, element-wise; a tuple is not a set or a bare list
+    # Rule: ordered, same length, element-wise; a tuple is not a set or a bare list; (x, y) = dropped
     "tuples_and_points": [
+        ("(x, y) = (2, -1)", "(2,-1)", T), ("(x, y) = (2, -1)", "(-1,2)", F),
         ("(1, 2)", "(1,2)", T), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", T),
         ("(0.5, 2)", "(\\frac12, 2)", T), ("(-\\frac{5}{9}, \\frac{16}{9})", "\\left(-\\frac{5}{9}, \\frac{16}{9}\\right)", T),
         ("(1,2,3)", "(1, 2, 3)", T), ("(2\\sqrt{2}, 1)", "(\\sqrt{8}, 1)", T),
@@ -126,15 +140,27 @@ VERIFY_CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("[1,3)", "[1,3]", F), ("(1,3]", "[1,3]", F), ("(1,3)", "[1,3)", F), ("[1,3]", "[1,4]", F),
         ("(-\\infty,1)\\cup(2,\\infty)", "(-\\infty,1)\\cup[2,\\infty)", F), ("(-\\infty, 2]", "(-\\infty, 2)", F),
     ],
-    # Rule: `\{...\}` and bare comma lists: same elements, any order (multiset)
+    # Rule: `\{...\}` and bare comma lists: same elements, any order (multiset); "1 or 2",
+    # "x = 1, x = 2" and `1 \pm 2` are lists too
     "sets_and_lists_order_insensitive": [
         ("\\{1,2\\}", "\\{2,1\\}", T), ("1, 2, 10", "10, 2, 1", T), ("\\{1,2\\}", "1,2", T), ("-5, 1, 4", "1,4,-5", T),
         ("\\sqrt{67}, -\\sqrt{85}", "-\\sqrt{85}, \\sqrt{67}", T), ("\\{\\frac12, 3\\}", "\\{3, 0.5\\}", T),
         ("B, C", "C, B", T), ("\\left\\{ 1, 2 \\right\\}", "\\{1,2\\}", T),
         ("\\{1,2,3\\}", "\\{1,2\\}", F), ("\\{1,2\\}", "\\{1,3\\}", F), ("1, 2", "1, 2, 2", F), ("B, C", "B, D", F),
+        ("\\{ 4 ,\\; -1 \\}", "\\{-1,4\\}", T), ("4 \\text{ or } -1", "-1, 4", T), ("x = 4, x = -1", "\\{-1, 4\\}", T),
+        ("2 \\pm \\sqrt{3}", "2-\\sqrt3, 2+\\sqrt3", T), ("x = 4, y = -1", "-1, 4", F), ("2 \\pm \\sqrt{3}", "2+\\sqrt3", F),
+        ("4 \\text{ or } -1", "4, 1", F),
     ],
-    # Rule: same shape, element-wise; pmatrix == bmatrix
+    # Rule: same shape, element-wise; pmatrix == bmatrix == [array]; matrix expressions are evaluated;
+    # vmatrix is a determinant (a number)
     "matrices": [
+        ("\\left[\\begin{array}{cc} 1 & 2 \\\\ 3 & 4 \\end{array}\\right]", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", T),
+        ("3\\begin{pmatrix} 1 \\\\ -1 \\end{pmatrix}", "\\begin{pmatrix}3\\\\-3\\end{pmatrix}", T),
+        ("3\\begin{pmatrix} 1 \\\\ -1 \\end{pmatrix}", "\\begin{pmatrix}3\\\\3\\end{pmatrix}", F),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 0 & 1 \\end{pmatrix}^{-1}", "\\begin{pmatrix}1&-2\\\\0&1\\end{pmatrix}", T),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 0 & 1 \\end{pmatrix}^{-1}", "\\begin{pmatrix}1&2\\\\0&1\\end{pmatrix}", F),
+        ("\\begin{vmatrix} 2 & 1 \\\\ 1 & 2 \\end{vmatrix}", "3", T),
+        ("\\begin{vmatrix} 2 & 1 \\\\ 1 & 2 \\end{vmatrix}", "\\begin{pmatrix}2&1\\\\1&2\\end{pmatrix}", F),
         ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", T),
         ("\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", T),
         ("\\begin{pmatrix} 2/5 \\\\ -1/5 \\\\ 0 \\end{pmatrix}", "\\begin{pmatrix} \\frac{2}{5} \\\\ -\\frac{1}{5} \\\\ 0 \\end{pmatrix}", T),
@@ -217,6 +243,40 @@ def test_both_verdicts_in_every_group() -> None:
         verdicts = {want for _, _, want in cases}
         assert verdicts == {True, False}, group
     assert sum(len(c) for c in VERIFY_CASES.values()) >= 200
+
+
+# ------------------------------------------------------------------------------------------------
+# answers_equivalent: symmetric equality of two extracted answers (Maj@k vote groups)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_answers_equivalent_basics() -> None:
+    same = ["0.5", "\\frac12", "1/2", "\\dfrac{1}{2}", "50\\%"]
+    assert all(answers_equivalent(a, b) for a in same[:4] for b in same[:4])
+    assert not answers_equivalent("0.5", "50\\%")  # % is a unit here: 50% is 50, not 0.5
+    assert answers_equivalent("50\\%", "50") and answers_equivalent("50", "50\\%")
+    assert not answers_equivalent(None, None) and not answers_equivalent(None, "1") and not answers_equivalent("1", None)
+    assert not answers_equivalent("", "")
+    assert answers_equivalent("x = 3", "3") and answers_equivalent("\\{1, 2\\}", "2, 1")
+    assert not answers_equivalent("(1, 2)", "(2, 1)") and not answers_equivalent("[1, 2)", "[1, 2]")
+    assert answers_equivalent("y \\ge 7", "7 \\le y") and not answers_equivalent("y \\ge 7", "y \\le 7")
+    # a whole solution is not extracted again: pass extract_answer's output
+    assert not answers_equivalent("so it is \\boxed{5}", "5")
+
+
+def test_answers_equivalent_groups_votes() -> None:
+    votes = ["\\frac{1}{2}", "0.5", "1/2", "\\frac{1}{3}", None, "0.50", "2/6", None]
+    groups: list[list[str]] = []
+    for v in votes:
+        if v is None:
+            continue
+        for g in groups:
+            if answers_equivalent(g[0], v):
+                g.append(v)
+                break
+        else:
+            groups.append([v])
+    assert sorted(len(g) for g in groups) == [2, 4]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,6 +363,13 @@ NORMALIZE_CASES: list[tuple[str, str]] = [
     ("\\pi r^2", "\\pi r^2"),
     ("50\\%", "50%"),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    ("y \\geqslant 3", "y\\ge3"),
+    ("x >= 3", "x\\ge3"),
+    ("x != 3", "x\\ne3"),
+    ("1 \\text{ or } 2", "1,2"),
+    ("(x, y) = (1, 2)", "(1,2)"),
+    ("125\\textnormal{ miles}", "125"),
+    ("\\{\\}", "\\varnothing"),
 ]
 
 
@@ -351,6 +418,11 @@ def test_fast_path_stays_in_process_and_is_fast() -> None:
         ("The answer is 18.", "19"),
         ("\\boxed{(1, 2)}", "(1,2)"),
         ("\\boxed{[1, 3)}", "[1,3]"),
+        ("所以她每周赚 120 元。", "120"),
+        ("La réponse est 3,5 kg.", "3.5"),
+        ("\\boxed{x \\geq 3}", "x >= 3"),
+        ("\\boxed{x < 3}", "x \\le 3"),
+        ("\\boxed{1 \\text{ or } 2}", "2, 1"),
     ]
     before = verifier_stats()["verify/symbolic"]
     n = 0
@@ -444,6 +516,8 @@ def test_verify_from_non_main_threads() -> None:
         ("\\boxed{\\sqrt{5}}", "\\sqrt{6}", False),
         ("#### 1,200", "1200", True),
         ("\\boxed{3\\sqrt{3}}", "\\sqrt{27}", True),
+        ("\\boxed{-4y < 8}", "y > -2", True),  # relation rules (sympy)
+        ("\\boxed{2\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
     ]
     results: dict[int, bool] = {}
 

@@ -76,9 +76,11 @@ import threading
 import time
 from collections import OrderedDict
 from fractions import Fraction
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-__all__ = ["verify", "extract_answer", "normalize_answer", "verifier_stats", "warm_up", "shutdown"]
+__all__ = [
+    "verify", "answers_equivalent", "extract_answer", "normalize_answer", "verifier_stats", "warm_up", "shutdown"
+]
 
 logger = logging.getLogger("rlzoo.verifier")
 
@@ -387,10 +389,10 @@ def _looks_like_solution(gold: str) -> bool:
 
 _SIMPLE_REPLACEMENTS = (
     ("\u2212", "-"), ("\u00b7", "\\cdot "), ("\u00d7", "\\times "), ("\u221e", "\\infty "),
-    ("\u03c0", "\\pi "), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
+    ("\u03c0", "\\pi "), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""), ("\\textstyle", ""),
     ("{,}", ","), ("\\qquad", " "), ("\\quad", " "), ("~", " "), ("\\lbrace", "\\{"), ("\\rbrace", "\\}"),
     ("\\lvert", "|"), ("\\rvert", "|"), ("\\vert", "|"), ("\\lbrack", "["), ("\\rbrack", "]"),
-    ("\\infinity", "\\infty"), ("\\emptyset", "\\varnothing"),
+    ("\\infinity", "\\infty"), ("\\emptyset", "\\varnothing"), ("\\mathbb{R}", "(-\\infty,\\infty)"),
 )
 _THIN_THOUSANDS_RE = re.compile(r",\s*\\!\s*(?=\d{3}(?!\d))")  # MATH writes 11,\! 111 for 11,111
 _SPACING_RE = re.compile(r"\\\\|\\[,;:! ]")  # a LaTeX row break "\\" is kept, "\\ " is a space
@@ -399,7 +401,19 @@ _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\u00b0|\\degree")
 _DOLLAR_RE = re.compile(r"\\\$|\$")
 _UNIT_POWER_RE = re.compile(r"^\s*\^\s*(?:\{\s*\d\s*\}|\d)")
 _CONNECTIVES = {"and", "or", "if", "for", "where", "to"}
-_LHS_RE = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z]\))?\s*(?:=|\\in(?![A-Za-z]))\s*(.+)$", re.DOTALL)
+_LHS_RE = re.compile(
+    r"^\s*([A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\^\{?-1\}?)?(?:\([A-Za-z]\))?)\s*(=|\\in(?![A-Za-z]))\s*(.+)$", re.DOTALL
+)
+_LHS_TUPLE_RE = re.compile(r"^\s*\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])+\s*\)\s*=\s*(\(.+)$", re.DOTALL)  # (x, y) = (1, 2)
+# relation signs, one spelling each: \ge, \le, \ne, <, >
+_RELATION_SIGN_RE = re.compile(
+    r"\\geqslant|\\geqq|\\geq|\\ge(?![A-Za-z])|\u2265|>=|\\leqslant|\\leqq|\\leq|\\le(?![A-Za-z])|\u2264|<="
+    r"|\\neq|\\ne(?![A-Za-z])|\u2260|!=|\\lt(?![A-Za-z])|\\gt(?![A-Za-z])"
+)
+_RELATION_SIGNS = {"\\ge": "\\ge ", "\u2265": "\\ge ", ">=": "\\ge ", "\\le": "\\le ", "\u2264": "\\le ", "<=": "\\le ",
+                   "\\ne": "\\ne ", "\u2260": "\\ne ", "!=": "\\ne ", "\\lt": "<", "\\gt": ">"}
+# "1 or 2", "7, -2, and -5": a list of answers
+_OR_AND_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])\s*")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
 _PLAIN_UNIT_RE = re.compile(
     r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?%?)\s+([A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*)*)\s*(?:\^\s*\{?\d\}?)?$"
@@ -472,8 +486,19 @@ def _strip_outer(s: str) -> str:
         s = _strip_math_delims(s)
         if s.endswith(".") and not s.endswith("\\."):
             s = s[:-1].rstrip()
-        s = s.rstrip(",;").strip()
+        while s and s[-1] in ",;" and not s.endswith("\\" + s[-1]):  # keep the spacing command "\\,"
+            s = s[:-1].rstrip()
+        if s.startswith("{") and _match_brace(s, 0) == len(s) - 1:  # "{\\frac{5}{7}}"
+            s = s[1:-1].strip()
     return s
+
+
+def _relation_sign(m: re.Match[str]) -> str:
+    tok = m.group(0)
+    for key, sign in _RELATION_SIGNS.items():
+        if tok.startswith(key):
+            return sign
+    return tok
 
 
 def normalize_answer(answer: str) -> str:
@@ -483,11 +508,23 @@ def normalize_answer(answer: str) -> str:
     '1600'
     >>> normalize_answer("x = \\\\dfrac{1}{2}")
     '\\\\frac{1}{2}'
+    >>> normalize_answer("y \\\\geqslant 3")
+    'y\\\\ge3'
+    """
+    return _normalize(answer)[0]
+
+
+def _normalize(answer: str) -> tuple[str, Optional[str]]:
+    """``normalize_answer`` and the variable of a dropped left side (``"y"`` for ``y = 2x+3``).
+
+    The variable is kept so that ``y = 2x+3`` can still be compared as an equation with
+    ``2x - y + 3 = 0``; it is ``None`` unless the left side was one letter followed by ``=``.
     """
     s = _strip_outer(answer)
     for old, new in _SIMPLE_REPLACEMENTS:
         if old in s:
             s = s.replace(old, new)
+    s = _RELATION_SIGN_RE.sub(_relation_sign, s)
     s = _THIN_THOUSANDS_RE.sub(",", s)
     s = _SPACING_RE.sub(_spacing_repl, s)
     s = _LEFT_RIGHT_RE.sub("", s)
@@ -495,10 +532,21 @@ def normalize_answer(answer: str) -> str:
     s = _DOLLAR_RE.sub("", s)
     s = s.replace("\\%", "%")
     s = _replace_text_commands(s)
+    if "or" in s or "and" in s:
+        parts = _OR_AND_RE.split(s)
+        if len(parts) > 1 and all(p.strip() for p in parts):
+            s = ",".join(parts)
     s = _strip_outer(s)
+    var = None
     m = _LHS_RE.match(s)
-    if m and "=" not in m.group(1):
-        s = m.group(1).strip()
+    if m and "=" not in m.group(3):
+        s = m.group(3).strip()
+        if m.group(2) == "=" and len(m.group(1)) == 1:
+            var = m.group(1)
+    else:
+        m = _LHS_TUPLE_RE.match(s)
+        if m and "=" not in m.group(1):
+            s = m.group(1).strip()
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     m = _PLAIN_UNIT_RE.match(s)
@@ -511,7 +559,9 @@ def normalize_answer(answer: str) -> str:
         s = m.group(1)
     if s.startswith("+"):
         s = s[1:]
-    return s
+    if s == "\\{\\}":
+        s = "\\varnothing"
+    return s, var
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,6 +574,7 @@ _SCI_RE = re.compile(rf"^([+-]?{_DEC})(?:[eE]([+-]?\d+)|(?:\\times|\\cdot|\*)10\
 _SLASH_RE = re.compile(r"^([+-]?)(\d+)/(\d+)$")
 _FRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
 _MIXED_RE = re.compile(r"^([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
+_REPEATING_RE = re.compile(r"^([+-]?)(\d*)\.(\d*)\\overline\{(\d{1,50})\}$")  # 0.1\overline{6} = 1/6
 _MAX_DIGITS = 400
 
 
@@ -561,6 +612,11 @@ def _parse_number(s: str) -> Optional[_Num]:
                 return None
             sign = -1 if m.group(1) == "-" else 1
             return _Num(sign * Fraction(int(m.group(2)), den), False, percent)
+        m = _REPEATING_RE.match(s)
+        if m:
+            whole, fixed, rep = m.group(2) or "0", m.group(3), m.group(4)
+            value = Fraction(int(whole + fixed + rep) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(rep) - 1))
+            return _Num(-value if m.group(1) == "-" else value, False, percent)
         m = _MIXED_RE.match(s)
         if m and int(m.group(4)) != 0:
             sign = -1 if m.group(1) == "-" else 1
@@ -602,12 +658,21 @@ def _numbers_equal(a: _Num, b: _Num) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Structure: tuples, intervals, sets, lists, unions, matrices
+# Structure: tuples, intervals, sets, lists, unions, matrices, relations
 # ----------------------------------------------------------------------------------------------
 
-_MATRIX_RE = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+# a matrix environment, possibly inside brackets (\left[\begin{array}{cc}...\end{array}\right]);
+# vmatrix / Vmatrix are determinants / norms, i.e. numbers: they are left to sympy
+_MATRIX_RE = re.compile(
+    r"^([\[(]?)\\begin\{(matrix|[pbB]matrix|smallmatrix|array)\}(?:\{[^{}]*\})?"
+    r"((?:(?!\\(?:begin|end)\{).)*)\\end\{\2\}([\])]?)$",
+    re.DOTALL,
+)
 _OPEN = "([{"
 _CLOSE = ")]}"
+_RELATION_OPS = {"<": "<", ">": ">", "=": "=", "\\le": "\\le", "\\ge": "\\ge", "\\ne": "\\ne"}
+_FLIPPED = {">": "<", "\\ge": "\\le"}
+_ELEMENT_LHS_RE = re.compile(r"^([A-Za-z])=([^=]+)$")
 
 
 def _split_top(s: str, sep: str) -> list[str]:
@@ -662,20 +727,87 @@ def _wraps_whole(s: str, open_len: int, close_len: int) -> bool:
     return depth == 0
 
 
-Node = tuple  # ("scalar", s) | ("seq", open, close, [nodes]) | ("set", [nodes]) | ("union", [nodes]) | ("matrix", [[nodes]])
+def _split_relation(s: str) -> Optional[tuple[tuple[str, ...], list[str]]]:
+    """``x+1<4`` -> ``(("<",), ["x+1", "4"])``, written left to right with ``<``/``\\le`` only.
+
+    ``4>x>-1`` becomes ``-1<x<4``. Returns ``None`` unless ``s`` is one ``=`` or ``\\ne`` relation
+    or a chain of inequalities all pointing the same way (so ``a=b=c`` stays a plain string).
+    """
+    if not any(c in s for c in "<>=") and "\\le" not in s and "\\ge" not in s and "\\ne" not in s:
+        return None
+    ops: list[str] = []
+    sides: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    n = len(s)
+    while i < n:
+        ch = s[i]
+        if ch == "\\":
+            m = re.match(r"\\([A-Za-z]+)|\\.", s[i:])
+            tok = m.group(0) if m else "\\"
+            if tok in ("\\{", "\\}"):
+                depth += 1 if tok == "\\{" else -1
+            elif depth == 0 and tok in _RELATION_OPS:
+                ops.append(tok)
+                sides.append(s[start:i])
+                start = i + len(tok)
+            i += len(tok)
+            continue
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+        elif depth == 0 and ch in "<>=":
+            ops.append(ch)
+            sides.append(s[start:i])
+            start = i + 1
+        i += 1
+    if not ops:
+        return None
+    sides.append(s[start:])
+    sides = [x.strip() for x in sides]
+    if not all(sides):
+        return None
+    if len(ops) == 1 and ops[0] in ("=", "\\ne"):
+        return (ops[0],), sides
+    if all(op in ("<", "\\le") for op in ops):
+        return tuple(ops), sides
+    if all(op in _FLIPPED for op in ops):
+        return tuple(_FLIPPED[op] for op in reversed(ops)), sides[::-1]
+    return None
+
+
+def _expand_pm(s: str) -> list[str]:
+    """``1\\pm\\sqrt{2}`` -> ``["1+\\sqrt{2}", "1-\\sqrt{2}"]`` (only for exactly one ``\\pm``)."""
+    if s.count("\\pm") != 1 or "\\mp" in s:
+        return [s]
+    return [s.replace("\\pm", "+").lstrip("+"), s.replace("\\pm", "-")]
+
+
+def _set_elements(parts: list[str]) -> list[Node]:
+    """Elements of a set or a bare list: ``x=1,x=2`` -> 1, 2 (one common variable); ``\\pm`` expanded."""
+    matches = [_ELEMENT_LHS_RE.match(p) for p in parts]
+    if len(parts) > 1 and all(matches) and len({m.group(1) for m in matches if m}) == 1:
+        parts = [m.group(2) for m in matches if m]
+    return [_structure(q) for p in parts for q in _expand_pm(p)]
+
+
+Node = tuple  # ("scalar", s) | ("seq", open, close, [nodes]) | ("set", [nodes]) | ("union", [nodes])
+#             | ("matrix", [[nodes]]) | ("rel", (ops...), [sides])
 
 
 def _structure(s: str) -> Node:
     m = _MATRIX_RE.match(s)
-    if m:
-        rows = [r for r in m.group(2).split("\\\\") if r.strip()]
+    if m and (m.group(1) + m.group(4)) in ("", "[]", "()"):
+        rows = [r for r in m.group(3).split("\\\\") if r.strip()]
         return ("matrix", [[("scalar", c) for c in row.split("&")] for row in rows])
     union = _split_top(s, "\\cup")
     if len(union) > 1:
         return ("union", [_structure(p) for p in union])
     if s.startswith("\\{") and s.endswith("\\}") and _wraps_whole(s, 2, 2):
         inner = s[2:-2]
-        return ("set", [_structure(p) for p in _split_top(inner, ",")] if inner else [])
+        return ("set", _set_elements(_split_top(inner, ",")) if inner else [])
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps_whole(s, 1, 1):
         parts = _split_top(s[1:-1], ",")
         if len(parts) >= 2:
@@ -684,7 +816,13 @@ def _structure(s: str) -> Node:
             return _structure(s[1:-1])
     parts = _split_top(s, ",")
     if len(parts) >= 2:
-        return ("set", [_structure(p) for p in parts])
+        return ("set", _set_elements(parts))
+    rel = _split_relation(s)
+    if rel is not None:
+        return ("rel", rel[0], rel[1])
+    expanded = _expand_pm(s)
+    if len(expanded) > 1:
+        return ("set", [("scalar", x) for x in expanded])
     return ("scalar", s)
 
 
@@ -694,8 +832,6 @@ def _structure(s: str) -> Node:
 
 _WORDS_RE = re.compile(r"^[A-Za-z]+$")
 _BASE_RE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")
-
-ScalarCmp = Callable[[str, str], Optional[bool]]
 
 
 def _fast_scalar_equal(a: str, b: str) -> Optional[bool]:
@@ -709,10 +845,11 @@ def _fast_scalar_equal(a: str, b: str) -> Optional[bool]:
         return _numbers_equal(na, nb)
     if _WORDS_RE.match(a) and _WORDS_RE.match(b):
         return a.lower() == b.lower()
-    for x, y in ((a, b), (b, a)):
-        m = _BASE_RE.match(x)
-        if m and m.group(1) == y:
-            return True  # "11010_2" written without its base subscript
+    ma, mb = _BASE_RE.match(a), _BASE_RE.match(b)
+    if ma and mb:  # both written with a base subscript: digits and base must agree
+        return ma.group(1) == mb.group(1) and int(ma.group(2)) == int(mb.group(2))
+    if (ma and ma.group(1) == b) or (mb and mb.group(1) == a):
+        return True  # "11010_2" written without its base subscript
     return None
 
 
@@ -724,7 +861,7 @@ def _all_decided(results: list[Optional[bool]]) -> Optional[bool]:
     return True
 
 
-def _unordered_equal(xs: list[Node], ys: list[Node], scalar: ScalarCmp) -> Optional[bool]:
+def _unordered_equal(xs: list[Node], ys: list[Node], symbolic: bool) -> Optional[bool]:
     if len(xs) != len(ys):
         return False
     unused = list(range(len(ys)))
@@ -732,7 +869,7 @@ def _unordered_equal(xs: list[Node], ys: list[Node], scalar: ScalarCmp) -> Optio
     for x in xs:
         match = None
         for j in unused:
-            r = _nodes_equal(x, ys[j], scalar)
+            r = _nodes_equal(x, ys[j], symbolic)
             if r is True:
                 match = j
                 break
@@ -744,32 +881,88 @@ def _unordered_equal(xs: list[Node], ys: list[Node], scalar: ScalarCmp) -> Optio
     return True
 
 
-def _nodes_equal(a: Node, b: Node, scalar: ScalarCmp) -> Optional[bool]:
+def _scalar_equal(a: str, b: str, symbolic: bool) -> Optional[bool]:
+    return _sympy_scalar_equal(a, b) if symbolic else _fast_scalar_equal(a, b)
+
+
+def _relations_equal(a: Node, b: Node, symbolic: bool) -> Optional[bool]:
+    """Relations: same signs (after writing them left to right), then the same sides, or sympy.
+
+    Sympy accepts a rearrangement or a constant factor: ``=`` and ``\\ne`` when ``lhs - rhs`` of one
+    is a non-zero constant times that of the other; an inequality when each link is a *positive*
+    constant times the other's (``-2y < 6`` is ``y > -3``; ``y < -3`` is not).
+    """
+    ops, xs, ys = a[1], a[2], b[2]
+    if ops != b[1] or len(xs) != len(ys):
+        return False
+    if _all_decided([_scalar_equal(x, y, symbolic) for x, y in zip(xs, ys)]) is True:
+        return True
+    if ops in (("=",), ("\\ne",)) and _all_decided([_scalar_equal(xs[0], ys[1], symbolic), _scalar_equal(xs[1], ys[0], symbolic)]) is True:
+        return True  # the same relation written from the other side
+    if not symbolic:
+        return None
+    return _sympy_relation_equal(ops, xs, ys)
+
+
+def _matrix_latex(node: Node) -> str:
+    return "\\begin{pmatrix}" + "\\\\".join("&".join(c[1] for c in row) for row in node[1]) + "\\end{pmatrix}"
+
+
+def _nodes_equal(a: Node, b: Node, symbolic: bool) -> Optional[bool]:
     if a[0] != b[0]:
+        kinds = {a[0], b[0]}
+        if kinds == {"matrix", "scalar"}:  # "2\begin{pmatrix}1\\3\end{pmatrix}" is a matrix too
+            m, s = (a, b) if a[0] == "matrix" else (b, a)
+            if "\\begin{" not in s[1]:
+                return False
+            return _sympy_scalar_equal(_matrix_latex(m), s[1]) if symbolic else None
         return False
     kind = a[0]
     if kind == "scalar":
-        return scalar(a[1], b[1])
+        return _scalar_equal(a[1], b[1], symbolic)
     if kind == "seq":
         if a[1] != b[1] or a[2] != b[2] or len(a[3]) != len(b[3]):
             return False
-        return _all_decided([_nodes_equal(x, y, scalar) for x, y in zip(a[3], b[3])])
+        return _all_decided([_nodes_equal(x, y, symbolic) for x, y in zip(a[3], b[3])])
     if kind in ("set", "union"):
-        return _unordered_equal(a[1], b[1], scalar)
+        return _unordered_equal(a[1], b[1], symbolic)
     if kind == "matrix":
         if len(a[1]) != len(b[1]) or any(len(r) != len(s) for r, s in zip(a[1], b[1])):
             return False
         return _all_decided(
-            [_nodes_equal(x, y, scalar) for r, s in zip(a[1], b[1]) for x, y in zip(r, s)]
+            [_nodes_equal(x, y, symbolic) for r, s in zip(a[1], b[1]) for x, y in zip(r, s)]
         )
+    if kind == "rel":
+        return _relations_equal(a, b, symbolic)
     return False
 
 
-def _compare(a: str, b: str, scalar: ScalarCmp) -> Optional[bool]:
-    """Compare two normalised answers with the given scalar comparison."""
+def _compare(a: str, b: str, symbolic: bool) -> Optional[bool]:
+    """Compare two normalised answers (fast rules, or sympy when ``symbolic``); ``b`` is the gold."""
     if a == b:
         return True
-    return _nodes_equal(_structure(a), _structure(b), scalar)
+    return _nodes_equal(_structure(a), _structure(b), symbolic)
+
+
+def _compare_answers(
+    a: str, va: Optional[str], b: str, vb: Optional[str], symbolic: bool, symmetric: bool = False
+) -> Optional[bool]:
+    """:func:`_compare`, plus: an assignment ``y = 2x+3`` (``a``/``va``) is also an equation.
+
+    ``x = 3`` against ``3`` compares ``3`` with ``3`` as before; against another equation
+    (``2x = 6``, ``y - 2x = 3``) the whole equation is compared, up to rearrangement and factor.
+    """
+    r = _compare(a, b, symbolic)
+    if r is True or (va is None and vb is None):
+        return r
+    na = _structure(f"{va}={a}" if va else a)
+    nb = _structure(f"{vb}={b}" if vb else b)
+    if na[0] != "rel" or nb[0] != "rel" or na[1] != ("=",) or nb[1] != ("=",):
+        return r
+    r2 = _nodes_equal(na, nb, symbolic)
+    if r2 is True:
+        return True
+    return None if (r is None or r2 is None) else False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -779,6 +972,7 @@ def _compare(a: str, b: str, scalar: ScalarCmp) -> Optional[bool]:
 _sympy_mod: Any = None
 _latex2sympy: Any = None
 _l2s_config: Any = None
+_MAX_MATRIX_POWER = 64
 
 
 def _load_sympy() -> None:
@@ -794,9 +988,32 @@ def _load_sympy() -> None:
         _sympy_mod = sympy
 
 
+def _explicit_matrix(expr: Any) -> Any:
+    """Evaluate a matrix expression (``2M``, ``M^2``, ``M^{-1}``, ``MN``, ``M+N``) to one matrix."""
+    sp = _sympy_mod
+    if isinstance(expr, sp.MatrixBase):
+        return expr
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and abs(int(expr.exp)) <= _MAX_MATRIX_POWER:
+        base = _explicit_matrix(expr.base)
+        return base ** int(expr.exp) if isinstance(base, sp.MatrixBase) else expr
+    if isinstance(expr, (sp.MatMul, sp.Mul, sp.MatAdd, sp.Add)):
+        args = [_explicit_matrix(x) for x in expr.args]
+        if not any(isinstance(x, sp.MatrixBase) for x in args):
+            return expr
+        result = args[0]
+        for x in args[1:]:
+            result = result + x if isinstance(expr, (sp.MatAdd, sp.Add)) else result * x
+        return result
+    if isinstance(expr, sp.MatrixExpr):
+        return expr.doit()
+    return expr
+
+
 def _to_sympy(s: str) -> Any:
     sp = _sympy_mod
     expr = _latex2sympy(s, normalization_config=_l2s_config)
+    if "\\begin{" in s and isinstance(expr, sp.Basic) and not isinstance(expr, sp.MatrixBase):
+        expr = _explicit_matrix(expr)
     if isinstance(expr, sp.Basic):
         i_sym = [x for x in expr.free_symbols if getattr(x, "name", None) == "i"]
         if i_sym:
@@ -819,20 +1036,28 @@ def _numeric_value(expr: Any) -> Optional[complex]:
     return value
 
 
+def _random_points(symbols: list[Any], seed: int = 0) -> list[dict[Any, float]]:
+    rng = random.Random(seed)
+    return [{s: rng.uniform(0.3, 1.7) for s in symbols} for _ in range(3)]
+
+
+def _eval_at(expr: Any, point: dict[Any, float]) -> Optional[complex]:
+    try:
+        v = complex(expr.evalf(20, subs=point))
+    except (TypeError, ValueError, OverflowError, AttributeError, ZeroDivisionError):
+        return None
+    return v if math.isfinite(v.real) and math.isfinite(v.imag) else None
+
+
 def _differs_at_random_points(x: Any, y: Any) -> bool:
     """True when ``x`` and ``y`` evaluate clearly differently at a random point (proof of ``!=``)."""
     symbols = sorted(x.free_symbols | y.free_symbols, key=str)
-    rng = random.Random(0)
-    for _ in range(3):
-        point = {s: rng.uniform(0.3, 1.7) for s in symbols}
-        try:
-            vx = complex(x.evalf(20, subs=point))
-            vy = complex(y.evalf(20, subs=point))
-        except (TypeError, ValueError, OverflowError, AttributeError):
+    for point in _random_points(symbols):
+        vx, vy = _eval_at(x, point), _eval_at(y, point)
+        if vx is None or vy is None:
             return False
-        if all(math.isfinite(v) for v in (vx.real, vx.imag, vy.real, vy.imag)):
-            if not _values_close(vx, vy, exact=False):
-                return True
+        if not _values_close(vx, vy, exact=False):
+            return True
     return False
 
 
@@ -882,6 +1107,55 @@ def _sympy_scalar_equal(a: str, b: str) -> Optional[bool]:
             except Exception:  # noqa: BLE001 - sympy raises many types on odd input
                 continue
     return False
+
+
+def _constant_ratio(d1: Any, d2: Any) -> Optional[Any]:
+    """``d1 / d2`` when it is a non-zero constant (``d1``, ``d2`` with variables), else ``None``."""
+    sp = _sympy_mod
+    symbols = sorted(d1.free_symbols | d2.free_symbols, key=str)
+    if not symbols or d1 == 0 or d2 == 0:
+        return None  # no variable: nothing was rearranged
+    ratios = []
+    for point in _random_points(symbols, seed=1):  # cheap disproof: the ratio moves
+        v1, v2 = _eval_at(d1, point), _eval_at(d2, point)
+        if v1 is not None and v2 is not None and abs(v2) > 1e-12:
+            ratios.append(v1 / v2)
+    if any(not _values_close(r, ratios[0], exact=False) for r in ratios[1:]):
+        return None
+    ratio = sp.cancel(sp.together(d1 / d2))
+    if ratio.free_symbols:
+        ratio = sp.simplify(ratio)
+    if ratio.free_symbols:
+        return None
+    value = _numeric_value(ratio)
+    if value is None or value == 0:
+        return None
+    return value
+
+
+def _sympy_relation_equal(ops: tuple[str, ...], xs: list[str], ys: list[str]) -> bool:
+    """Relations with the same signs: sides differ by a rearrangement or a constant factor."""
+    _load_sympy()
+    sp = _sympy_mod
+    try:
+        ex = [_to_sympy(x) for x in xs]
+        ey = [_to_sympy(y) for y in ys]
+    except Exception:  # noqa: BLE001
+        return False
+    if not all(isinstance(e, sp.Expr) for e in ex + ey):
+        return False
+    try:
+        if ops in (("=",), ("\\ne",)):
+            return _constant_ratio(ex[0] - ex[1], ey[0] - ey[1]) is not None
+        for i in range(len(ops)):  # each link "left < right" of a chain, scaled by a positive factor
+            ratio = _constant_ratio(ex[i + 1] - ex[i], ey[i + 1] - ey[i])
+            if ratio is None or abs(ratio.imag) > 1e-12 or ratio.real <= 0:
+                return False
+        return True
+    except _SoftTimeout:
+        raise
+    except Exception:  # noqa: BLE001 - sympy raises many types on odd input
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -945,7 +1219,9 @@ def _helper_main() -> None:
         try:
             signal.setitimer(signal.ITIMER_REAL, max(0.01, float(req["soft_timeout"])))
             try:
-                result = _compare(req["a"], req["b"], _sympy_scalar_equal)
+                result = _compare_answers(
+                    req["a"], req.get("va"), req["b"], req.get("vb"), True, bool(req.get("symmetric"))
+                )
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _SoftTimeout:
@@ -1029,14 +1305,18 @@ class _Helper:
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
 
-    def compare(self, a: str, b: str, timeout_s: float) -> Optional[bool]:
-        """The helper's verdict, or ``None`` on timeout. Starts the helper when needed."""
+    def compare(self, key: "_Key", timeout_s: float) -> Optional[bool]:
+        """The helper's verdict on ``(a, va, b, vb, symmetric)``, or ``None`` on timeout (starts it if needed)."""
         if not self.alive():
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         self.next_id += 1
         req_id = self.next_id
-        req = {"id": req_id, "a": a, "b": b, "soft_timeout": timeout_s * _SOFT_TIMEOUT_FRACTION}
+        a, va, b, vb, symmetric = key
+        req = {
+            "id": req_id, "a": a, "va": va, "b": b, "vb": vb, "symmetric": symmetric,
+            "soft_timeout": timeout_s * _SOFT_TIMEOUT_FRACTION,
+        }
         deadline = time.monotonic() + timeout_s
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         while True:
@@ -1050,7 +1330,8 @@ _stats_lock = threading.Lock()  # counters and cache; never held while waiting o
 _helper: Optional[_Helper] = None
 _helper_disabled_until = 0.0  # after a failed start, symbolic checks are judged wrong for a while
 _HELPER_RETRY_S = 30.0
-_cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
+_Key = tuple[str, Optional[str], str, Optional[str], bool]  # (pred, its variable, gold, its variable, symmetric)
+_cache: OrderedDict[_Key, bool] = OrderedDict()
 _stats = {"verify/calls": 0, "verify/timeouts": 0, "verify/symbolic": 0, "verify/helper_starts": 0}
 
 
@@ -1109,7 +1390,7 @@ def _short(s: str) -> str:
     return s if len(s) <= _LOG_EXPR_CHARS else s[:_LOG_EXPR_CHARS] + "..."
 
 
-def _cache_get(key: tuple[str, str]) -> Optional[bool]:
+def _cache_get(key: _Key) -> Optional[bool]:
     with _stats_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -1117,23 +1398,23 @@ def _cache_get(key: tuple[str, str]) -> Optional[bool]:
     return None
 
 
-def _cache_put(key: tuple[str, str], value: bool) -> None:
+def _cache_put(key: _Key, value: bool) -> None:
     with _stats_lock:
         _cache[key] = value
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
 
 
-def _symbolic_compare(a: str, b: str, timeout_s: float) -> bool:
+def _symbolic_compare(key: _Key, timeout_s: float) -> bool:
     """Ask the helper; a timeout or a helper failure counts as a wrong answer."""
-    key = (a, b)
+    a, _, b, _, _ = key
     cached = _cache_get(key)
     if cached is not None:
         return cached
     _count("verify/symbolic")
     with _helper_lock:
         try:
-            result = _ensure_helper().compare(a, b, timeout_s)
+            result = _ensure_helper().compare(key, timeout_s)
         except _HelperTimeout:
             result = None
             if _helper is not None:
@@ -1195,18 +1476,63 @@ def verify(prediction: str, gold: str, *, timeout_s: float = 2.0) -> bool:
     try:
         pred = extract_answer(prediction)
         ref = extract_answer(gold) if _looks_like_solution(gold) else gold
-        if pred is None or ref is None:
-            return False
-        a, b = normalize_answer(pred), normalize_answer(ref)
-        if not a or not b:
-            return False
-        fast = _compare(a, b, _fast_scalar_equal)
+        return _judge(pred, ref, timeout_s, symmetric=False)
     except Exception:  # noqa: BLE001 - a reward function must not crash the training loop
         logger.exception("verify failed on %r vs %r", _short(str(prediction)), _short(str(gold)))
         return False
+
+
+def answers_equivalent(a: Optional[str], b: Optional[str], *, timeout_s: float = 2.0) -> bool:
+    """Whether two *extracted* answers are the same answer (for grouping the votes of Maj@k).
+
+    ``a`` and ``b`` are outputs of :func:`extract_answer` (``None`` when a completion had no
+    answer; ``None`` equals nothing, not even ``None``). Neither is extracted again. The rules are
+    those of :func:`verify` with two changes that make the relation symmetric and keep groups
+    consistent:
+
+    * a percent sign is a unit: ``50\\%`` equals ``50`` (and ``50.0\\%``), never ``0.5``
+      (``verify`` accepts both readings of a ``%`` side, which is not transitive:
+      50 = 50% = 0.5 but 50 != 0.5);
+    * the pair is put in a fixed order before it is compared, so ``answers_equivalent(a, b)`` and
+      ``answers_equivalent(b, a)`` give the same verdict, also after a timeout.
+
+    Like :func:`verify` it never raises, decides plain numbers in microseconds, sends the rest to
+    the symbolic helper with a deadline of ``timeout_s`` and judges a pair that runs past it
+    *different* (so a slow answer forms its own group).
+
+    >>> answers_equivalent("0.5", "\\\\frac12"), answers_equivalent("1/2", "0.5")
+    (True, True)
+    >>> answers_equivalent("50\\\\%", "50"), answers_equivalent("50\\\\%", "0.5")
+    (True, False)
+    >>> answers_equivalent(None, None)
+    False
+    """
+    _count("verify/calls")
+    try:
+        if a is None or b is None:
+            return False
+        return _judge(a, b, timeout_s, symmetric=True)
+    except Exception:  # noqa: BLE001
+        logger.exception("answers_equivalent failed on %r vs %r", _short(str(a)), _short(str(b)))
+        return False
+
+
+def _judge(pred: Optional[str], ref: Optional[str], timeout_s: float, symmetric: bool) -> bool:
+    """Normalise two extracted answers, then the fast path, then (if needed) the symbolic helper."""
+    if pred is None or ref is None:
+        return False
+    a, va = _normalize(pred)
+    b, vb = _normalize(ref)
+    if symmetric:
+        a, b = a.replace("%", ""), b.replace("%", "")
+        if (b, vb or "") < (a, va or ""):
+            a, va, b, vb = b, vb, a, va
+    if not a or not b:
+        return False
+    fast = _compare_answers(a, va, b, vb, symbolic=False, symmetric=symmetric)
     if fast is not None:
         return fast
     if max(len(a), len(b)) > _MAX_SYMBOLIC_CHARS:
         logger.debug("answer too long for the symbolic check (%d chars); judged wrong", max(len(a), len(b)))
         return False
-    return _symbolic_compare(a, b, timeout_s)
+    return _symbolic_compare((a, va, b, vb, symmetric), timeout_s)
