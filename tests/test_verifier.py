@@ -260,6 +260,8 @@ def test_answers_equivalent_basics() -> None:
     assert answers_equivalent("x = 3", "3") and answers_equivalent("\\{1, 2\\}", "2, 1")
     assert not answers_equivalent("(1, 2)", "(2, 1)") and not answers_equivalent("[1, 2)", "[1, 2]")
     assert answers_equivalent("y \\ge 7", "7 \\le y") and not answers_equivalent("y \\ge 7", "y \\le 7")
+    # an inequality and its interval are one answer here, whichever comes first
+    assert answers_equivalent("(-\\infty, 7]", "x \\le 7") and answers_equivalent("x \\le 7", "(-\\infty, 7]")
     # a whole solution is not extracted again: pass extract_answer's output
     assert not answers_equivalent("so it is \\boxed{5}", "5")
 
@@ -478,6 +480,20 @@ def test_timeout_is_wrong_logged_and_recovers(caplog: pytest.LogCaptureFixture) 
     assert verify("\\boxed{\\sqrt{49}}", "7") is True  # later checks still work
 
 
+def test_soft_timeout_still_works_after_math_verify() -> None:
+    V.warm_up()
+    pid = V._helper.proc.pid  # type: ignore[union-attr]
+    starts = verifier_stats()["verify/helper_starts"]
+    assert verify("\\boxed{[2, 3]}", "2 \\le t \\le 3") is True  # decided by Math-Verify in the helper
+    before = verifier_stats()["verify/timeouts"]
+    start = time.monotonic()
+    assert verify("\\boxed{7^{7^{9}}}", "5", timeout_s=1.0) is False
+    assert time.monotonic() - start < 5.0
+    assert verifier_stats()["verify/timeouts"] == before + 1
+    # the helper interrupted itself (soft timeout) and stayed alive: no kill, no restart
+    assert V._helper.proc.pid == pid and verifier_stats()["verify/helper_starts"] == starts  # type: ignore[union-attr]
+
+
 def test_hard_timeout_kills_and_restarts_helper(monkeypatch: pytest.MonkeyPatch) -> None:
     V.warm_up()
     old_pid = V._helper.proc.pid  # type: ignore[union-attr]
@@ -517,6 +533,8 @@ def test_verify_from_non_main_threads() -> None:
         ("#### 1,200", "1200", True),
         ("\\boxed{3\\sqrt{3}}", "\\sqrt{27}", True),
         ("\\boxed{-4y < 8}", "y > -2", True),  # relation rules (sympy)
+        ("\\boxed{(-\\infty,-1)\\cup(1,\\infty)}", "x^2 > 1", True),  # Math-Verify, inside the helper
+        ("\\boxed{(-\\infty,-1)\\cup[1,\\infty)}", "x^2 > 1", False),
         ("\\boxed{2\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
     ]
     results: dict[int, bool] = {}

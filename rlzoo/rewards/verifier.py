@@ -937,11 +937,39 @@ def _nodes_equal(a: Node, b: Node, symbolic: bool) -> Optional[bool]:
     return False
 
 
-def _compare(a: str, b: str, symbolic: bool) -> Optional[bool]:
+def _is_interval_like(n: Node) -> bool:
+    return n[0] == "union" or (n[0] == "seq" and len(n[3]) == 2)
+
+
+def _is_inequality(n: Node) -> bool:
+    return n[0] == "rel" and n[1] not in (("=",), ("\\ne",))
+
+
+def _same_set_two_ways(pred: Node, gold: Node, symmetric: bool) -> bool:
+    """Pairs whose structures differ but which may be one set of reals written two ways.
+
+    A union against an interval or a set (``[1,2]\\cup[2,3]`` / ``[1,3]``), and an inequality
+    in the *gold* against an interval or union in the prediction (``x \\le 7`` / ``(-\\infty, 7]``;
+    with ``symmetric`` either way round). These are decided by Math-Verify (see the module doc).
+    """
+    if pred[0] == gold[0]:
+        return False
+    if _is_inequality(gold) and _is_interval_like(pred):
+        return True
+    if symmetric and _is_inequality(pred) and _is_interval_like(gold):
+        return True
+    return "union" in (pred[0], gold[0]) and all(_is_interval_like(n) or n[0] == "set" for n in (pred, gold))
+
+
+def _compare(a: str, b: str, symbolic: bool, symmetric: bool = False) -> Optional[bool]:
     """Compare two normalised answers (fast rules, or sympy when ``symbolic``); ``b`` is the gold."""
     if a == b:
         return True
-    return _nodes_equal(_structure(a), _structure(b), symbolic)
+    na, nb = _structure(a), _structure(b)
+    r = _nodes_equal(na, nb, symbolic)
+    if r is False and _same_set_two_ways(na, nb, symmetric):
+        return _math_verify_same_set(a, b, symmetric) if symbolic else None
+    return r
 
 
 def _compare_answers(
@@ -952,7 +980,7 @@ def _compare_answers(
     ``x = 3`` against ``3`` compares ``3`` with ``3`` as before; against another equation
     (``2x = 6``, ``y - 2x = 3``) the whole equation is compared, up to rearrangement and factor.
     """
-    r = _compare(a, b, symbolic)
+    r = _compare(a, b, symbolic, symmetric)
     if r is True or (va is None and vb is None):
         return r
     na = _structure(f"{va}={a}" if va else a)
@@ -1133,6 +1161,49 @@ def _constant_ratio(d1: Any, d2: Any) -> Optional[Any]:
     return value
 
 
+_math_verify: Any = None
+
+
+def _load_math_verify() -> Any:
+    """The ``math_verify`` module, or ``None`` when it is not installed (then the pair is wrong)."""
+    global _math_verify
+    if _math_verify is None:
+        try:
+            import math_verify
+        except ImportError:
+            _math_verify = False
+        else:
+            logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we pass no timeout
+            _math_verify = math_verify
+    return _math_verify or None
+
+
+def _math_verify_same_set(pred: str, gold: str, symmetric: bool) -> bool:
+    """Math-Verify's verdict on two sets of reals (intervals, unions, one-variable inequalities).
+
+    Its signal-based timeouts are switched off (``parsing_timeout=None``, ``timeout_seconds=None``):
+    this runs inside the helper, under the helper's own timer and the caller's hard deadline. Its
+    rule that reads an open interval ``(a, b)`` as the pair ``{a, b}`` is not used: a finite set or
+    tuple against an interval is wrong here, as everywhere in rlzoo.
+    """
+    mv = _load_math_verify()
+    if mv is None:
+        return False
+    _load_sympy()
+    sp = _sympy_mod
+    config = [mv.LatexExtractionConfig()]
+    g = [x for x in mv.parse(f"${gold}$", extraction_config=config, parsing_timeout=None) if isinstance(x, sp.Basic)]
+    p = [x for x in mv.parse(f"${pred}$", extraction_config=config, parsing_timeout=None) if isinstance(x, sp.Basic)]
+    if not g or not p:
+        return False
+    finite = (sp.FiniteSet, sp.Tuple)
+    if (isinstance(g[0], finite) and isinstance(p[0], sp.Interval)) or (
+        isinstance(p[0], finite) and isinstance(g[0], sp.Interval)
+    ):
+        return False
+    return bool(mv.verify(g[:1], p[:1], timeout_seconds=None, allow_set_relation_comp=symmetric))
+
+
 def _sympy_relation_equal(ops: tuple[str, ...], xs: list[str], ys: list[str]) -> bool:
     """Relations with the same signs: sides differ by a rearrangement or a constant factor."""
     _load_sympy()
@@ -1204,6 +1275,7 @@ def _helper_main() -> None:
     try:
         _load_sympy()
         _to_sympy("\\frac{1}{2}+x")  # warm the parser
+        _load_math_verify()
     except Exception as exc:  # noqa: BLE001
         out.write(json.dumps({"ready": False, "error": repr(exc)}) + "\n")
         return
