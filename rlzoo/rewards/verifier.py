@@ -1,61 +1,100 @@
 """Math answer verifier: is a model's final answer equal to the reference answer?
 
 ``verify(prediction, gold)`` is the reward function's core for GSM8K / MATH style data. It runs in
-the RL training loop on thousands of completions per step, so it is built in three layers:
+the RL training loop on thousands of completions per step, so it is built in three layers, and each
+family of answers is decided by the cheapest layer that can decide it soundly:
 
-1. **Extraction** (:func:`extract_answer`, pure string work). The final answer of a completion is
-   taken, in this priority order, from
+1. **Extraction** (:func:`extract_answer`, rlzoo's own, pure string work). The final answer of a
+   completion is taken, in this priority order, from
 
    a. the last ``\\boxed{...}`` / ``\\fbox{...}`` (braces matched, nesting allowed; ``\\boxed 5``
       without braces also works);
    b. the last final-answer phrase ("The answer is ...", "The final answer is $...$",
-      "Final Answer: ..."): a leading ``$...$`` span, else the rest of the sentence; when that is
-      prose ("15 gallons * 8 pints = 120 pints") the part after the last ``=``, else its last number;
+      "Final Answer: ...", "Answer:" at the start of a line, and "La réponse est", "Réponse :",
+      "Die Antwort ist", "La respuesta es", "Ответ:", "答案是", "答案：", "答："): a leading ``$...$``
+      span, else the rest of the sentence (up to ``. `` or ``。``); when that is prose
+      ("15 gallons * 8 pints = 120 pints", "45 米") the part after the last ``=``, else its last
+      number;
    c. GSM8K's last ``#### N`` line (not a markdown heading such as ``#### Step 2``);
    d. a program's printed output: the last non-empty line of the last ```` ```output ```` block;
-   e. the whole text when it is itself a bare answer (one short line without English words, such as
-      ``\\frac{1}{2}`` or ``x = 3``, or at most two words), otherwise the last number in the text.
+   e. the whole text when it is itself a bare answer (one short line without words, such as
+      ``\\frac{1}{2}`` or ``x = 3``, or at most two words; Chinese characters always make prose),
+      otherwise the last number in the text, or the ``$...$`` span holding it when nothing follows
+      that span ("the length is $\\sqrt{13}$ units" gives ``\\sqrt{13}``).
 
-   GSM8K calculator annotations (``<<48/2=24>>``) are removed first.
+   Numbers in prose understand LaTeX thousands separators (``$3{,}600$``, ``2,\\!500``,
+   ``1\\,234``) and no-break spaces (``1 250``); in French, German, Spanish, Italian, Portuguese
+   or Russian prose (recognised by accented or Cyrillic letters or a few common words) ``3,5`` is
+   3.5 and ``1 250`` is 1250, while a comma followed by exactly three digits stays a thousands
+   separator. GSM8K calculator annotations (``<<48/2=24>>``) are removed first.
 
    When ``gold`` looks like a full solution (it contains ``\\boxed``, ``\\fbox`` or ``####``) the same
    extraction is applied to it; otherwise ``gold`` is used as it is.
 
-2. **Normalisation and a fast path** (microseconds, no sympy). Both answers are normalised as
-   strings (``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\left``/``\\right``, spacing commands,
-   ``\\text{}``/``\\mbox{}`` units, degrees, ``\\$``, thousands separators, ``x = 3`` -> ``3`` ...),
-   split into structure (tuples/points, intervals, sets and comma lists, interval unions,
-   matrices) and compared element by element. Equal strings, plain numbers (integers, decimals,
-   scientific notation, ``a/b``, ``\\frac{a}{b}``, mixed numbers, percentages) and words are decided
-   here; so is any structural mismatch (a tuple against a set, ``[1, 3)`` against ``[1, 3]``).
+   Why our own: it must run in microseconds without sympy (Math-Verify's extraction parses every
+   candidate with sympy while it extracts), and it knows the GSM8K ``####`` and program-output
+   conventions; on MATH and GSM8K it finds every reference answer (``scripts/verify_selfcheck.py``).
 
-3. **Symbolic comparison** (only when the fast path cannot decide, e.g. ``\\frac{\\sqrt{3}}{2}``
-   against ``\\frac{1}{2}\\sqrt{3}``). LaTeX is converted to sympy with ``latex2sympy2_extended``,
-   the LaTeX-to-sympy converter maintained by Hugging Face as the parser behind their
-   ``math-verify`` package. We use it rather than a hand-written parser because it is maintained,
-   is built and tested on the MATH corpus's LaTeX (``\\frac12``, ``\\sqrt3``, ``\\left(``, matrices,
-   intervals, ``\\pi``, trigonometry ...) and returns ordinary sympy objects. Values without free
-   symbols are compared numerically; expressions with symbols are first compared at random points
-   (a mismatch proves inequality cheaply) and then by ``sympy.simplify(a - b) == 0``.
+2. **Normalisation and a fast path** (rlzoo's own; microseconds, no sympy). Both answers are
+   normalised as strings (``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\left``/``\\right``, spacing,
+   ``\\text{}``/``\\textnormal{}``/``\\mbox{}`` units, degrees, ``\\$``, thousands separators, one
+   spelling per relation sign (``\\geq``, ``\\geqslant``, ``>=``, ``≥`` -> ``\\ge``; ``\\lt`` -> ``<``;
+   ``\\neq``, ``!=`` -> ``\\ne``), "1 or 2" -> ``1,2``, ``x = 3`` -> ``3`` and ``(x, y) = (1, 2)`` ->
+   ``(1,2)`` ...), then split into structure: tuples/points, intervals, sets and comma lists (where
+   ``x=1, x=2`` lists 1 and 2 and ``1\\pm\\sqrt2`` is two elements), interval unions, matrices
+   (``pmatrix``, ``bmatrix``, ``matrix`` and ``\\left[\\begin{array}...\\right]`` alike;
+   ``vmatrix`` is a determinant, a number), and relations written left to right (``7 \\ge y`` and
+   ``y \\le 7`` are the same chain ``y \\le 7``). Equal strings, plain numbers (integers, decimals,
+   scientific notation, ``a/b``, ``\\frac{a}{b}``, mixed numbers, repeating decimals, percentages),
+   words and every structural mismatch (a tuple against a set, ``[1, 3)`` against ``[1, 3]``,
+   ``<`` against ``\\le``, a relation against a number) are decided here.
 
-   The symbolic step runs in a **persistent helper subprocess** (one per calling process, started
-   lazily with :mod:`subprocess`, so it also works from threads and from daemonic
-   ``multiprocessing`` workers, where ``signal.alarm`` and child ``multiprocessing`` processes do
-   not). Each request has a deadline of ``timeout_s`` seconds. The helper interrupts itself at 80%
-   of it with a timer signal and reports a timeout (it stays alive); if it has still not answered
-   at the deadline (stuck in C code, e.g. a huge integer power) the caller kills it. Either way the
-   pair is judged wrong, a warning naming the expressions goes to the ``rlzoo.verifier`` logger and
-   the timeout is counted (:func:`verifier_stats`). The next symbolic request starts a fresh
-   helper, so one pathological answer never poisons later ones. The helper's address space is
-   capped (4 GiB) so that a huge power fails with ``MemoryError`` rather than exhausting RAM. The helper exits when its parent closes the pipe or dies, and
-   an ``atexit`` hook terminates it at interpreter exit. Decided symbolic verdicts are cached
-   (LRU) because a GRPO group often repeats the same answer.
+3. **Symbolic comparison**, in a helper process (only what the fast path cannot decide, e.g.
+   ``\\frac{\\sqrt{3}}{2}`` against ``\\frac{1}{2}\\sqrt{3}``). Two deciders:
+
+   * **rlzoo's rules on sympy objects** for scalars, matrices, relations and equations. LaTeX is
+     converted with ``latex2sympy2_extended`` (Hugging Face's converter, the parser behind
+     Math-Verify: maintained, tested on the MATH corpus's LaTeX, returns ordinary sympy objects).
+     Values without free symbols are compared numerically (exact values to 1e-20, decimals to
+     1e-6); expressions with symbols at random points (a mismatch proves inequality cheaply), then
+     by ``sympy.simplify(a - b) == 0``. Matrix expressions (``2M``, ``M^{-1}``, ``MN``, ``M+N``) are
+     evaluated and compared entry by entry. An equation or ``\\ne`` matches another when
+     ``lhs - rhs`` of one is a non-zero constant times the other's (``2x+4y=6`` / ``x+2y=3``; an
+     assignment ``y = 2x+3`` is also this equation); an inequality chain when each link is a
+     *positive* constant times the other's (``-2y < 6`` / ``y > -3``, but not ``y < -3``). These
+     rules are ours because they must keep rlzoo's tolerances and refusals (Math-Verify rounds
+     floats to 6 places, reads an open interval ``(1, 2)`` as the set ``{1, 2}``, and on our case
+     set misses scaled inequalities and matrix powers).
+   * **Math-Verify** (``math_verify.parse``/``verify``) for one family: *a set of reals written two
+     ways* -- an inequality in one variable in the gold against an interval or union in the
+     prediction (``x^2 > 4`` / ``(-\\infty,-2)\\cup(2,\\infty)``, ``-80 \\le g(x) \\le 82`` /
+     ``[-80, 82]``), and a union against an interval or a set (``[1,2]\\cup[2,3]`` / ``[1,3]``).
+     It solves the inequality and compares sympy sets, which our structural comparison cannot do.
+     As in Math-Verify's default, an interval gold is not matched by an inequality prediction (the
+     question asked for interval notation). Its signal-based timeouts are turned off (they only
+     work in the main thread); it runs under the helper's own timer and deadline instead, and its
+     open-interval-as-pair rule is not used. Without ``math_verify`` installed such pairs are wrong.
+
+   The helper is a **persistent subprocess** (one per calling process, started lazily with
+   :mod:`subprocess`, so it also works from threads and from daemonic ``multiprocessing`` workers,
+   where ``signal.alarm`` and child ``multiprocessing`` processes do not). Each request has a
+   deadline of ``timeout_s`` seconds. The helper interrupts itself at 80% of it with a timer signal
+   and reports a timeout (it stays alive); if it has still not answered at the deadline (stuck in C
+   code, e.g. a huge integer power) the caller kills it. Either way the pair is judged wrong, a
+   warning naming the expressions goes to the ``rlzoo.verifier`` logger and the timeout is counted
+   (:func:`verifier_stats`). The next symbolic request starts a fresh helper, so one pathological
+   answer never poisons later ones. The helper's address space is capped (4 GiB) so that a huge
+   power fails with ``MemoryError`` rather than exhausting RAM. The helper exits when its parent
+   closes the pipe or dies, and an ``atexit`` hook terminates it at interpreter exit. Decided
+   symbolic verdicts are cached (LRU) because a GRPO group often repeats the same answer.
 
 Equivalence rules, tolerance and known limits are listed in ``docs/rewards.md`` ("Answer verifier").
 In short: exact values (integers, fractions) must be equal exactly; as soon as one side is written as
 a decimal, a relative tolerance of 1e-6 (absolute 1e-9 near 0) applies; exact irrational values
 (``\\sqrt{2}``, ``\\pi``) are evaluated to 30 digits and must agree to 1e-20. ``50\\%`` equals ``50``
 and ``0.5``; a gold without ``%`` is never divided by 100 (gold ``0.5`` rejects ``50``).
+:func:`answers_equivalent` compares two extracted answers with the same rules, made symmetric (for
+Maj@k votes; there ``%`` is a unit: ``50\\%`` equals ``50`` but not ``0.5``).
 
 The helper needs a POSIX system (``select`` on pipes, ``SIGALRM``); Linux and macOS are fine.
 """
