@@ -3,10 +3,12 @@
 * accuracy: greedy decoding, the reward's verdict per problem.
 * Pass@k: the unbiased estimator of Chen et al. (2021): with n samples of which c are correct,
   pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
-* Maj@k: the n samples are cut into n // k disjoint groups of k; each group votes on the final
-  answer (the one the reward grades, :func:`rlzoo.rewards.reward_values_and_answers`: for a program, what it
-  prints), normalised; the vote is correct if the winner is correct; averaged over groups and
-  problems. Answers vote in normalised form (`1,600` = `1600`); ties go to the answer seen first.
+* Maj@k: the n samples are cut into n // k disjoint votes of k samples; each vote is on the final
+  answer (the one the reward grades, :func:`rlzoo.rewards.reward_values_and_answers`: for a
+  program, what it prints). Answers that the verifier judges equal are one answer
+  (:func:`answer_groups`: ``0.5``, ``\\frac12`` and ``1/2`` pool their votes); the vote is correct
+  if its winning group is (the verdict of that group's first answer); ties go to the group seen
+  first; averaged over votes and problems.
 * ``<event>_frac``: the reward's events (``fn.events``) per greedy answer, e.g. ``format_pot_frac``
   under ``any_format`` is the share of greedy answers written as programs.
 """
@@ -39,13 +41,39 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
-    """Whether the most common (non-empty) answer is a correct one."""
-    votes = Counter(a for a in answers if a is not None)
+def answer_groups(answers: list[str | None], same: Callable[[str, str], bool] | None = None) -> list[int | None]:
+    """Group ids of ``answers`` by equivalence: each answer joins the first earlier group whose first
+    answer it equals (``same``, default :func:`rlzoo.rewards.verifier.answers_equivalent`), else
+    starts a new one; ``None`` (no answer) gets no group.
+
+    >>> answer_groups(["0.5", "2", None, "2.0", "1/2"])
+    [0, 1, None, 1, 0]
+    """
+    if same is None:
+        from rlzoo.rewards.verifier import answers_equivalent as same
+    heads: list[str] = []  # the first answer of each group
+    out: list[int | None] = []
+    for a in answers:
+        if a is None:
+            out.append(None)
+            continue
+        group = next((g for g, head in enumerate(heads) if a == head or same(head, a)), None)
+        if group is None:
+            group = len(heads)
+            heads.append(a)
+        out.append(group)
+    return out
+
+
+def majority_correct(groups: list[int | None], correct: list[bool]) -> bool:
+    """Whether the most voted group of answers (``answer_groups``) is correct: the verdict of the
+    group's first answer in this vote. Ties go to the group seen first; ``None`` does not vote."""
+    votes = Counter(g for g in groups if g is not None)
     if not votes:
         return False
-    winner = votes.most_common(1)[0][0]
-    return correct[answers.index(winner)]
+    top = max(votes.values())
+    winner = next(g for g in groups if g is not None and votes[g] == top)
+    return correct[groups.index(winner)]
 
 
 def evaluate(
@@ -74,8 +102,6 @@ def evaluate(
     numbers do not depend on the process count or the batch size either. ``tool_rounds > 0``
     runs the code blocks of tool-integrated answers, as training rollouts do.
     """
-    from rlzoo.rewards.verifier import normalize_answer
-
     for k in ks:
         if samples > 0 and k > samples:
             raise ValueError(f"eval.ks has k={k} > eval.samples={samples}")
@@ -83,7 +109,7 @@ def evaluate(
     block = dist.shard(len(examples))
     mine, keys = examples[block], list(range(block.start, block.stop))
     tools = {"tool_rounds": tool_rounds, "tool_timeout_s": tool_timeout_s, "tool_output_max_chars": tool_output_max_chars}
-    record: dict = {"greedy": [], "events": {}, "verdicts": [], "answers": []}
+    record: dict = {"greedy": [], "events": {}, "verdicts": [], "groups": []}
     if mine:
         greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
         values, events = reward_values_and_events(reward, mine, greedy.completions)
@@ -94,8 +120,7 @@ def evaluate(
             batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
             values, voted = reward_values_and_answers(reward, batch.examples, batch.completions)
             record["verdicts"] = [[v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
-            record["answers"] = [[_vote_key(a, normalize_answer) for a in voted[i * samples : (i + 1) * samples]]
-                                 for i in range(len(mine))]
+            record["groups"] = [answer_groups(voted[i * samples : (i + 1) * samples]) for i in range(len(mine))]
     parts = dist.gather(record)
     n = len(examples)
     greedy_ok = [v for p in parts for v in p["greedy"]]
@@ -104,17 +129,17 @@ def evaluate(
         out[f"{event}_frac"] = sum(p["events"].get(event, 0.0) for p in parts) / n
     if samples > 0:
         verdicts = [v for p in parts for v in p["verdicts"]]
-        answers = [a for p in parts for a in p["answers"]]
+        groups = [g for p in parts for g in p["groups"]]
         for k in ks:
             out[f"pass@{k}"] = sum(pass_at_k(samples, sum(c), k) for c in verdicts) / n
-            out[f"maj@{k}"] = sum(maj_at_k(a, c, k) for a, c in zip(answers, verdicts)) / n
+            out[f"maj@{k}"] = sum(maj_at_k(g, c, k) for g, c in zip(groups, verdicts)) / n
     return out
 
 
-def maj_at_k(answers: list[str | None], correct: list[bool], k: int) -> float:
-    """Maj@k of one problem: the n samples cut into n // k disjoint groups of k, each voting."""
-    chunks = [(answers[j : j + k], correct[j : j + k]) for j in range(0, len(answers) - k + 1, k)]
-    return sum(majority_correct(a, c) for a, c in chunks) / len(chunks)
+def maj_at_k(groups: list[int | None], correct: list[bool], k: int) -> float:
+    """Maj@k of one problem: its n samples (their answer groups) cut into n // k disjoint votes of k."""
+    chunks = [(groups[j : j + k], correct[j : j + k]) for j in range(0, len(groups) - k + 1, k)]
+    return sum(majority_correct(g, c) for g, c in chunks) / len(chunks)
 
 
 def shown_metrics(evals: list[dict]) -> list[str]:
@@ -125,8 +150,3 @@ def shown_metrics(evals: list[dict]) -> list[str]:
     """
     keys = list(dict.fromkeys(k for e in evals for k in e if k != "num_examples"))
     return [k for k in keys if not k.endswith("_frac") or any(e.get(k) for e in evals)]
-
-
-def _vote_key(answer: str | None, normalize) -> str | None:
-    """The form answers vote under (``1,600`` and ``1600`` are one answer)."""
-    return None if answer is None else normalize(answer)

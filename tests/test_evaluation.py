@@ -4,7 +4,7 @@ from math import comb
 
 import pytest
 
-from rlzoo.evaluation import majority_correct, pass_at_k
+from rlzoo.evaluation import answer_groups, maj_at_k, majority_correct, pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -29,13 +29,22 @@ def test_pass_at_k_rejects_k_above_n():
 
 
 def test_majority_vote():
-    assert majority_correct(["5", "5", "7"], [True, True, False])
-    assert not majority_correct(["7", "5", "7"], [False, True, False])
+    assert majority_correct([0, 0, 1], [True, True, False])
+    assert not majority_correct([1, 0, 1], [False, True, False])
     assert not majority_correct([None, None], [False, False])
-    # empty answers do not vote: the single "5" wins
-    assert majority_correct([None, "5", None], [False, True, False])
-    # a tie goes to the answer seen first
-    assert not majority_correct(["3", "5"], [False, True])
+    # empty answers do not vote: the single group 0 wins
+    assert majority_correct([None, 0, None], [False, True, False])
+    # a tie goes to the group seen first
+    assert not majority_correct([1, 0], [False, True])
+
+
+def test_answers_vote_by_equivalence_not_by_string():
+    # 0.5, \frac12 and 1/2 are one answer; 2 and 2.0 another; "x" and None are their own
+    assert answer_groups(["0.5", "\\frac{1}{2}", "2", "1/2", None, "2.0", "x"]) == [0, 0, 1, 0, None, 1, 2]
+    # three spellings of 1/2 (3 votes) beat two identical "3"s; a string vote would pick "3"
+    groups = answer_groups(["\\frac12", "3", "0.5", "3", "1/2"])
+    assert majority_correct(groups, [True, False, True, False, True])
+    assert maj_at_k(groups, [True, False, True, False, True], 5) == 1.0
 
 
 def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported(monkeypatch):
