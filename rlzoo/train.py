@@ -252,7 +252,7 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
         global_step += 1
         step = st.step
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
-            evaluation = run_eval(cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
+            evaluation = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
             metrics.update({f"eval/{k}": v for k, v in evaluation.items()})
         if logger is not None and step % cfg.logging.log_every == 0:
             logger.log({"stage": name, "step": step, **metrics}, global_step)
@@ -263,7 +263,7 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     bar.close()
     train_seconds = time.perf_counter() - t_start
     save(st, out / name / "final", tokenizer, config_yaml, global_step)  # before the evaluation: a trained stage is never lost
-    eval_metrics = run_eval(cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
+    eval_metrics = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
     if logger is not None:
         logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, global_step)
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(train_seconds, 2),

@@ -25,3 +25,17 @@ def optim(**kw):
     from rlzoo.config import OptimConfig
 
     return OptimConfig(**kw)
+
+
+def assert_every_weight_moved(before_folder, after_folder) -> None:
+    """Every tensor of the checkpoint in ``after_folder`` differs from ``before_folder``'s, as TRL's
+    smoke tests check: a stage that leaves some trainable weight untouched is a bug."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    before = load_file(Path(before_folder) / "model.safetensors")
+    after = load_file(Path(after_folder) / "model.safetensors")
+    assert before.keys() == after.keys()
+    frozen = [k for k in before if torch.equal(before[k], after[k])]
+    assert not frozen, f"weights that did not move: {frozen}"

@@ -6,7 +6,7 @@ import pytest
 
 from rlzoo.config import ConfigError, algorithm_config, load_config
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, RegistryError
-from rlzoo.train import make_algorithm, make_reward
+from rlzoo.train import validate
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -17,16 +17,23 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads_and_validates(path):
+    # the checks `rlzoo train` makes before any work (rlzoo.train.validate), not a subset of them
     cfg = load_config(path)
-    for plugin in cfg.plugins:
-        from rlzoo.registry import load_plugin
+    stages = validate(cfg)
+    assert [name for name, _, _ in stages] == list(cfg.stages)
 
-        load_plugin(plugin)
-    for name, stage in cfg.stages.items():
-        algo = make_algorithm(cfg, stage.algorithm)  # also validates algorithms.<name>
-        DATA_SOURCES.get(stage.data.source or algo.data_source)
-        make_reward(stage)
-        assert stage.steps >= 0
+
+@pytest.mark.parametrize("override, message", [
+    ("sft.optim.schedule=cosinus", "stages.sft.optim.schedule: unknown schedule 'cosinus'"),
+    ("grpo.optim.loss_agg=mean", "stages.grpo.optim.loss_agg: unknown mode 'mean'"),
+    ("grpo.reward.name=rulez", "unknown reward 'rulez'"),
+    ("eval.reward=rulez", "unknown reward 'rulez'"),
+    ("grpo.data.source=onlin", "unknown data source 'onlin'"),
+    ("mixed_precision=fp8", "mixed_precision: unknown 'fp8'"),
+])
+def test_validate_rejects_what_train_would_reject(override, message):
+    with pytest.raises((ConfigError, RegistryError), match=message):
+        validate(load_config(Path("configs/quickstart.yaml"), [override]))
 
 
 def test_misspelled_key_names_the_key():

@@ -33,9 +33,18 @@ from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, train_on_batch
 
 
 def make_accelerator(mixed_precision: str):
-    """A fresh ``Accelerator`` for one stage: GPUs when there are any, else CPU processes (gloo)."""
+    """A fresh ``Accelerator`` for one stage: GPUs when there are any, else CPU processes (gloo).
+
+    accelerate keeps its settings (mixed precision) and gradient state in process-wide singletons;
+    they are reset here, keeping the process group, so that no state of an earlier stage or run
+    (another precision, an old optimizer's gradient-accumulation state) carries over.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
     # buffers (rotary frequencies) are the same everywhere: no sync at forward, so that a no-grad
     # pass is no collective (ranks may make different numbers of them). accelerate has no
@@ -75,6 +84,12 @@ class Stage:
     @property
     def dist(self) -> Dist:
         return self.rt.dist
+
+    def autocast(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` under the stage's autocast: sampling and evaluation run in the
+        precision of the log-prob passes."""
+        with self.accelerator.autocast():
+            return fn(*args, **kwargs)
 
     @property
     def lm(self) -> torch.nn.Module:
@@ -135,7 +150,7 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         prompts=prompts,
         settings=stage_cfg.data,
         encode=lambda exs, comps, keys: encode_pairs(tokenizer, exs, comps, device, group_ids=keys),
-        sample=lambda exs, keys, n: sample(policy, tokenizer, exs, n, stage_cfg.generation, seed=sample_seed, keys=keys),
+        sample=lambda exs, keys, n: st.autocast(sample, policy, tokenizer, exs, n, stage_cfg.generation, seed=sample_seed, keys=keys),
         score=lambda batch: score(reward, batch),
         seed=seed,
         dist=dist,
@@ -143,12 +158,13 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
     )
     algorithm.data_source = stage_cfg.data.source or algorithm.data_source  # the instance sees the source it runs on
     source = DATA_SOURCES.get(algorithm.data_source)(ctx)
-    return Stage(
+    st = Stage(
         name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
         scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
         agg_constant=ocfg.loss_agg_constant or float(stage_cfg.generation.max_new_tokens),
         generator=torch.Generator().manual_seed(seed),
     )
+    return st
 
 
 def reward_statistics(dist: Dist, batch: RolloutBatch) -> dict[str, float]:
