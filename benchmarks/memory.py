@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         "activations below the model state, so the value model's cost stands out")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--algorithms", default="grpo,ppo", help="comma-separated; the first is the ratio's denominator")
+    p.add_argument("--json", action="store_true", help="print the measurements as one JSON object at the end")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for both runs")
     args = p.parse_args(argv)
     overrides = [
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{other}/{names[0]}: " + ", ".join(ratios))
     if not all(r["hwm_reset"] for r in results.values()):
         print("note: the RSS high-water mark could not be reset; deltas include any earlier peak while loading")
+    if args.json:
+        import json
+
+        print(json.dumps(results))
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from accelerate.utils import DistributedType
 
+from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, Example, RolloutBatch
 from rlzoo.registry import DATA_SOURCES
 from rlzoo.runtime.distributed import Dist, MetricsReducer
@@ -50,7 +51,14 @@ def make_accelerator(mixed_precision: str):
     # pass is no collective (ranks may make different numbers of them). accelerate has no
     # ``forward_sync_buffers`` yet, so torch's deprecation warning of this flag is silenced in prepare.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"accelerate launch with {accelerator.distributed_type.value} is not supported yet: rollouts and evaluation "
+            "generate with the policy, which needs its parameters gathered under sharding (docs/distributed.md); "
+            "use data parallel (configs/accelerate/ddp.yaml)"
+        )
+    return accelerator
 
 
 @contextmanager
