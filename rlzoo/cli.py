@@ -21,13 +21,6 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from rlzoo.config import ConfigError
-    from rlzoo.data.sources import DataError
-    from rlzoo.registry import RegistryError
-    from rlzoo.runtime.models import ModelLoadError
-
-    return ConfigError, RegistryError, ModelLoadError, DataError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -35,7 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rlzoo.train import train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one table, from the main process of a launched run
         print(format_summary(summary))
     return 0
@@ -64,10 +57,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rlzoo.config import ConfigError, load_config
+    from rlzoo.config import load_config
+    from rlzoo.errors import ConfigError, ModelLoadError
     from rlzoo.registry import REWARDS
     from rlzoo.runtime.checkpoint import CONFIG_NAME
-    from rlzoo.runtime.models import ModelLoadError, load_pretrained
+    from rlzoo.runtime.models import load_pretrained
     from rlzoo.train import build_task, run_eval
 
     if args.model and args.checkpoint:
@@ -153,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run a config's stages in order")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (STAGE.key is short for stages.STAGE.key)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over in an output folder that holds a run (its files are removed)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="greedy accuracy, Pass@k and Maj@k of a checkpoint")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder (Hugging Face format); or use --model")
@@ -193,16 +189,26 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # overrides after a flag: rlzoo train CONFIG --resume key=value
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("train", "eval", "compare"):
         _quiet_libraries()
+    from rlzoo.errors import Interrupted, UserError
+
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except UserError as e:
         print(f"rlzoo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as e:
+        print(f"rlzoo: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("rlzoo: interrupted", file=sys.stderr)
+        print("rlzoo: interrupted (no checkpoint written since the newest periodic one)", file=sys.stderr)
         return 130
 
 

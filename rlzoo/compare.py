@@ -38,24 +38,30 @@ def _stage_config(cfg: DictConfig, stage: str, overrides: dict[str, Any]) -> Dic
     return one
 
 
-def _run(config: DictConfig, workdir: Path, log: Path) -> dict[str, Any]:
-    """Train ``config`` in a fresh process; its summary (or the error).
+def _run(config: DictConfig, run_dir: Path, log: Path) -> dict[str, Any]:
+    """Train ``config`` (whose ``output_dir`` is ``run_dir``) in a fresh process; its summary (or the error).
 
-    A run whose folder already holds the same config and a summary is reused, not trained again:
-    an interrupted comparison resumes where it stopped. "The same" is judged after merging the
-    stored config over the current schema, so keys added to rlzoo since (with their defaults) do
-    not force a re-run.
+    A run whose folder already holds the same config and a summary is reused, not trained again;
+    one that holds the same config but stopped early is continued (``--resume``); any other is
+    trained anew (``--overwrite``). So an interrupted comparison goes on where it stopped. "The
+    same" is judged after merging the stored config over the current schema, so keys added to
+    rlzoo since (with their defaults) do not force a re-run. The config file given to
+    ``rlzoo train`` is written beside the log.
     """
-    path = workdir / "config.yaml"
-    summary = Path(config.output_dir) / "summary.json"
-    text = to_yaml(config)
-    if summary.is_file() and path.is_file() and _same_config(path, config):
+    stored = run_dir / "config.yaml"
+    summary = run_dir / "summary.json"
+    same = stored.is_file() and _same_config(stored, config)
+    if same and summary.is_file() and len(json.loads(summary.read_text())["stages"]) == len(config.stages):
         return json.loads(summary.read_text())["stages"][-1]
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    with log.open("w") as f:
-        proc = subprocess.run([sys.executable, "-m", "rlzoo.cli", "train", str(path)], stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TQDM_DISABLE": "1"})
+    path = log.with_suffix(".yaml")
+    atomic_write_text(path, to_yaml(config))
+    flags = ["--resume"] if same else ["--overwrite"] if stored.is_file() else []
+    for attempt in (flags, ["--overwrite"]):
+        with log.open("w") as f:
+            proc = subprocess.run([sys.executable, "-m", "rlzoo.cli", "train", str(path), *attempt], stdout=f,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+        if not (proc.returncode != 0 and attempt == ["--resume"] and "nothing to resume" in log.read_text()):
+            break  # a resume with no checkpoint to resume from is started over
     if proc.returncode != 0 or not summary.is_file():
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
         return {"error": f"exit {proc.returncode}: {tail[0]}"}

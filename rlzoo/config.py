@@ -128,6 +128,7 @@ class OptimConfig:
     loss_agg: Optional[str] = None  # aggregation mode (rlzoo.losses.AGG_MODES); None = algorithm's or the paper's
     loss_agg_constant: Optional[float] = None  # normaliser of seq-mean-token-sum-norm (default: max_new_tokens)
     value_lr: Optional[float] = None  # learning rate of a value model, when the algorithm has one (None = lr)
+    max_nonfinite_steps: int = 3  # stop the run after this many steps in a row whose updates were all skipped for a non-finite gradient (0 = never)
 
 
 @dataclass
@@ -151,7 +152,8 @@ class StageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval_every: int = 0  # evaluate on the held-out set every N steps (0 = only at the end)
-    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    save_every: int = 0  # resumable checkpoint every N steps (0 = none; the final model is always written)
+    save_total_limit: int = 2  # keep the newest N step checkpoints of the stage (0 = all)
 
 
 @dataclass

@@ -33,3 +33,11 @@ class RegistryError(UserError, KeyError):
 
 class RunFolderError(UserError):
     """A run folder that cannot be used: not writable, owned by a live run, or a finished run."""
+
+
+class TrainingStopped(UserError):
+    """A run stopped because training went wrong (non-finite gradients step after step)."""
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT or SIGTERM after writing a checkpoint; the CLI exits with 130."""

@@ -1,17 +1,18 @@
 """A run: the stages of a config in order, each starting from the previous stage's weights.
 
-Outputs in the run folder (``output_dir`` or ``runs/<name>``):
-    config.yaml         the resolved config
-    metrics.jsonl       one JSON object per logged step (slash-namespaced keys, plus stage/step)
-    <stage>/final/      checkpoint after each stage (Hugging Face format + optimizer + RNG state)
-    summary.json        {"stages": [{"name", "algorithm", "steps", "wall_seconds", "eval": {...}}]}
+Outputs in the run folder (``output_dir`` or ``runs/<name>``; docs/runs.md):
+    config.yaml                  the resolved config
+    metrics.jsonl                one JSON object per logged step (slash-namespaced keys, plus stage/step)
+    <stage>/checkpoint-<step>/   resumable state every ``save_every`` steps (the newest ``save_total_limit``)
+    <stage>/final/               the stage's model, a Hugging Face folder (what the next stage starts from)
+    summary.json                 {"stages": [{"name", "algorithm", "steps", "wall_seconds", "eval": {...}}]}
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import time
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config import algorithm_config, to_yaml
-from rlzoo.errors import ConfigError
+from rlzoo.errors import ConfigError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
-from rlzoo.runtime.checkpoint import atomic_write_text, save_checkpoint
+from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, publish, read_state, temporary, write_state
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
-from rlzoo.runtime.models import build_tiny_model, load_pretrained
+from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, save_model
+from rlzoo.runtime.run_folder import RunFolder
+from rlzoo.runtime.signals import stop_on_signals
 from rlzoo.runtime.stage import build_stage, train_step
 from rlzoo.runtime.trainer import resolve_loss_agg
 
@@ -176,44 +179,114 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of ``cfg``; returns the summary (also written to summary.json).
 
+    The run folder (``output_dir`` or ``runs/<name>``) holds one run: a folder that holds one
+    already needs ``resume`` (continue from its newest checkpoint, docs/runs.md) or ``overwrite``.
     Under ``torchrun``/``accelerate launch`` every process runs this; only the main one writes
-    files, and every number it writes is reduced over all processes first.
+    files, and every number it writes is reduced over all processes first. SIGINT and SIGTERM
+    finish the current step, write a checkpoint and stop (:class:`rlzoo.errors.Interrupted`).
     """
     from accelerate.utils import set_seed
 
     stages = validate(cfg)
+    names = [name for name, _, _ in stages]
     dist = init_distributed()
-    out = Path(cfg.output_dir or f"runs/{cfg.name}")
+    folder = RunFolder(Path(cfg.output_dir or f"runs/{cfg.name}"), dist.is_main)
     config_yaml = to_yaml(cfg)
+    point = _on_main(dist, lambda: folder.prepare(config_yaml, OmegaConf.to_container(cfg, resolve=True), names,
+                                                  resume=resume, overwrite=overwrite))
+    try:
+        return _train(cfg, stages, dist, folder, config_yaml, point, set_seed)
+    finally:
+        folder.release()
+
+
+def _on_main(dist, fn):
+    """``fn()`` on the main process; its result, or its user error, on every process."""
+    result, error = None, None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", config_yaml)
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    result, error = dist.gather((result, error))[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str, Any]:
+    out = folder.path
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     task = build_task(cfg)
-    lm, tokenizer = initial_model(cfg, task)
     eval_examples = task.eval_examples()
+    trained = point.trained if point else []
+    lm, tokenizer = (None, None) if trained else initial_model(cfg, task)
+    if dist.is_main:
+        if lm is not None:
+            folder.check_space(checkpoint_bytes(cfg, lm))
+        if point is not None:
+            folder.truncate_metrics(point, [name for name, _, _ in stages])
     logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
                            config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
-    summary: dict[str, Any] = {"stages": []}
+    summary: dict[str, Any] = {"stages": list(point.summary) if point else []}
+    evaluated = {s["name"] for s in summary["stages"]}
     global_step = 0
     try:
-        for index, (name, stage, algo) in enumerate(stages):
-            if stage.init:
-                lm, tokenizer = load_pretrained(stage.init, dtype=cfg.model.dtype)
-            result, global_step, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
-                                                logger, out, config_yaml, global_step)
-            summary["stages"].append(result)
-            if dist.is_main:
-                atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        with stop_on_signals() as stop:
+            for index, (name, stage, algo) in enumerate(stages):
+                if name in trained:
+                    lm = None  # loaded from its final checkpoint when needed
+                    if name not in evaluated:  # trained, but stopped before its evaluation
+                        lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
+                        result = {**read_state(out / name / "final")["result"],
+                                  "eval": evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, mixed_precision=cfg.mixed_precision)}
+                        _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
+                        summary["stages"].append(result)
+                        _write_summary(dist, out, summary)
+                    global_step += stage.steps
+                    continue
+                if stage.init:
+                    lm, tokenizer = load_stage_result(stage.init, cfg.model.dtype)
+                elif lm is None:  # the previous stage finished in an earlier session
+                    lm, tokenizer = load_stage_result(out / trained[-1] / "final", cfg.model.dtype)
+                checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
+                result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
+                                       config_yaml, global_step, checkpoint, stop)
+                global_step += stage.steps
+                summary["stages"].append(result)
+                _write_summary(dist, out, summary)
     finally:
         if logger is not None:
             logger.close()
     return summary
+
+
+def _write_summary(dist, out: Path, summary: dict) -> None:
+    if dist.is_main:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+
+
+def _log_eval(logger, name: str, step: int, evaluation: dict, global_step: int) -> None:
+    if logger is not None:
+        logger.log({"stage": name, "step": step, **{f"eval/{k}": v for k, v in evaluation.items()}}, global_step)
+
+
+def checkpoint_bytes(cfg: DictConfig, lm: torch.nn.Module) -> float:
+    """About how much disk the run's checkpoints take at most: per stage ``save_total_limit`` step
+    checkpoints (weights and two Adam moments in fp32, twice for a stage with a value model) and
+    one final model."""
+    params = sum(p.numel() for p in lm.parameters())
+    total = 0.0
+    for stage in cfg.stages.values():
+        models = 2 if stage.algorithm == "ppo" else 1
+        kept = stage.save_total_limit if stage.save_every else 0
+        total += params * 4 * (3 * models * (kept + 1) + 1)  # + 1 while a new checkpoint replaces an old one
+    return total
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -225,14 +298,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: str) -> dict[str, float]:
+    """The held-out evaluation of a stage's final weights, under the run's autocast."""
+    from rlzoo.runtime.stage import make_accelerator
+
+    accelerator = make_accelerator(mixed_precision)
+    lm.to(accelerator.device).eval()
+    with accelerator.autocast():
+        return run_eval(cfg, lm, tokenizer, eval_examples, REWARDS.get(cfg.eval.reward), dist)
+
+
 def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
-              global_step) -> tuple[dict[str, Any], int, torch.nn.Module]:
-    """Train ``lm`` for one stage; returns its summary entry, the global step and the trained LM."""
+              global_step, checkpoint, stop) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Train ``lm`` for one stage (from ``checkpoint`` if given); its summary entry and the trained LM."""
     from tqdm.auto import tqdm
 
     from rlzoo.runtime.sampling import mix_seed
 
-    t_start = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     seed = cfg.seed + index
@@ -243,37 +325,53 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
         prompts = chat_stream(prompts, tokenizer)
     st = build_stage(name, stage, algo, lm, tokenizer, prompts, model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
                      seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage), score=score_batch)
+    st.global_step = global_step
+    if checkpoint is not None:
+        st.load(checkpoint)
     dist, device = st.dist, st.accelerator.device
     eval_reward = REWARDS.get(cfg.eval.reward)
-    bar = tqdm(total=stage.steps, desc=f"{name} ({stage.algorithm})", disable=not (cfg.logging.progress and dist.is_main),
-               dynamic_ncols=True)
+    bar = tqdm(total=stage.steps, initial=st.step, desc=f"{name} ({stage.algorithm})",
+               disable=not (cfg.logging.progress and dist.is_main), dynamic_ncols=True)
+    skipped_in_a_row = 0
     while st.step < stage.steps:
         metrics = train_step(st)
-        global_step += 1
         step = st.step
+        skipped_in_a_row = skipped_in_a_row + 1 if metrics.get("train/skipped_nonfinite", 0) and "optim/grad_norm" in metrics \
+            and all(not math.isfinite(v) for k, v in metrics.items() if k.startswith("optim/grad_norm")) else 0
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
             evaluation = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
             metrics.update({f"eval/{k}": v for k, v in evaluation.items()})
         if logger is not None and step % cfg.logging.log_every == 0:
-            logger.log({"stage": name, "step": step, **metrics}, global_step)
+            logger.log({"stage": name, "step": step, **metrics}, st.global_step)
         bar.update(1)
         bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("reward/mean", "loss/policy") if k in metrics})
+        if stage.optim.max_nonfinite_steps and skipped_in_a_row >= stage.optim.max_nonfinite_steps:
+            saved = checkpoints(out / name)
+            keep = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was written (save_every)"
+            raise TrainingStopped(f"stage {name} stopped at step {step}: {skipped_in_a_row} steps in a row had a "
+                                  f"non-finite gradient and were skipped (learning rate too high?); {keep}")
         if stage.save_every and step % stage.save_every == 0:
-            save(st, out / name / "latest", tokenizer, config_yaml, global_step)
+            st.save(out / name, stage.save_total_limit, config_yaml)
+        if stop.requested(dist):
+            if not (stage.save_every and step % stage.save_every == 0):
+                st.save(out / name, stage.save_total_limit, config_yaml)
+            raise Interrupted(f"stopped at stage {name} step {step}; checkpoint {out / name / f'checkpoint-{step}'}; "
+                              "continue with the same command and --resume")
     bar.close()
-    train_seconds = time.perf_counter() - t_start
-    save(st, out / name / "final", tokenizer, config_yaml, global_step)  # before the evaluation: a trained stage is never lost
+    result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(st.seconds_trained, 2),
+              "peak_memory_mb": round(peak_memory_mb(device), 1)}
+    save_final(st, out / name / "final", tokenizer, config_yaml, result)  # before the evaluation: a trained stage is never lost
     eval_metrics = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
-    if logger is not None:
-        logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in eval_metrics.items()}}, global_step)
-    result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(train_seconds, 2),
-              "peak_memory_mb": round(peak_memory_mb(device), 1), "eval": eval_metrics}
-    return result, global_step, st.close()
+    _log_eval(logger, name, stage.steps, eval_metrics, st.global_step)
+    return {**result, "eval": eval_metrics}, st.close()
 
 
-def save(st, folder: Path, tokenizer, config_yaml: str, global_step: int) -> None:
-    """The main process writes the stage's checkpoint; the others wait for it."""
+def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict) -> None:
+    """The main process writes the stage's final model folder; the others wait for it."""
     if st.dist.is_main:
-        save_checkpoint(folder, st.lm, tokenizer, optimizer=st.optimizer, config_yaml=config_yaml,
-                        state={"stage": st.name, "step": st.step, "global_step": global_step})
+        tmp = temporary(folder)
+        save_model(st.lm, tokenizer, tmp)
+        (tmp / CONFIG_NAME).write_text(config_yaml)
+        write_state(tmp, {"stage": st.name, "step": st.step, "global_step": st.global_step, "result": result})
+        publish(tmp, folder)
     st.dist.barrier()

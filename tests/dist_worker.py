@@ -76,7 +76,6 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
         policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
     else:
         policy, optimizer = accelerator.prepare(policy, optimizer)
-    reference = accelerator.prepare_model(reference, evaluation_mode=True)
     rt = Runtime(accelerator, policy, tokenizer, reference, value, 2, dist)
 
     if dist.is_main:
@@ -85,7 +84,7 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
     sizes = SPLITS[split] if dist.world == 2 else [6]
     start = sum(sizes[: dist.rank])
     batch = batch.select(list(range(2 * start, 2 * (start + sizes[dist.rank]))))
-    batch.ref_logprobs = rt.logprobs_nograd(reference, batch)
+    batch.ref_logprobs = rt.reference_logprobs(batch)
     batch.old_logprobs = rt.policy_logprobs(batch)
     batch, _ = algo.prepare(batch, rt)
     cfg = OptimConfig(updates_per_batch=2, minibatches=3, micro_batch_size=2, grad_clip=1.0)

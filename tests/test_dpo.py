@@ -219,7 +219,7 @@ def test_runtime_accumulation_equals_full_batch(tiny_model, task, tokenizer):
     batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1])
     algo = DPO(DPO.Config(beta=0.5, pairs_per_prompt=2, normalize="sum"))
     rt = make_runtime(tiny_model, tokenizer, reference=reference)
-    batch.ref_logprobs = rt.logprobs_nograd(rt.reference, batch)
+    batch.ref_logprobs = rt.reference_logprobs(batch)
     batch, m = algo.prepare(batch, rt)
     assert m["dpo/num_pairs"] == 4.0
     grads = []

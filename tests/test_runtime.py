@@ -104,17 +104,32 @@ def test_split_groups_keeps_groups_whole(task, tokenizer):
     assert [p.group_ids.tolist() for p in pieces] == [[0, 0], [1, 1], [2, 2]]
 
 
-def test_checkpoint_is_atomic_and_loadable(tiny_model, tokenizer, tmp_path):
-    from rlzoo.runtime.checkpoint import save_checkpoint
-    from rlzoo.runtime.models import load_pretrained
+def test_publish_replaces_a_folder_and_recover_undoes_a_crash_at_any_point(tmp_path):
+    from rlzoo.runtime.checkpoint import checkpoints, prune, publish, recover, temporary
 
-    opt = torch.optim.AdamW(tiny_model.parameters())
-    folder = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer, optimizer=opt, state={"step": 3})
-    save_checkpoint(folder, tiny_model, tokenizer, optimizer=opt, state={"step": 4})  # overwrite in place
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no .tmp / .old left behind
-    assert json.loads((folder / "trainer_state.json").read_text()) == {"step": 4}
-    assert (folder / "optimizer.pt").is_file() and (folder / "rng_state.pt").is_file()
-    model, tok = load_pretrained(str(folder))
+    final = tmp_path / "final"
+    for version in ("one", "two"):
+        tmp = temporary(final)
+        (tmp / "weights").write_text(version)
+        publish(tmp, final)
+    assert (final / "weights").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    # killed between the two renames: only final.old exists; killed while writing: a .tmp is left
+    final.rename(tmp_path / "final.old")
+    (tmp_path / "checkpoint-7.tmp").mkdir()
+    recover(tmp_path)
+    assert (final / "weights").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    for step in (3, 10, 7):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert [s for s, _ in checkpoints(tmp_path)] == [3, 7, 10]  # by step, not by name
+    prune(tmp_path, 2)
+    assert [s for s, _ in checkpoints(tmp_path)] == [7, 10]
+
+
+def test_final_model_folder_loads_back_the_same_model(tiny_model, tokenizer, tmp_path):
+    from rlzoo.runtime.models import load_stage_result, save_model
+
+    save_model(tiny_model, tokenizer, tmp_path)
+    model, tok = load_stage_result(tmp_path)
     ids = torch.tensor([[1, 5, 6, 7]])
-    torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits)
-    assert tok.padding_side == "left"
+    torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits, rtol=0, atol=0)
+    assert tok.padding_side == "left" and tok.pad_token_id == tokenizer.pad_token_id

@@ -1,63 +1,104 @@
-"""Atomic checkpoints: Hugging Face weights + tokenizer, optimizer and RNG state, run config.
+"""Checkpoints that are never half-written: a folder is written under a temporary name and renamed.
 
-A checkpoint is written to a temporary sibling folder and renamed into place, so a crash leaves
-either the old checkpoint or the new one, never half of one.
+Two kinds (docs/runs.md):
+
+* ``<stage>/checkpoint-<step>/`` during a stage, every ``save_every`` steps and on Ctrl-C:
+  ``accelerator.save_state`` (the trained models, optimizer, every process's RNG states, the
+  schedule and the stage's own state: step, data position, offline pool, shuffling generator)
+  plus ``trainer_state.json``. The newest ``save_total_limit`` are kept; a new one is complete
+  before an old one is deleted, so there is never a moment without a checkpoint.
+* ``<stage>/final/`` when the stage has trained: a Hugging Face model folder (or, for a LoRA stage,
+  the adapter and the path of its base) with the tokenizer, ``rlzoo_config.yaml`` and
+  ``trainer_state.json``: what the next stage, ``rlzoo eval`` and ``rlzoo export`` read.
+
+:func:`publish` replaces a folder: the new one is renamed into place after the old one is moved
+aside (``<name>.old``) and the old one is deleted last; :func:`recover` puts a ``.old`` back when a
+crash fell between the two renames and removes temporary folders a killed run left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 CONFIG_NAME = "rlzoo_config.yaml"
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new text."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def save_checkpoint(
-    folder: Path,
-    model,
-    tokenizer,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    config_yaml: str = "",
-    state: dict[str, Any] | None = None,
-) -> Path:
-    """Write a complete checkpoint to ``folder`` atomically; returns ``folder``."""
-    folder = Path(folder)
+def temporary(folder: Path) -> Path:
+    """An empty sibling folder to write ``folder`` into (``<name>.tmp``)."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    getattr(model, "module", model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng_state.pt")
-    (tmp / CONFIG_NAME).write_text(config_yaml)
-    (tmp / "trainer_state.json").write_text(json.dumps(state or {}, indent=2))
+    return tmp
+
+
+def publish(tmp: Path, folder: Path) -> Path:
+    """Move the finished ``tmp`` folder to ``folder``, replacing what is there; returns ``folder``."""
     old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     if old.exists():
         shutil.rmtree(old)
     return folder
+
+
+def recover(parent: Path) -> None:
+    """Undo what a killed writer left in ``parent``: ``*.tmp`` folders and files are removed, and a
+    ``<name>.old`` whose ``<name>`` is missing is put back."""
+    if not parent.is_dir():
+        return
+    for child in parent.iterdir():
+        if child.name.endswith(".tmp"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    for child in parent.iterdir():
+        if child.name.endswith(".old"):
+            target = child.with_name(child.name[: -len(".old")])
+            if target.exists():
+                shutil.rmtree(child)
+            else:
+                os.replace(child, target)
+
+
+def checkpoints(stage_dir: Path) -> list[tuple[int, Path]]:
+    """The stage's step checkpoints, oldest first: (step, folder)."""
+    if not stage_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in stage_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return sorted(found)
+
+
+def prune(stage_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints of a stage (``keep`` <= 0 keeps all)."""
+    if keep > 0:
+        for _, folder in checkpoints(stage_dir)[:-keep]:
+            shutil.rmtree(folder)
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``."""
+    return json.loads((folder / TRAINER_STATE).read_text())
+
+
+def write_state(folder: Path, state: dict[str, Any]) -> None:
+    (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))

@@ -13,7 +13,7 @@ class MetricsLogger:
 
     def __init__(self, folder: Path, *, wandb: bool = False, project: str = "rlzoo", name: str = "run", config: dict | None = None):
         self.path = Path(folder) / "metrics.jsonl"
-        self.file = self.path.open("w")  # a run writes its own metrics, like its config and summary
+        self.file = self.path.open("a")  # the run folder decided what stays: nothing (a new run) or the lines up to a resume point
         self.run = None
         if wandb:
             import wandb as wb

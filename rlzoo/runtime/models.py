@@ -100,6 +100,17 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
     return model, tokenizer
 
 
+def save_model(lm: nn.Module, tokenizer, folder: Path) -> None:
+    """A stage's result as a Hugging Face folder: weights (safetensors), config and tokenizer."""
+    lm.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def load_stage_result(folder: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) of a stage's ``final`` folder or any Hugging Face model folder."""
+    return load_pretrained(str(folder), dtype=dtype)
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached copy in eval mode with no parameter requiring grad: the reference policy."""
     ref = copy.deepcopy(model)

@@ -88,6 +88,9 @@ class Stage:
     agg_constant: float | None
     generator: torch.Generator  # minibatch shuffling, the same on every rank
     step: int = 0  # steps done
+    global_step: int = 0  # steps done in the run, this stage's included
+    seconds: float = 0.0  # training time before the current session (a resumed stage)
+    _started: float = 0.0
 
     @property
     def dist(self) -> Dist:
@@ -103,6 +106,55 @@ class Stage:
     def lm(self) -> torch.nn.Module:
         """The policy's Hugging Face causal LM, unwrapped."""
         return self.accelerator.unwrap_model(self.rt.policy).lm
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed stage needs besides models, optimizer, schedule and RNGs (which
+        ``accelerator.save_state`` writes): steps, the data position, the source's own state (the
+        offline pool and its order), the minibatch generator and the seconds trained so far."""
+        return {"step": self.step, "global_step": self.global_step, "position": self.ctx.position,
+                "source": self.source.state_dict(), "generator": self.generator.get_state(),
+                "seconds": self.seconds + time.perf_counter() - self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.global_step, self.seconds = state["step"], state["global_step"], state["seconds"]
+        for _ in range(state["position"] - self.ctx.position):  # the stream is re-read, not stored: skip what was used
+            next(self.ctx.prompts)
+        self.ctx.position = state["position"]
+        self.source.load_state_dict(state["source"])
+        self.generator.set_state(state["generator"])
+        self._started = time.perf_counter()
+
+    def save(self, stage_dir, keep: int, config_yaml: str) -> None:
+        """Write ``<stage_dir>/checkpoint-<step>`` (every process takes part; the main one writes
+        models, optimizer and the stage's state, each its own RNG states), then keep the newest ``keep``."""
+        from pathlib import Path
+
+        from rlzoo.runtime.checkpoint import CONFIG_NAME, prune, publish, temporary, write_state
+
+        stage_dir = Path(stage_dir)
+        folder = stage_dir / f"checkpoint-{self.step}"
+        tmp = stage_dir / f"checkpoint-{self.step}.tmp"
+        if self.dist.is_main:
+            temporary(folder)
+        self.dist.barrier()
+        self.accelerator.save_state(str(tmp), safe_serialization=True)
+        self.dist.barrier()
+        if self.dist.is_main:
+            write_state(tmp, {"stage": self.name, "step": self.step, "global_step": self.global_step})
+            (tmp / CONFIG_NAME).write_text(config_yaml)
+            publish(tmp, folder)
+            prune(stage_dir, keep)
+        self.dist.barrier()
+
+    def load(self, folder) -> None:
+        """Continue from a step checkpoint written by :meth:`save`."""
+        self.accelerator.load_state(str(folder))
+
+    @property
+    def seconds_trained(self) -> float:
+        return self.seconds + time.perf_counter() - self._started
 
     def close(self) -> torch.nn.Module:
         """Release the stage's optimizer, wrappers and accelerator state; returns the trained LM."""
@@ -151,7 +203,7 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         else:
             policy, optimizer = accelerator.prepare(policy, optimizer)
     if reference is not None:
-        reference = accelerator.prepare_model(reference, evaluation_mode=True)  # the policy's autocast, no DDP
+        reference.to(accelerator.device)  # not prepared: frozen, no DDP, not in checkpoints; the Runtime gives it the policy's autocast
     rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist)
     device = accelerator.device
     ctx = SourceContext(
@@ -170,8 +222,10 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
         scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
         agg_constant=ocfg.loss_agg_constant or float(stage_cfg.generation.max_new_tokens),
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), _started=time.perf_counter(),
     )
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(st)
     return st
 
 
@@ -205,7 +259,7 @@ def train_step(st: Stage) -> dict[str, float]:
     local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
     with timed(local, "time/reference"):
         if rt.reference is not None:
-            batch.ref_logprobs = rt.logprobs_nograd(rt.reference, batch)  # 2. reference [N, T]
+            batch.ref_logprobs = rt.reference_logprobs(batch)  # 2. reference [N, T]
     with timed(local, "time/old_logprobs"):
         if "old_logprobs" in algo.needs:
             batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
@@ -228,6 +282,7 @@ def train_step(st: Stage) -> dict[str, float]:
         shared.update(train_shared)
     st.scheduler.step()
     st.step += 1
+    st.global_step += 1
     if dist.world > 1 and st.accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         shared["dist/replica_max_diff"] = replica_divergence(dist, st.rt.models_with_grad())
     local["time/step"] = time.perf_counter() - t0

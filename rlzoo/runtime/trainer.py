@@ -33,7 +33,8 @@ class Runtime:
     """The models one stage trains with, and what algorithms may use of them (``RuntimeView``).
 
     policy      the prepared :class:`~rlzoo.runtime.models.LogProbModel` (DDP-wrapped on several ranks)
-    reference   a frozen LogProbModel under the same autocast, or None
+    reference   a frozen LogProbModel (not prepared: no DDP, not checkpointed), run under the
+                policy's autocast by ``reference_logprobs``, or None
     value_model the prepared value model, or None
     """
 
@@ -70,6 +71,11 @@ class Runtime:
     def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         """[N, T] log-probs of the current policy, without grad."""
         return self.logprobs_nograd(self.policy, batch)
+
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, T] log-probs of the frozen reference, under the policy's autocast, without grad."""
+        with self.accelerator.autocast():
+            return self.logprobs_nograd(self.reference, batch)
 
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         """[N, T] value-model outputs: with grad through the wrapped model when grad is enabled,
