@@ -76,6 +76,9 @@ class GRPO(NoExtras):
         self.needs = frozenset({"old_logprobs", "reference"} if cfg.beta > 0 else {"old_logprobs"})
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
+        scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the group and the loss
+        if not bool(scored.all()):
+            batch = batch.select(scored.nonzero().squeeze(-1))
         adv, degenerate = group_advantages(batch.rewards, batch.group_ids, self.cfg.scale_rewards, self.cfg.std_eps)  # [N]
         batch.advantages = adv[:, None] * batch.loss_mask  # [N, T]
         degenerate_rows, _ = group_sum(degenerate.float(), batch.group_ids)  # [G] rows of each group that are degenerate

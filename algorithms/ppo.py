@@ -150,6 +150,9 @@ class PPO:
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
+        scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the batch
+        if not bool(scored.all()):
+            batch = batch.select(scored.nonzero().squeeze(-1))
         mask = batch.loss_mask  # [N, T]
         with torch.no_grad():
             values = state_values(runtime.values(batch)).float() * mask  # [N, T] V(s_t)

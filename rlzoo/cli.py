@@ -59,10 +59,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from rlzoo.config import load_config
     from rlzoo.errors import ConfigError, ModelLoadError
-    from rlzoo.registry import REWARDS
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.models import load_pretrained
-    from rlzoo.train import build_task, run_eval
+    from rlzoo.train import build_task, make_eval_reward, run_eval
 
     if args.model and args.checkpoint:
         raise ConfigError("give a checkpoint folder or --model, not both")
@@ -112,7 +111,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model.eval()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    result = run_eval(cfg, model, tokenizer, examples, REWARDS.get(cfg.eval.reward))
+    result = run_eval(cfg, model, tokenizer, examples, make_eval_reward(cfg))
     result.update({"load_seconds": round(load_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)})
     print(json.dumps(result, indent=2))
     return 0

@@ -132,11 +132,25 @@ class OptimConfig:
 
 
 @dataclass
-class RewardConfig:
-    """The reward function of sampled outputs."""
+class RewardFunctionConfig:
+    """One reward function of a weighted sum (``reward.functions``)."""
 
-    name: str = "rule"  # registered reward name
+    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
+    weight: float = 1.0  # its weight in the sum
     kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
+
+
+@dataclass
+class RewardConfig:
+    """The reward of sampled outputs (docs/rewards.md): one function, or a weighted sum of several.
+
+    A function is rlzoo's ``(prompt, completion, example) -> float | None`` or TRL's batched
+    ``(prompts, completions, **columns) -> list[float | None]``; None skips a completion.
+    """
+
+    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
+    functions: list[RewardFunctionConfig] = field(default_factory=list)  # several functions, weighted and summed (replaces name/kwargs)
 
 
 @dataclass
@@ -219,6 +233,107 @@ class RunConfig:
     stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
     algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
     compare: CompareConfig = field(default_factory=CompareConfig)  # used by ``rlzoo compare`` only
+
+
+# -- value checks: every number of every section, before any work ---------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval for a number: ``lo`` < (or <=) value < (or <=) ``hi``."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
+POSITIVE = Range(0, lo_open=True)
+UNIT = Range(0, 1)  # a probability
+NUCLEUS = Range(0, 1, lo_open=True)
+RANGES: dict[type, dict[str, Range]] = {
+    TinyModelConfig: {"hidden_size": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
+                      "num_heads": AT_LEAST_1, "max_position_embeddings": Range(2), "vocab_size": Range(300)},
+    SyntheticConfig: {"min_ops": AT_LEAST_1, "max_ops": AT_LEAST_1, "max_operand": AT_LEAST_1, "max_value": AT_LEAST_1,
+                      "eval_size": AT_LEAST_1},
+    FilesConfig: {"eval_size": AT_LEAST_1},
+    GenerationConfig: {"max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": NUCLEUS, "batch_size": AT_LEAST_1,
+                       "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE, "tool_output_max_chars": AT_LEAST_1},
+    ModelConfig: {"logprob_chunk_size": AT_LEAST_0},
+    DataConfig: {"prompts_per_step": AT_LEAST_1, "samples_per_prompt": AT_LEAST_1, "pool_prompts": AT_LEAST_1,
+                 "resample_every": AT_LEAST_0},
+    OptimConfig: {"lr": Range(0, 1, lo_open=True), "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,
+                  "micro_batch_size": AT_LEAST_1, "updates_per_batch": AT_LEAST_1, "minibatches": AT_LEAST_1,
+                  "loss_agg_constant": POSITIVE, "value_lr": Range(0, 1, lo_open=True), "max_nonfinite_steps": AT_LEAST_0},
+    StageConfig: {"steps": AT_LEAST_1, "eval_every": AT_LEAST_0, "save_every": AT_LEAST_0, "save_total_limit": AT_LEAST_0},
+    EvalConfig: {"num_examples": AT_LEAST_1, "samples": AT_LEAST_0, "temperature": AT_LEAST_0, "top_p": NUCLEUS,
+                 "max_new_tokens": AT_LEAST_1, "batch_size": AT_LEAST_1, "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE},
+    LoggingConfig: {"log_every": AT_LEAST_1},
+    RunConfig: {"threads": AT_LEAST_1},
+}
+CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    ModelConfig: {"dtype": ("float32", "bfloat16", "float16")},
+    OptimConfig: {"schedule": ("constant", "linear", "cosine")},
+    RunConfig: {"mixed_precision": ("no", "bf16", "fp16")},
+    TaskConfig: {"name": ("synthetic", "gsm8k", "math")},
+}
+
+
+def _cross_checks(obj: Any, where: str) -> None:
+    """Rules that tie several values of one section together."""
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{where}{key}: {message}")
+
+    if isinstance(obj, TinyModelConfig) and obj.hidden_size % obj.num_heads:
+        fail("num_heads", f"{obj.num_heads} heads do not divide hidden_size {obj.hidden_size}")
+    if isinstance(obj, SyntheticConfig) and obj.min_ops > obj.max_ops:
+        fail("min_ops", f"{obj.min_ops} is more than max_ops {obj.max_ops}")
+    if isinstance(obj, OptimConfig):
+        if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
+            fail("betas", f"{list(obj.betas)} must be two numbers in [0, 1)")
+    if isinstance(obj, EvalConfig):
+        if any(k < 1 for k in obj.ks):
+            fail("ks", f"{list(obj.ks)}: every k must be >= 1")
+        if obj.samples and any(k > obj.samples for k in obj.ks):
+            fail("ks", f"k={max(obj.ks)} is more than samples={obj.samples} (Pass@k and Maj@k need k <= samples)")
+    if isinstance(obj, StageConfig):
+        if obj.optim.warmup_steps > obj.steps:
+            fail("optim.warmup_steps", f"{obj.optim.warmup_steps} warm-up steps in a stage of {obj.steps} steps")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Every number of every section in its range (``RANGES``), every named choice known
+    (``CHOICES``), and the rules that tie values together; one ConfigError naming the first key
+    that is wrong. Names resolved through a registry (algorithms, rewards, data sources) and
+    files are checked by :func:`rlzoo.train.validate`."""
+    from dataclasses import fields, is_dataclass
+
+    def walk(obj: Any, where: str) -> None:
+        for f in fields(obj):
+            value, key = getattr(obj, f.name), f"{where}{f.name}"
+            rule, choices = RANGES.get(type(obj), {}).get(f.name), CHOICES.get(type(obj), {}).get(f.name)
+            if rule is not None and value is not None and not rule.holds(value):
+                raise ConfigError(f"{key}={value!r} is out of range: it must be {rule}")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{key}: unknown '{value}'; known: {', '.join(choices)}")
+            if is_dataclass(value):
+                walk(value, f"{key}.")
+            elif isinstance(value, dict) and value and all(is_dataclass(v) for v in value.values()):
+                for name, item in value.items():
+                    walk(item, f"{key}.{name}.")
+        _cross_checks(obj, where)
+
+    walk(OmegaConf.to_object(cfg), "")
 
 
 def _one_line(e: OmegaConfBaseException) -> str:

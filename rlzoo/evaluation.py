@@ -4,8 +4,8 @@
 * Pass@k: the unbiased estimator of Chen et al. (2021): with n samples of which c are correct,
   pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 * Maj@k: the n samples are cut into n // k disjoint votes of k samples; each vote is on the final
-  answer (the one the reward grades, :func:`rlzoo.rewards.reward_values_and_answers`: for a
-  program, what it prints). Answers that the verifier judges equal are one answer
+  answer (the one the reward grades, :meth:`rlzoo.rewards.Reward.answers`: for a program, what
+  it prints). Answers that the verifier judges equal are one answer
   (:func:`answer_groups`: ``0.5``, ``\\frac12`` and ``1/2`` pool their votes); the vote is correct
   if its winning group is (the verdict of that group's first answer); ties go to the group seen
   first; averaged over votes and problems.
@@ -21,7 +21,6 @@ from typing import Callable
 
 from rlzoo.config import GenerationConfig
 from rlzoo.interface import Example
-from rlzoo.rewards import reward_values_and_answers, reward_values_and_events
 from rlzoo.runtime.distributed import Dist
 from rlzoo.runtime.generation import sample
 
@@ -80,7 +79,7 @@ def evaluate(
     model,
     tokenizer,
     examples: list[Example],
-    reward: Callable[[str, str, Example], float],
+    reward,
     *,
     samples: int = 8,
     ks: list[int] = (1, 8),
@@ -112,14 +111,15 @@ def evaluate(
     record: dict = {"greedy": [], "events": {}, "verdicts": [], "groups": []}
     if mine:
         greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
-        values, events = reward_values_and_events(reward, mine, greedy.completions)
-        record["greedy"] = [v > 0 for v in values]
+        values, events = reward.score(mine, greedy.completions)
+        record["greedy"] = [v is not None and v > 0 for v in values]
         record["events"] = {e: frac * len(mine) for e, frac in events.items()}
         if samples > 0:
             cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size, **tools)
             batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
-            values, voted = reward_values_and_answers(reward, batch.examples, batch.completions)
-            record["verdicts"] = [[v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
+            voted: list = []
+            values, _ = reward.score(batch.examples, batch.completions, answers=voted)
+            record["verdicts"] = [[v is not None and v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
             record["groups"] = [answer_groups(voted[i * samples : (i + 1) * samples]) for i in range(len(mine))]
     parts = dist.gather(record)
     n = len(examples)

@@ -144,6 +144,15 @@ class RolloutBatch:
         moved["extras"] = {k: v.to(device) for k, v in self.extras.items()}
         return replace(self, **moved)
 
+    def completion_ids(self) -> list[list[int]]:
+        """Each row's completion tokens: from its first trained token to its last real one
+        (tool-output tokens included, padding excluded)."""
+        out = []
+        for ids, trained, real in zip(self.input_ids.tolist(), self.loss_mask.tolist(), self.attention_mask.tolist()):
+            start = next((t for t, m in enumerate(trained) if m), len(ids))
+            out.append([tok for tok, r in zip(ids[start:], real[start:]) if r])
+        return out
+
     @property
     def completion_lengths(self) -> "Tensor":
         """[N] number of trained tokens |o_i| of each sequence."""

@@ -51,14 +51,20 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{self._builtin_package}.{info.name}")
 
     def get(self, name: str) -> T:
-        """The component called ``name``; ``module:name`` or ``file.py:name`` imports it first."""
+        """The component called ``name``; ``module:name`` or ``file.py:name`` imports the module first
+        and takes ``name`` from the registry, or else from the module itself (a plain function,
+        e.g. a TRL reward function, needs no decorator)."""
+        module, spec = None, ""
         if ":" in name:
-            module, _, name = name.rpartition(":")
-            load_plugin(module)
+            spec, _, name = name.rpartition(":")
+            module = load_plugin(spec)
         self._load_builtins()
         if name not in self._items:
+            if module is not None and hasattr(module, name):
+                return getattr(module, name)
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise RegistryError(f"unknown {self.kind} '{name}'; known: {known}")
+            where = f" in {spec}" if module is not None else ""
+            raise RegistryError(f"unknown {self.kind} '{name}'{where}; known: {known}")
         return self._items[name]
 
     def names(self) -> list[str]:
@@ -66,24 +72,47 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
-def load_plugin(spec: str) -> None:
-    """Import a user's module (``pkg.mod``) or file (``path/to/file.py``) so it can register."""
+def load_plugin(spec: str):
+    """Import a user's module (``pkg.mod``) or file (``path/to/file.py``) so it can register; the module.
+
+    A plugin that fails to import is one line naming the file and line of the error."""
     if spec.endswith(".py"):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise RegistryError(f"plugin file not found: {spec}")
         module_name = f"rlzoo_plugin_{path.stem}_{abs(hash(str(path)))}"
         if module_name in sys.modules:
-            return
+            return sys.modules[module_name]
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
-    else:
         try:
-            importlib.import_module(spec)
-        except ModuleNotFoundError as e:
+            module_spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - the user's file: one line, file and line
+            del sys.modules[module_name]
+            raise RegistryError(f"plugin {spec}: {_plugin_error(e, path)}") from None
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
             raise RegistryError(f"plugin module not found: {spec} ({e})") from None
+        raise RegistryError(f"plugin {spec}: {_plugin_error(e, None)}") from None
+    except Exception as e:  # noqa: BLE001
+        raise RegistryError(f"plugin {spec}: {_plugin_error(e, None)}") from None
+
+
+def _plugin_error(e: BaseException, path: Path | None) -> str:
+    """``SyntaxError: invalid syntax (my.py:3)``: the error and the innermost place in the plugin."""
+    import traceback
+
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({Path(e.filename or '?').name}:{e.lineno})"
+    frames = traceback.extract_tb(e.__traceback__)
+    mine = [f for f in frames if path is None or Path(f.filename).resolve() == path] or frames
+    place = f" ({Path(mine[-1].filename).name}:{mine[-1].lineno})" if mine else ""
+    message = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {message}{place}"
 
 
 ALGORITHMS: Registry = Registry("algorithm", builtin_package="rlzoo.algorithms")

@@ -95,15 +95,21 @@ class _HeldOutFiltered:
 
 
 def make_reward(stage_cfg: DictConfig):
-    """The stage's reward callable ``(prompt, completion, example) -> float``."""
-    fn = REWARDS.get(stage_cfg.reward.name)
-    kwargs = OmegaConf.to_container(stage_cfg.reward.kwargs, resolve=True)
-    return functools.partial(fn, **kwargs) if kwargs else fn
+    """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``)."""
+    from rlzoo.rewards import make_reward as build
+
+    return build(stage_cfg.reward)
 
 
 def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
+    """An instance of the algorithm ``name`` with its ``algorithms.<name>`` hyperparameters."""
+    from dataclasses import is_dataclass
+
     cls = ALGORITHMS.get(name)
-    algo = cls(algorithm_config(cfg, name, cls.Config))
+    config_cls = getattr(cls, "Config", None)
+    if not is_dataclass(config_cls):
+        raise ConfigError(f"algorithm '{name}' does not satisfy the interface: its class has no Config dataclass")
+    algo = cls(algorithm_config(cfg, name, config_cls))
     missing = [a for a in ("data_source", "needs", "loss_agg", "group_coupled", "coefficients", "prepare", "extra_loss") if not hasattr(algo, a)]
     if missing:
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: missing {', '.join(missing)}")
@@ -113,17 +119,17 @@ def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
 def score_batch(reward, batch) -> dict[str, float]:
     """Fill ``batch.rewards`` with the reward of every completion; this rank's reward diagnostics.
 
-    Rewards are computed by :func:`rlzoo.rewards.reward_values` (a thread pool for a reward that
-    declares ``parallel = True``, a plain loop otherwise; results in order). Events a reward counts
+    Rewards are computed by :class:`rlzoo.rewards.Reward` (a thread pool for a reward function that
+    declares ``parallel = True``; TRL-style functions get the batch at once). Events a reward counts
     (its ``events`` attribute, see ``rlzoo.rewards.builtin.count_event``) are logged as
     ``reward/<event>_frac``; tool-integrated rollouts add ``tools/calls`` (per sequence),
-    ``tools/fail_frac`` (per call) and ``time/tools``. The mean and std of the rewards are taken
-    over every rank by the stage (``reward/mean``, ``reward/std``).
+    ``tools/fail_frac`` (per call) and ``time/tools``; ``reward/skipped_frac`` is the share of
+    completions no function gave a value. The mean and std of the rewards are taken over every
+    rank by the stage (``reward/mean``, ``reward/std``).
     """
-    from rlzoo.rewards import reward_values_and_events
-
-    values, events = reward_values_and_events(reward, batch.examples, batch.completions)
-    batch.rewards = torch.tensor(values, device=batch.input_ids.device, dtype=torch.float)  # [N]
+    values, events = reward.score(batch.examples, batch.completions, batch.completion_ids())
+    batch.rewards = torch.tensor([float("nan") if v is None else v for v in values], device=batch.input_ids.device,
+                                 dtype=torch.float)  # [N]; NaN: skipped (every reward function said None)
     n = max(len(values), 1)
     metrics = {f"reward/{e}_frac": frac for e, frac in events.items()}
     if "tool_calls" in batch.extras:
@@ -132,6 +138,13 @@ def score_batch(reward, batch) -> dict[str, float]:
         metrics["tools/fail_frac"] = float(batch.extras["tool_failures"].sum()) / calls if calls else 0.0
         metrics["time/tools"] = float(batch.extras["tool_seconds"].sum())
     return metrics
+
+
+def make_eval_reward(cfg: DictConfig):
+    """The :class:`rlzoo.rewards.Reward` that grades held-out answers (``eval.reward``)."""
+    from rlzoo.rewards import make_reward as build
+
+    return build(cfg.eval.reward)
 
 
 def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward, dist=None) -> dict[str, float]:
@@ -168,7 +181,7 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
             resolve_loss_agg(algo, stage.optim.loss_agg)
         except ValueError as e:
             raise ConfigError(f"stages.{name}.{e}") from None
-    REWARDS.get(cfg.eval.reward)
+    make_eval_reward(cfg)
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"mixed_precision: unknown '{cfg.mixed_precision}'; known: no, bf16, fp16")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -305,7 +318,7 @@ def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: 
     accelerator = make_accelerator(mixed_precision)
     lm.to(accelerator.device).eval()
     with accelerator.autocast():
-        return run_eval(cfg, lm, tokenizer, eval_examples, REWARDS.get(cfg.eval.reward), dist)
+        return run_eval(cfg, lm, tokenizer, eval_examples, make_eval_reward(cfg), dist)
 
 
 def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
@@ -329,7 +342,7 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     if checkpoint is not None:
         st.load(checkpoint)
     dist, device = st.dist, st.accelerator.device
-    eval_reward = REWARDS.get(cfg.eval.reward)
+    eval_reward = make_eval_reward(cfg)
     bar = tqdm(total=stage.steps, initial=st.step, desc=f"{name} ({stage.algorithm})",
                disable=not (cfg.logging.progress and dist.is_main), dynamic_ncols=True)
     skipped_in_a_row = 0

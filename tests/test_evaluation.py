@@ -52,7 +52,7 @@ def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported
     # text's last number would pick 3 (wrong) where a vote on the program output picks 5 (right)
     import rlzoo.evaluation as evaluation
     from rlzoo.interface import Example
-    from rlzoo.rewards.builtin import any_format
+    from rlzoo.rewards import make_reward
 
     def prog(expr: str) -> str:
         return f"\n```python\nx = {expr}\nprint(x)\n```"
@@ -66,11 +66,11 @@ def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported
             self.completions, self.examples = completions, [ex] * len(completions)
 
     monkeypatch.setattr(evaluation, "sample", lambda model, tok, exs, n, cfg, **kw: Batch(greedy if n == 1 else samples))
-    out = evaluation.evaluate(None, None, [ex], any_format, samples=4, ks=[1, 4])
+    out = evaluation.evaluate(None, None, [ex], make_reward("any_format"), samples=4, ks=[1, 4])
     assert out["accuracy"] == 1.0
     assert out["pass@1"] == pytest.approx(0.5) and out["pass@4"] == 1.0
     assert out["maj@4"] == 1.0  # the outputs 5, 5, 3, 3: tie, the first seen (5) wins
     assert out["maj@1"] == pytest.approx(0.5)
     assert out["format_pot_frac"] == 1.0 and out["format_cot_frac"] == 0.0
     samples[:] = [prog("1 + 2"), prog("2 + 3"), prog("6 - 3"), " 2 + 3 = 5. The answer is \\boxed{5}."]
-    assert evaluation.evaluate(None, None, [ex], any_format, samples=4, ks=[4])["maj@4"] == 0.0  # 3, 5, 3, 5: 3 first
+    assert evaluation.evaluate(None, None, [ex], make_reward("any_format"), samples=4, ks=[4])["maj@4"] == 0.0  # 3, 5, 3, 5: 3 first

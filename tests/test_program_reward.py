@@ -12,6 +12,7 @@ import torch
 
 from rlzoo.interface import Example, RolloutBatch
 from rlzoo.rewards.builtin import extract_program, program, tool
+from rlzoo.rewards import Reward, RewardFunction, make_reward
 from rlzoo.train import score_batch
 
 FIVE = Example("Q: 2 + 3?", "5")
@@ -112,7 +113,7 @@ def test_parallel_scoring_keeps_order_and_counts_events():
     completions.append("no program")
     examples.append(FIVE)
     batch = batch_of(completions, examples)
-    metrics = score_batch(program, batch)
+    metrics = score_batch(make_reward("program"), batch)
     assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
     assert "reward/mean" not in metrics  # the stage takes the mean over every rank's rewards
     assert metrics["reward/no_program_frac"] == pytest.approx(1 / 9)
@@ -135,12 +136,10 @@ def test_pool_only_for_rewards_declared_parallel(monkeypatch):
         return scale * float(completion)
 
     batch = batch_of([str(i) for i in range(5)], [FIVE] * 5)
-    score_batch(slow, batch)  # not declared parallel: a plain loop in this thread
+    score_batch(Reward([RewardFunction("slow", slow)]), batch)  # not declared parallel: a plain loop in this thread
     assert set(threads) == {threading.current_thread().name} and peak[0] == 1
     slow.parallel = True
-    import functools
-
-    score_batch(functools.partial(slow, scale=2.0), batch)  # reward.kwargs give a partial
+    score_batch(Reward([RewardFunction("slow", slow, kwargs={"scale": 2.0})]), batch)  # reward.kwargs
     assert batch.rewards.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert peak[0] >= 2
 
@@ -161,7 +160,7 @@ def test_any_format_grades_each_format_by_its_own_rule_and_counts_formats():
     ]
     completions = [c for c, _, _ in cases]
     assert [completion_format(c) for c in completions] == [f for _, f, _ in cases]
-    metrics = score_batch(any_format, batch := batch_of(completions, [FIVE] * len(cases)))
+    metrics = score_batch(make_reward("any_format"), batch := batch_of(completions, [FIVE] * len(cases)))
     assert batch.rewards.tolist() == [r for _, _, r in cases]
     assert metrics["reward/format_cot_frac"] == pytest.approx(2 / 8)
     assert metrics["reward/format_pot_frac"] == pytest.approx(4 / 8)
@@ -170,25 +169,22 @@ def test_any_format_grades_each_format_by_its_own_rule_and_counts_formats():
 
 
 def test_reward_answers_are_the_answers_each_reward_grades():
-    import functools
-
-    from rlzoo.rewards import reward_answers
-    from rlzoo.rewards.builtin import any_format, rule
-
     completions = [block("x = 2 + 3\nprint(x)"), " 2 + 3 = 5. The answer is \\boxed{5}.",
                    block("print(7)") + "\n```output\n7\n```\nSo \\boxed{6}.", block("print(1 / 0)")]
     examples = [FIVE] * len(completions)
-    assert reward_answers(program, examples, completions) == ["5", None, "7", None]
-    assert reward_answers(functools.partial(program, timeout_s=3.0), examples, completions) == ["5", None, "7", None]
-    assert reward_answers(tool, examples, completions) == [None, "5", "6", None]
-    assert reward_answers(any_format, examples, completions) == ["5", "5", "6", None]
-    assert reward_answers(rule, examples, completions)[:3] == ["3", "5", "6"]  # the text: a program's last number
+    assert make_reward("program").answers(examples, completions) == ["5", None, "7", None]
+    with_kwargs = make_reward({"name": "program", "kwargs": {"timeout_s": 3.0}})
+    assert with_kwargs.answers(examples, completions) == ["5", None, "7", None]
+    assert make_reward("tool").answers(examples, completions) == [None, "5", "6", None]
+    assert make_reward("any_format").answers(examples, completions) == ["5", "5", "6", None]
+    assert make_reward("rule").answers(examples, completions)[:3] == ["3", "5", "6"]  # the text: a program's last number
 
 
 def test_grades_and_answers_in_one_pass_run_each_program_once(monkeypatch):
+    import functools
+
     import rlzoo.rewards.builtin as builtin
     import rlzoo.sandbox as sandbox
-    from rlzoo.rewards import reward_values_and_answers
 
     runs: list[str] = []
     real = sandbox.run_python
@@ -198,15 +194,15 @@ def test_grades_and_answers_in_one_pass_run_each_program_once(monkeypatch):
         return real(code, **kw)
 
     monkeypatch.setattr(sandbox, "run_python", counted)
-    monkeypatch.setattr(builtin, "_EXEC_CACHE_SIZE", 16)  # far fewer than the programs
-    builtin._exec_cache.clear()
+    # a memo of 16 programs, far fewer than the 40 graded: the answer must read the run its grade just made
+    monkeypatch.setattr(builtin, "_run_cached", functools.lru_cache(maxsize=16)(builtin._run_cached.__wrapped__))
     completions = [block(f"print({i} + 0)") for i in range(40)]
     examples = [Example(f"Q{i}", str(i if i % 2 else i + 1)) for i in range(40)]
-    values, answers = reward_values_and_answers(program, examples, completions)
+    answers: list = []
+    values, _ = make_reward("program").score(examples, completions, answers=answers)
     assert values == [float(i % 2) for i in range(40)]
     assert answers == [str(i) for i in range(40)]
     assert sorted(runs) == sorted(set(runs)) and len(runs) == 40  # the answer reused each fresh run
-    builtin._exec_cache.clear()
 
 
 def test_doctests():

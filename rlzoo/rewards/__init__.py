@@ -1,77 +1,218 @@
-"""Rewards: plain callables ``(prompt, completion, example) -> float`` (see ``builtin``)."""
+"""Rewards: plain functions, combined with weights into a stage's :class:`Reward`.
+
+Two calling conventions are accepted, told apart by the function's parameter names:
+
+* **rlzoo's**, one completion at a time: ``fn(prompt, completion, example, **kwargs) -> float | None``
+  (the built-in ``rule``, ``program``, ``tool``, ``any_format``; see ``builtin``). A function that
+  declares ``fn.parallel = True`` (it runs programs) is called from a thread pool.
+* **TRL's** (``GRPOTrainer`` reward functions), a batch at a time:
+  ``fn(prompts, completions, **kwargs) -> list[float | None]``. rlzoo passes ``prompts`` and
+  ``completions`` (lists of strings), ``completion_ids`` (the generated token ids) and every
+  column of the examples as a list: ``answer``, ``solution`` and each key of ``Example.meta``
+  (``None`` where an example has none), plus the reward's ``kwargs``. A function written for TRL
+  therefore runs unchanged; name it in the config as ``path/to/file.py:function`` or
+  ``package.module:function``.
+
+``None`` means "no reward for this completion" (TRL's convention): with several functions the
+completion gets the weighted sum of the others; when every function says None the completion is
+**skipped**: its reward is NaN, GRPO and PPO leave it out (of the group statistics and the loss),
+DPO and RFT treat it as neither correct nor wrong, and the share is logged as
+``reward/skipped_frac``. A NaN or infinite value, a result of the wrong length or type, or an
+exception stops the run with one line naming the reward function (:class:`RewardError`).
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
+import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from rlzoo.errors import UserError
 
 
-def _map(reward: Callable, examples: Sequence, completions: Sequence[str], call: Callable) -> list:
-    """``call(example, completion)`` for each pair, in order; in a thread pool when ``reward`` is slow.
+class RewardError(UserError):
+    """A reward function that raised or returned something that is not a reward."""
 
-    A reward that declares ``parallel = True`` (it runs programs in subprocesses) is served by a
-    pool with one thread per CPU (at least 2); any other reward by a plain loop.
-    """
-    fn = getattr(reward, "func", reward)  # see through functools.partial (reward.kwargs)
-    pairs = list(zip(examples, completions))
-    if getattr(fn, "parallel", False) and len(pairs) > 1:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=min(len(pairs), max(2, cpus))) as pool:
+
+def is_batched(fn: Callable) -> bool:
+    """Whether ``fn`` follows TRL's batched convention (it takes ``prompts`` or ``completions``)."""
+    fn = getattr(fn, "func", fn)  # functools.partial
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "completions" in params or "prompts" in params
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _where(e: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``e`` outside rlzoo's own reward plumbing."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.endswith(os.path.join("rewards", "__init__.py"))]
+    return f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+
+
+@dataclass
+class RewardFunction:
+    """One reward function of a stage, with its weight and keyword arguments."""
+
+    name: str
+    fn: Callable
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batched(self) -> bool:
+        return is_batched(self.fn)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return tuple(getattr(self.fn, "events", ()))
+
+    def __call__(self, examples: Sequence, completions: Sequence[str], completion_ids: Sequence | None = None,
+                 *, answer: Callable | None = None) -> list[float | None] | tuple[list[float | None], list]:
+        """The function's value for every completion (``None`` = no reward), checked. With
+        ``answer(example, completion)`` (per-completion functions only), also each completion's
+        answer, taken right after its grade in the same thread: ``(values, answers)``."""
+        try:
+            if answer is not None:
+                both = _map(self.fn, list(zip(examples, completions)),
+                            lambda ex, c: (self.fn(ex.prompt, c, ex, **self.kwargs), answer(ex, c)))
+                return self._checked([v for v, _ in both], len(completions)), [a for _, a in both]
+            if self.batched:
+                columns = _columns(examples)
+                values = self.fn(prompts=[ex.prompt for ex in examples], completions=list(completions),
+                                 completion_ids=list(completion_ids) if completion_ids is not None else None,
+                                 **columns, **self.kwargs)
+            else:
+                values = _map(self.fn, list(zip(examples, completions)), lambda ex, c: self.fn(ex.prompt, c, ex, **self.kwargs))
+        except RewardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a user's function: one line naming it and where it failed
+            raise RewardError(f"reward '{self.name}' raised {type(e).__name__}: {e}{_where(e)}") from None
+        return self._checked(values, len(completions))
+
+    def _checked(self, values: Any, n: int) -> list[float | None]:
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__
+            raise RewardError(f"reward '{self.name}' returned {got} for {n} completions")
+        out: list[float | None] = []
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(None)
+                continue
+            if isinstance(v, str) or not hasattr(v, "__float__"):
+                raise RewardError(f"reward '{self.name}' returned {type(v).__name__} for completion {i}; rewards are numbers or None")
+            v = float(v)
+            if not math.isfinite(v):
+                raise RewardError(f"reward '{self.name}' returned {v} for completion {i}; rewards must be finite (None skips a completion)")
+            out.append(v)
+        return out
+
+
+def _map(fn: Callable, pairs: list, call: Callable) -> list:
+    """``call(example, completion)`` for each pair, in order; in a thread pool when ``fn`` declares
+    ``parallel = True`` (one thread per CPU, at least 2), else a plain loop."""
+    if getattr(getattr(fn, "func", fn), "parallel", False) and len(pairs) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(pairs), max(2, _cpus()))) as pool:
             return list(pool.map(lambda pair: call(*pair), pairs))
     return [call(ex, c) for ex, c in pairs]
 
 
-def reward_values(reward: Callable, examples: Sequence, completions: Sequence[str]) -> list[float]:
-    """``reward(ex.prompt, completion, ex)`` for each pair, in order (see :func:`_map` for threads)."""
-    return _map(reward, examples, completions, lambda ex, c: float(reward(ex.prompt, c, ex)))
+def _columns(examples: Sequence) -> dict[str, list]:
+    """The examples' fields as TRL's dataset columns: ``answer``, ``solution`` and every meta key."""
+    keys = list(dict.fromkeys(k for ex in examples for k in ex.meta))
+    columns = {"answer": [ex.answer for ex in examples], "solution": [ex.solution for ex in examples]}
+    columns.update({k: [ex.meta.get(k) for ex in examples] for k in keys if k not in columns and k not in ("prompts", "completions")})
+    return columns
 
 
-def reward_values_and_events(reward: Callable, examples: Sequence, completions: Sequence[str]) -> tuple[list[float], dict[str, float]]:
-    """:func:`reward_values`, and the share of completions that counted each event the reward lists.
+class Reward:
+    """A stage's reward: the weighted sum of its functions' values, ``None`` when all are None.
 
-    A reward lists the events it may count (``rlzoo.rewards.builtin.count_event``) in its
-    ``events`` attribute; each comes back as ``{event: count / len(completions)}``, 0.0 when none
-    happened. Counts are process-wide, so score one batch at a time.
+    ``score`` returns the values and the share of completions that counted each event the
+    built-in functions count (``builtin.count_event``), plus ``skipped`` (no function gave a value).
     """
-    from rlzoo.rewards.builtin import reward_events
 
-    before = reward_events()
-    values = reward_values(reward, examples, completions)
-    after = reward_events()
-    n = max(len(values), 1)
-    events = getattr(getattr(reward, "func", reward), "events", ())
-    return values, {e: (after.get(e, 0) - before.get(e, 0)) / n for e in events}
+    def __init__(self, functions: list[RewardFunction]) -> None:
+        if not functions:
+            raise ValueError("a reward needs at least one function")
+        self.functions = functions
+
+    @property
+    def name(self) -> str:
+        return "+".join(f.name for f in self.functions)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e for f in self.functions for e in f.events))
+
+    def score(self, examples: Sequence, completions: Sequence[str], completion_ids: Sequence | None = None,
+              *, answers: list | None = None) -> tuple[list[float | None], dict[str, float]]:
+        """The reward of every completion (None: skipped) and the events' shares. With ``answers``
+        (a list to fill), each completion's graded answer (:meth:`answers`) is taken right after
+        its grade, in the same thread, so that a program's answer reads the run its grade just
+        memoised: no program runs twice, however many completions are scored."""
+        from rlzoo.rewards.builtin import reward_events
+
+        before = reward_events()
+        first = self.functions[0]
+        answer = self._answer_fn()
+        if answers is not None and not first.batched and answer is not None:
+            first_values, answers[:] = first(examples, completions, answer=answer)
+            parts = [(first.weight, first_values)] + [(f.weight, f(examples, completions, completion_ids)) for f in self.functions[1:]]
+        else:
+            parts = [(f.weight, f(examples, completions, completion_ids)) for f in self.functions]
+            if answers is not None:
+                answers[:] = self.answers(examples, completions)
+        after = reward_events()
+        values: list[float | None] = []
+        for i in range(len(completions)):
+            given = [(w, v[i]) for w, v in parts if v[i] is not None]
+            values.append(sum(w * v for w, v in given) if given else None)
+        n = max(len(values), 1)
+        events = {e: (after.get(e, 0) - before.get(e, 0)) / n for e in self.events}
+        events["skipped"] = sum(v is None for v in values) / n
+        return values, events
+
+    def _answer_fn(self) -> Callable | None:
+        """``(example, completion) -> answer`` of the first function's declared ``answer``, or None."""
+        first = self.functions[0]
+        answer = getattr(getattr(first.fn, "func", first.fn), "answer", None)
+        return None if answer is None else (lambda ex, c: answer(ex.prompt, c, ex, **first.kwargs))
+
+    def answers(self, examples: Sequence, completions: Sequence[str]) -> list[str | None]:
+        """The final answer of each completion that the first function grades (Maj@k votes on it):
+        a function's declared ``answer`` (``program``: what the program prints), else the answer
+        the text states (:func:`rlzoo.rewards.verifier.extract_answer`)."""
+        from rlzoo.rewards.verifier import extract_answer
+
+        answer = self._answer_fn()
+        if answer is None:
+            return [extract_answer(c) for c in completions]
+        return _map(self.functions[0].fn, list(zip(examples, completions)), answer)
 
 
-def _answer_of(reward: Callable) -> Callable:
-    """``(example, completion) -> answer``: the reward's declared ``answer``, else the text's own."""
-    from rlzoo.rewards.verifier import extract_answer
+def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None) -> RewardFunction:
+    """The reward function registered as ``name`` (or ``file.py:function`` / ``module:function``)."""
+    from rlzoo.registry import REWARDS
 
-    fn = getattr(reward, "func", reward)
-    kwargs = getattr(reward, "keywords", {}) if fn is not reward else {}
-    answer = getattr(fn, "answer", None)
-    if answer is None:
-        return lambda ex, c: extract_answer(c)
-    return lambda ex, c: answer(ex.prompt, c, ex, **kwargs)
+    return RewardFunction(name, REWARDS.get(name), weight, dict(kwargs or {}))
 
 
-def reward_answers(reward: Callable, examples: Sequence, completions: Sequence[str]) -> list[str | None]:
-    """The final answer ``reward`` grades in each completion (``None``: no answer), in order.
+def make_reward(spec) -> Reward:
+    """The :class:`Reward` of a config's reward section (``name`` and ``kwargs``, or ``functions``)."""
+    from omegaconf import OmegaConf
 
-    A reward declares it as ``fn.answer(prompt, completion, example, **kwargs)`` (``program``: what
-    the program prints); otherwise it is the answer the text states
-    (:func:`rlzoo.rewards.verifier.extract_answer`). Maj@k votes on these.
-    """
-    return _map(reward, examples, completions, _answer_of(reward))
-
-
-def reward_values_and_answers(reward: Callable, examples: Sequence, completions: Sequence[str]) -> tuple[list[float], list[str | None]]:
-    """:func:`reward_values` and :func:`reward_answers` in one pass.
-
-    Each answer is taken right after its grade, in the same thread, so a program's answer reads the
-    run its grade just memoised: no program runs twice, however many completions are scored.
-    """
-    answer = _answer_of(reward)
-    both = _map(reward, examples, completions, lambda ex, c: (float(reward(ex.prompt, c, ex)), answer(ex, c)))
-    return [v for v, _ in both], [a for _, a in both]
+    if isinstance(spec, str):
+        return Reward([reward_function(spec)])
+    plain = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    if plain.get("functions"):
+        return Reward([reward_function(f["name"], f.get("weight", 1.0), f.get("kwargs")) for f in plain["functions"]])
+    return Reward([reward_function(plain["name"], 1.0, plain.get("kwargs"))])

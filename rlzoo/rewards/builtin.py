@@ -22,9 +22,10 @@ Register your own with ``@register_reward("name")`` in a plugin module and selec
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Callable
 
 from rlzoo.interface import Example
@@ -63,8 +64,6 @@ rule.answer = _rule_answer
 
 _PYTHON_BLOCK_RE = re.compile(r"```python[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _ANY_BLOCK_RE = re.compile(r"```(?:python|output)[^\n`]*\n.*?(?:```|\Z)", re.DOTALL)
-_EXEC_CACHE_SIZE = 4096
-_exec_cache: OrderedDict[tuple, tuple[bool, str, bool]] = OrderedDict()
 _lock = threading.Lock()
 _events: Counter[str] = Counter()
 
@@ -102,22 +101,14 @@ def extract_program(completion: str, *, bare_code: bool = False) -> str | None:
     return completion if bare_code and completion.strip() else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _run_cached(code: str, timeout_s: float, memory_mb: int, site_packages: bool) -> tuple[bool, str, bool]:
-    """(ok, stdout, timed_out) of ``code`` in the sandbox, memoised by program text (LRU)."""
+    """(ok, stdout, timed_out) of ``code`` in the sandbox, memoised by program text (LRU; two
+    threads asking for the same new program at once may both run it, which is harmless)."""
     from rlzoo.sandbox import run_python
 
-    key = (code, timeout_s, memory_mb, site_packages)
-    with _lock:
-        if key in _exec_cache:
-            _exec_cache.move_to_end(key)
-            return _exec_cache[key]
     result = run_python(code, timeout_s=timeout_s, memory_mb=memory_mb, site_packages=site_packages)
-    value = (result.ok, result.stdout, result.error == "timeout")
-    with _lock:
-        _exec_cache[key] = value
-        if len(_exec_cache) > _EXEC_CACHE_SIZE:
-            _exec_cache.popitem(last=False)
-    return value
+    return result.ok, result.stdout, result.error == "timeout"
 
 
 @register_reward("program")
