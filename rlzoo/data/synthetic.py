@@ -204,10 +204,12 @@ class SyntheticTask:
         prompt = make_prompt(question, fmt)
         program = "```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"
         if fmt == "cot":
-            solution = " " + " ".join(cot_lines) + f" The answer is \\boxed{{{x}}}."
+            solution = " " + "\n".join(cot_lines + [f"The answer is \\boxed{{{x}}}."])
         elif fmt == "pot":
             solution = "\n" + program
         else:
             solution = (f" {who} starts with {start['a']} {item}. We apply each change in Python.\n" + program
                         + f"\n```output\n{x}\n```\nThe answer is \\boxed{{{x}}}.")
-        return question, Example(prompt=prompt, answer=str(x), solution=solution, meta={"format": fmt, "ops": len(steps)})
+        return question, Example(prompt=prompt, answer=str(x), solution=solution, meta={
+            "format": fmt, "ops": len(steps), "start": start["a"], "steps": [(op, b, y) for op, b, _, y in steps],
+        })
