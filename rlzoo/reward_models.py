@@ -241,8 +241,8 @@ def first_error_accuracy(pred_first_errors: Sequence[int | None], oracle_first_e
 def per_step(values: Tensor, step_ends: Tensor) -> list[list[float]]:
     """Each row's values at its step ends, in order: [N, T] -> N lists (ragged).
 
-    >>> per_step(torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.6, 0.9]]), torch.tensor([[0., 1., 1.], [0., 0., 1.]]))
-    [[0.699999988079071, 0.20000000298023224], [0.8999999761581421]]
+    >>> per_step(torch.tensor([[0.5, 0.75, 0.25], [0.5, 0.5, 1.0]]), torch.tensor([[0., 1., 1.], [0., 0., 1.]]))
+    [[0.75, 0.25], [1.0]]
     """
     return [row[ends > 0].tolist() for row, ends in zip(values, step_ends)]
 

@@ -209,3 +209,12 @@ def test_process_supervision_needs_step_rewards_and_a_known_name():
         GRPO(GRPO.Config(supervision="steps"))
     with pytest.raises(ConfigError, match=r"supervision: process needs step rewards: use a process reward model \(reward.name: prm\)$"):
         GRPO(GRPO.Config(supervision="process")).prepare(make_batch(), None)
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.algorithms.grpo
+
+    result = doctest.testmod(rlzoo.algorithms.grpo)
+    assert result.failed == 0 and result.attempted > 0

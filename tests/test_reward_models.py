@@ -225,3 +225,12 @@ def test_math_shepherd_needs_a_known_mode(tiny_model, tokenizer, task):
     batch = gold_batch(tokenizer, task, 1)
     with pytest.raises(ValueError, match="mode must be 'hard' or 'soft'; got 'mean'"):
         math_shepherd_labels(batch, step_end_mask(batch, tokenizer), None, None, 2, "mean", tokenizer=tokenizer)
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.reward_models
+
+    result = doctest.testmod(rlzoo.reward_models)
+    assert result.failed == 0 and result.attempted > 0

@@ -78,3 +78,12 @@ def test_every_gold_solution_of_the_task_is_right_at_every_step_and_a_slip_is_ca
 def test_an_example_without_the_problem_is_refused():
     with pytest.raises(ValueError, match=r"needs a synthetic example \(meta\['start'\] and meta\['steps'\]\)"):
         step_oracle(Example("Q", "1", meta={"source": "gsm8k"}), " 1 + 0 = 1.")
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.data.synthetic
+
+    result = doctest.testmod(rlzoo.data.synthetic)
+    assert result.failed == 0 and result.attempted > 0

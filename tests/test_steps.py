@@ -230,3 +230,12 @@ def test_step_ends_count_the_steps_of_the_decoded_text(tiny_model, tokenizer, ta
             last_generated = int(batch.loss_mask[i].nonzero().flatten()[-1])
             assert int(mask[i].nonzero().flatten()[-1]) == last_generated
     assert sum(len(step_spans(t, rule)) > 2 for t in texts) > 10  # the texts do have several steps
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.steps
+
+    result = doctest.testmod(rlzoo.steps)
+    assert result.failed == 0 and result.attempted > 0
