@@ -127,11 +127,12 @@ def decode_with_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[int]]:
     are complete once that token is read: ``text[:ends[k]]`` is the decoded prefix ``ids[:k+1]``.
 
     Tokens are decoded incrementally, as streaming detokenisers do (vLLM, TGI): each token is
-    decoded together with the one before it and only the new characters are kept, so a token may
-    hold several characters, none (EOS, or a byte that starts a multi-byte character: its
-    character is complete at the token that ends it) or a leading space that a tokenizer strips at
-    the start of a text. Linear in ``len(ids)``. If the pieces do not add up to the text decoded at
-    once (a tokenizer whose decoding is not local), each prefix is decoded in full instead.
+    decoded together with the tokens read just before it (a context that keeps the leading space
+    some tokenizers strip from a text's start) and only the new characters are kept. So a token
+    may hold several characters, or none: EOS, or a byte that starts a multi-byte character (the
+    character is complete at the token that ends it). Linear in ``len(ids)``. If the pieces do not
+    add up to the text decoded at once (a tokenizer whose decoding is not local), each prefix is
+    decoded in full instead.
 
     >>> # tok: the embedded byte-level BPE tokenizer; "é" is two byte tokens
     >>> # decode_with_offsets(tok, tok.encode(" 2é.")) -> (" 2é.", [1, 2, 2, 3, 4])

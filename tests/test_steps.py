@@ -67,6 +67,19 @@ def test_decode_with_offsets_counts_characters_not_tokens(tokenizer):
     assert text == SOLUTION * 30 and ends == [len(tokenizer.decode(long[: k + 1])) for k in range(len(long))]
 
 
+class LigatureTokenizer:
+    """A tokenizer whose decoding is not local: "a" then "b" decode together as one "X"."""
+
+    def decode(self, ids, **kwargs):
+        return "".join(ids).replace("ab", "X")
+
+
+def test_decode_with_offsets_falls_back_to_whole_prefixes_when_decoding_is_not_local():
+    # prefixes "a", "aa", "aab" decode to "a", "aa", "aX": against the text "aX" that is 1, 1, 2
+    # characters (the second "a" completes nothing until "b" turns it into "X")
+    assert decode_with_offsets(LigatureTokenizer(), ["a", "a", "b"]) == ("aX", [1, 1, 2])
+
+
 def test_step_end_tokens_merges_tool_steps_and_ends_the_last_step_at_the_last_generated_token():
     # tokens:         0:'a.'  1:'\n'  2:'7'  3:'\n'  4:'b.'  5:' '  6:EOS     (2 and 3 are tool output)
     # characters end:   2       3       4      5       7       8      8
