@@ -19,11 +19,24 @@ Its gradient with respect to log pi_theta(o_t) is the coefficient used here (der
 With mu = 1 (the paper's setting) rho = 1 and no clip is active, so GC is the paper's formula.
 tests/test_grpo.py checks GC against autograd of the native objective.
 
+Process supervision (Sec. 4.1.3, ``supervision: process``): a process reward model scores the end
+of every reasoning step (:mod:`rlzoo.steps`, :mod:`rlzoo.reward_models`). Output i has K_i steps
+ending at tokens index(1) < ... < index(K_i) with rewards r_i^index(j). All the step rewards of the
+group, R = {r_i^index(j)} over its G outputs, are normalised with one mean and std, and a token's
+advantage is the sum of the normalised rewards of the steps ending at or after it (its own step
+and every later one):
+
+    r~_i^index(j) = (r_i^index(j) - mean(R)) / std(R),     A_{i,t} = sum_{index(j) >= t} r~_i^index(j)
+
+It reads ``batch.step_ends`` and ``batch.step_rewards`` ([N, T], set when a process reward model
+scores the batch, ``reward.name: prm``). The coefficient is the same formula with this per-token
+A. With one step per output, ending at its last token, it is outcome supervision with r_i the
+step's reward.
+
 Departures from the paper: std is the unbiased sample std (as TRL and verl compute it) plus
 ``std_eps``; ``scale_rewards=false`` drops the division (Dr. GRPO). A group whose rewards are all
-equal has A = 0 and contributes no policy gradient (only the KL term); the fraction of such groups
-is logged as ``grpo/zero_adv_group_frac``. Process supervision needs a process reward model, which
-rlzoo does not ship yet.
+equal (under process supervision: all its step rewards) has A = 0 and contributes no policy
+gradient (only the KL term); the fraction of such groups is logged as ``grpo/zero_adv_group_frac``.
 """
 
 from __future__ import annotations
@@ -33,9 +46,13 @@ from typing import Optional
 
 import torch
 
+from rlzoo.errors import ConfigError
 from rlzoo.functional import clipped_ratio_coefficient, group_sum, masked_mean
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
+
+
+SUPERVISION = ("outcome", "process")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool = True, eps: float = 1e-4):
@@ -53,6 +70,39 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool
     return torch.where(degenerate, torch.zeros_like(adv), adv), degenerate
 
 
+def process_advantages(step_rewards: torch.Tensor, step_ends: torch.Tensor, group_ids: torch.Tensor,
+                       loss_mask: torch.Tensor, scale: bool = True, eps: float = 1e-4):
+    """Process-supervised advantages per token, and the per-sequence "group is constant" flag.
+
+    Every step reward of a group is normalised with the group's one mean and (unbiased) std over
+    all its step rewards (:func:`group_advantages` on the flat list of steps, so the same rule as
+    outcome supervision); a token's advantage sums the normalised rewards of the steps ending at
+    or after it:
+
+        A_{i,t} = sum_{index(j) >= t} (r_i^index(j) - mean(R)) / (std(R) + eps)
+
+    step_rewards [N, T] (read at step ends), step_ends [N, T] (1.0 at each step's last token),
+    group_ids [N], loss_mask [N, T] -> advantages [N, T] (0 off trained tokens), degenerate [N]
+    bool (the row's group has no two different step rewards, or no step at all: A = 0).
+
+    >>> # one group: output 0 steps end at tokens 1, 2 (rewards 1, 0); output 1 at token 2 (reward 1/2)
+    >>> # mean 1/2, std 1/2: r~ = 1, -1 | 0; output 0 tokens: 1 + (-1), -1
+    >>> ends = torch.tensor([[0., 1., 1.], [0., 0., 1.]])
+    >>> process_advantages(torch.tensor([[0., 1., 0.], [0., 0., .5]]), ends, torch.tensor([4, 4]), torch.tensor([[0., 1., 1.], [0., 1., 1.]]), eps=0)[0]
+    tensor([[ 0.,  0., -1.],
+            [ 0.,  0.,  0.]])
+    """
+    is_end = step_ends > 0  # [N, T]
+    rows = is_end.nonzero()[:, 0]  # [S] the row of every step end
+    normed_steps, constant_steps = group_advantages(step_rewards[is_end], group_ids[rows], scale, eps)  # [S], [S]
+    normed = torch.zeros_like(step_rewards)  # [N, T]
+    normed[is_end] = normed_steps.to(normed.dtype)
+    adv = normed.flip(-1).cumsum(-1).flip(-1)  # [N, T] sum over the steps ending at t or later
+    live = torch.zeros(len(group_ids), device=step_rewards.device).index_add_(0, rows, (~constant_steps).float())  # [N]
+    live_in_group, index = group_sum(live, group_ids)  # [G], [N]
+    return adv * loss_mask, live_in_group[index] == 0
+
+
 @register_algorithm("grpo")
 class GRPO(NoExtras):
     """Group-normalised outcome advantages, clipped ratio, k3 KL to the reference in the loss."""
@@ -66,12 +116,15 @@ class GRPO(NoExtras):
         clip_eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher); None = clip_eps
         scale_rewards: bool = True  # divide by the group std (false = Dr. GRPO)
         std_eps: float = 1e-4  # added to the std
+        supervision: str = "outcome"  # "outcome": one reward per output; "process": per-step rewards of a PRM
 
     data_source = "online"
     loss_agg = None
     group_coupled = False
 
     def __init__(self, cfg: Config) -> None:
+        if cfg.supervision not in SUPERVISION:
+            raise ConfigError(f"algorithms.grpo.supervision: unknown '{cfg.supervision}'; known: {', '.join(SUPERVISION)}")
         self.cfg = cfg
         self.needs = frozenset({"old_logprobs", "reference"} if cfg.beta > 0 else {"old_logprobs"})
 
@@ -79,13 +132,24 @@ class GRPO(NoExtras):
         scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the group and the loss
         if not bool(scored.all()):
             batch = batch.select(scored.nonzero().squeeze(-1))
-        adv, degenerate = group_advantages(batch.rewards, batch.group_ids, self.cfg.scale_rewards, self.cfg.std_eps)  # [N]
-        batch.advantages = adv[:, None] * batch.loss_mask  # [N, T]
+        cfg = self.cfg
+        metrics = {}
+        if cfg.supervision == "process":
+            if batch.step_rewards is None or batch.step_ends is None:
+                raise ConfigError("algorithms.grpo.supervision: process needs step rewards: "
+                                  "use a process reward model (reward.name: prm)")
+            batch.advantages, degenerate = process_advantages(
+                batch.step_rewards, batch.step_ends, batch.group_ids, batch.loss_mask, cfg.scale_rewards, cfg.std_eps
+            )  # [N, T], [N]
+            metrics["grpo/adv_abs_mean"] = masked_mean(batch.advantages.abs(), batch.loss_mask)
+            metrics["grpo/steps_mean"] = float(batch.step_ends.sum(-1).mean())
+        else:
+            adv, degenerate = group_advantages(batch.rewards, batch.group_ids, cfg.scale_rewards, cfg.std_eps)  # [N]
+            batch.advantages = adv[:, None] * batch.loss_mask  # [N, T]
+            metrics["grpo/adv_abs_mean"] = float(adv.abs().mean())
         degenerate_rows, _ = group_sum(degenerate.float(), batch.group_ids)  # [G] rows of each group that are degenerate
-        return batch, {
-            "grpo/zero_adv_group_frac": float((degenerate_rows > 0).float().mean()),
-            "grpo/adv_abs_mean": float(adv.abs().mean()),
-        }
+        metrics["grpo/zero_adv_group_frac"] = float((degenerate_rows > 0).float().mean())
+        return batch, metrics
 
     def coefficients(self, batch: RolloutBatch, logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg

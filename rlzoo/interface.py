@@ -59,6 +59,10 @@ class RolloutBatch:
     advantages     [N, T] float  set by an algorithm's ``prepare`` (None otherwise)
     sample_logprobs [N, T] float log-prob of each generated token recorded by the sampler, under
                                  softmax(logits / temperature) (0 elsewhere; None for given text)
+    step_ends      [N, T] float  1.0 at the last token of each reasoning step of the completion
+                                 (rlzoo.steps.step_end_mask), 0 elsewhere (None unless steps are used)
+    step_rewards   [N, T] float  the reward of the step ending at that token, 0 elsewhere: a process
+                                 reward model's scores (None unless a PRM scored the batch)
     extras         name -> tensor with leading dim N: algorithm-specific (values, returns...)
     completions    N completion strings (for logging and rewards)
     examples       N examples the sequences answer
@@ -78,6 +82,8 @@ class RolloutBatch:
     ref_logprobs: "Tensor | None" = None
     advantages: "Tensor | None" = None
     sample_logprobs: "Tensor | None" = None
+    step_ends: "Tensor | None" = None
+    step_rewards: "Tensor | None" = None
     extras: dict[str, "Tensor"] = field(default_factory=dict)
     completions: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)

@@ -278,15 +278,48 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
 
 
-def test_default_task_is_byte_identical_to_before_tir_and_mixing():
-    # digests taken from the task as it was before tir, format_mix and eval_format existed
+def before_issue_13(example: dict) -> dict:
+    """An example as the task wrote it before issue 13: chain-of-thought on one line (the
+    equations joined by spaces) and meta without the problem's ``start`` and ``steps``."""
+    if example["meta"]["format"] == "cot":
+        example = {**example, "solution": example["solution"].replace("\n", " ")}
+    return {**example, "meta": {k: example["meta"][k] for k in ("format", "ops")}}
+
+
+def test_default_task_texts_are_pinned():
+    # Issue 13 (reward models) changed the texts on purpose: a cot solution has one equation per
+    # line, so its reasoning steps are its lines, and meta records the problem (start, steps) for
+    # the step oracle. The digests below are of the new texts; the old ones (taken before tir,
+    # format_mix and eval_format existed) are checked on the texts with that change undone, which
+    # shows the problems, held-out set and every other text are the same as ever.
     task = SyntheticTask(SyntheticConfig())
-    assert digest([asdict(e) for e in task.eval_examples()]) == "0e67523a64d98b4b"
-    assert digest([asdict(e) for e in itertools.islice(task.train_stream(0), 500)]) == "5832ac47e610be77"
-    assert digest(task.corpus(300)) == "9b532d946fc04fa3"  # so the tokenizer is unchanged too
+    held, train = task.eval_examples(), list(itertools.islice(task.train_stream(0), 500))
+    assert digest([asdict(e) for e in held]) == "b42d1b2cc08ab059"
+    assert digest([asdict(e) for e in train]) == "5f935a7e8c7af6ba"
+    assert digest(task.corpus(300)) == "029863f419f97110"  # the tokenizer's corpus (so the tokenizer)
+    assert digest([before_issue_13(asdict(e)) for e in held]) == "0e67523a64d98b4b"
+    assert digest([before_issue_13(asdict(e)) for e in train]) == "5832ac47e610be77"
+    corpus_before = [t if "```" in t else t.replace(".\n", ". ") for t in task.corpus(300)]  # cot texts only
+    assert digest(corpus_before) == "9b532d946fc04fa3"
     pot = SyntheticTask(SyntheticConfig(format="pot", eval_size=50))
-    assert digest([asdict(e) for e in pot.eval_examples()]) == "1ccfb4b3f76ce2aa"
-    assert digest([asdict(e) for e in itertools.islice(pot.train_stream(0), 500)]) == "79f1380ab4f4e0f6"
+    held, train = pot.eval_examples(), list(itertools.islice(pot.train_stream(0), 500))
+    assert digest([asdict(e) for e in held]) == "83c366c71431f0c4"
+    assert digest([asdict(e) for e in train]) == "284cdf637dc0daaf"
+    assert digest([before_issue_13(asdict(e)) for e in held]) == "1ccfb4b3f76ce2aa"
+    assert digest([before_issue_13(asdict(e)) for e in train]) == "79f1380ab4f4e0f6"
+
+
+def test_meta_records_the_problem():
+    # Ann has 8 ...; 8 - 6 = 2; 2 * 3 = 6: meta["steps"] replays to the answer and its length is ops
+    task = SyntheticTask(SyntheticConfig(eval_size=50))
+    for ex in task.eval_examples():
+        value = ex.meta["start"]
+        for op, b, y in ex.meta["steps"]:
+            value = {"+": value + b, "-": value - b, "*": value * b, "/": value // b}[op]
+            assert value == y
+        assert str(value) == ex.answer and ex.meta["ops"] == len(ex.meta["steps"])
+        lines = ex.solution.split("\n")  # one equation per line, then the answer line
+        assert len(lines) == ex.meta["ops"] + 1 and lines[-1] == f"The answer is \\boxed{{{ex.answer}}}."
 
 
 def test_corpus_covers_tir_when_the_task_uses_it():

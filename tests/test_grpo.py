@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlzoo.algorithms.grpo import GRPO, group_advantages
+from rlzoo.algorithms.grpo import GRPO, group_advantages, process_advantages
+from rlzoo.errors import ConfigError
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 
@@ -26,6 +27,18 @@ def make_batch(n=8, t=6, groups=2, seed=0):
     )
 
 
+def with_steps(batch, seed=0):
+    """``batch`` with random reasoning steps and PRM step rewards: each trained token ends a step
+    with probability 1/3, and each row's last trained token always does."""
+    g = torch.Generator().manual_seed(seed)
+    trained = batch.loss_mask > 0
+    ends = trained & (torch.rand(batch.loss_mask.shape, generator=g) < 1 / 3)  # [N, T]
+    last = (trained.long().cumsum(-1) == trained.sum(-1, keepdim=True)) & trained  # [N, T] last trained token
+    batch.step_ends = (ends | last).float()
+    batch.step_rewards = torch.rand(batch.loss_mask.shape, generator=g) * batch.step_ends
+    return batch
+
+
 def native_grpo_objective(logp, batch, adv, beta, eps_low, eps_high):
     """The paper's Eq. 3 per token (to maximise): min(rho A, clip(rho) A) - beta * k3."""
     ratio = torch.exp(logp - batch.old_logprobs)
@@ -35,12 +48,15 @@ def native_grpo_objective(logp, batch, adv, beta, eps_low, eps_high):
     return surrogate - beta * k3
 
 
+@pytest.mark.parametrize("supervision", ["outcome", "process"])
 @pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean"])
 @pytest.mark.parametrize("beta", [0.0, 0.04, 0.5])
-def test_coefficient_gradient_equals_native_gradient(mode, beta):
-    batch = make_batch()
-    algo = GRPO(GRPO.Config(beta=beta, clip_eps=0.2))
+def test_coefficient_gradient_equals_native_gradient(mode, beta, supervision):
+    batch = with_steps(make_batch())
+    algo = GRPO(GRPO.Config(beta=beta, clip_eps=0.2, supervision=supervision))
     batch, _ = algo.prepare(batch, runtime=None)
+    if supervision == "process":  # advantages that change along a row: the per-token A is exercised
+        assert (batch.advantages * batch.loss_mask).diff(dim=-1).abs().sum() > 1
     # current log-probs away from old ones: ratios far from 1, several tokens clipped
     logp0 = batch.old_logprobs + torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(1)) * 0.5
     ratio = torch.exp(logp0 - batch.old_logprobs)
@@ -112,3 +128,93 @@ def test_constant_groups_give_no_policy_gradient_and_are_counted():
 def test_reference_needed_only_with_kl():
     assert "reference" in GRPO(GRPO.Config(beta=0.04)).needs
     assert "reference" not in GRPO(GRPO.Config(beta=0.0)).needs
+
+
+# -- process supervision --------------------------------------------------------------------------
+
+
+def test_process_advantages_by_hand():
+    # One group (id 7) of 2 outputs, T = 7, column 0 the prompt.
+    #   output 0: tokens 1-4 trained, 2 steps ending at tokens 2 and 4, step rewards 0.9, 0.3
+    #   output 1: tokens 1-6 (token 3 is tool output, not trained), 3 steps ending at 2, 4, 6,
+    #             step rewards 0.5, 0.1, 0.7
+    # R = {0.9, 0.3, 0.5, 0.1, 0.7}: mean 2.5 / 5 = 0.5, deviations 0.4, -0.2 | 0, -0.4, 0.2,
+    # unbiased var (0.16 + 0.04 + 0 + 0.16 + 0.04) / 4 = 0.1, std c = sqrt(0.1) ~ 0.3162, so
+    # r~ = 0.4 / c = 4c, -0.2 / c = -2c | 0, -4c, 2c   (0.1 / c = c).
+    # A_{i,t} = sum of r~ of the steps ending at or after t:
+    #   output 0: tokens 1-2: 4c - 2c = 2c;   tokens 3-4: -2c;   5-6 are padding: 0
+    #   output 1: tokens 1-2: 0 - 4c + 2c = -2c;   token 3: tool output, 0;   token 4: -4c + 2c = -2c;
+    #             tokens 5-6: 2c
+    # A second group (id 3) whose step rewards are all 0.4 gets A = 0 everywhere.
+    loss_mask = torch.tensor([
+        [0, 1, 1, 1, 1, 0, 0],
+        [0, 1, 1, 0, 1, 1, 1],
+        [0, 1, 1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 1, 1, 0],
+    ], dtype=torch.float)
+    step_ends = torch.tensor([
+        [0, 0, 1, 0, 1, 0, 0],
+        [0, 0, 1, 0, 1, 0, 1],
+        [0, 1, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0],
+    ], dtype=torch.float)
+    step_rewards = torch.tensor([
+        [0, 0, 0.9, 0, 0.3, 0, 0],
+        [0, 0, 0.5, 0, 0.1, 0, 0.7],
+        [0, 0.4, 0, 0.4, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0.4, 0],
+    ])
+    groups = torch.tensor([7, 7, 3, 3])
+    adv, degenerate = process_advantages(step_rewards, step_ends, groups, loss_mask, eps=0.0)
+    c = math.sqrt(0.1)
+    expected = torch.tensor([
+        [0, 2 * c, 2 * c, -2 * c, -2 * c, 0, 0],
+        [0, -2 * c, -2 * c, 0, -2 * c, 2 * c, 2 * c],
+        [0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+    ])
+    torch.testing.assert_close(adv, expected)
+    assert degenerate.tolist() == [False, False, True, True]
+    # the normalised step rewards themselves: the advantage at a step end minus the next step end's
+    assert adv[0, 2] - adv[0, 4] == pytest.approx(4 * c) and adv[1, 6] == pytest.approx(2 * c)
+    # Dr. GRPO (no division): centred step rewards, 0.4 - 0.2 = 0.2 on output 0's first step
+    centred, _ = process_advantages(step_rewards, step_ends, groups, loss_mask, scale=False)
+    assert centred[0, 1].item() == pytest.approx(0.4 - 0.2) and centred[1, 5].item() == pytest.approx(0.2)
+
+
+def test_process_supervision_with_one_step_per_output_is_outcome_supervision():
+    batch = make_batch(seed=5)
+    trained = batch.loss_mask > 0
+    batch.step_ends = ((trained.long().cumsum(-1) == trained.sum(-1, keepdim=True)) & trained).float()  # last token
+    batch.step_rewards = batch.rewards[:, None] * batch.step_ends
+    outcome, m_out = GRPO(GRPO.Config()).prepare(batch, None)
+    outcome_adv = outcome.advantages.clone()
+    process, m_proc = GRPO(GRPO.Config(supervision="process")).prepare(batch, None)
+    torch.testing.assert_close(process.advantages, outcome_adv)
+    assert m_proc["grpo/zero_adv_group_frac"] == m_out["grpo/zero_adv_group_frac"]
+
+
+def test_prepare_with_process_supervision_logs_and_masks():
+    batch = with_steps(make_batch(seed=2), seed=2)
+    batch.step_rewards[4:] = 0.5 * batch.step_ends[4:]  # group 1: every step reward equal
+    batch, metrics = GRPO(GRPO.Config(supervision="process")).prepare(batch, None)
+    assert torch.all(batch.advantages[batch.loss_mask == 0] == 0) and torch.all(batch.advantages[4:] == 0)
+    assert metrics["grpo/zero_adv_group_frac"] == 0.5
+    assert metrics["grpo/steps_mean"] == pytest.approx(float(batch.step_ends.sum(-1).mean()))
+    assert metrics["grpo/adv_abs_mean"] > 0
+
+
+def test_process_supervision_needs_step_rewards_and_a_known_name():
+    with pytest.raises(ConfigError, match=r"^algorithms.grpo.supervision: unknown 'steps'; known: outcome, process$"):
+        GRPO(GRPO.Config(supervision="steps"))
+    with pytest.raises(ConfigError, match=r"supervision: process needs step rewards: use a process reward model \(reward.name: prm\)$"):
+        GRPO(GRPO.Config(supervision="process")).prepare(make_batch(), None)
+
+
+def test_doctests():
+    import doctest
+
+    import rlzoo.algorithms.grpo
+
+    result = doctest.testmod(rlzoo.algorithms.grpo)
+    assert result.failed == 0 and result.attempted > 0

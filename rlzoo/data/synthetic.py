@@ -9,6 +9,11 @@ formats of DeepSeekMath's instruction-tuning data (docs/data.md shows one of eac
 * ``tir`` tool-integrated: a sentence of reasoning, a Python block, its ```` ```output ```` block
   (what the program prints), then ``The answer is \\boxed{N}.``
 
+``Example.meta`` records the problem itself: ``start`` (the starting quantity), ``steps`` (one
+``(op, b, result)`` per operation) and ``ops`` (their number). :func:`step_oracle` grades each step
+of a chain-of-thought completion exactly against it: the labels a process reward model learns
+to predict, and the yardstick its predictions are measured with.
+
 The prompt says which format is wanted (:data:`PROMPT_SUFFIX`). Training data is in one format
 (``format``) or a mix drawn per problem by weight (``format_mix``); the choice of format never
 changes which problems are drawn. With ``format_hint: false`` every prompt is the bare question,
@@ -28,10 +33,12 @@ True
 from __future__ import annotations
 
 import random
+import re
 from typing import Callable, Iterator
 
 from rlzoo.config import SyntheticConfig
 from rlzoo.interface import Example
+from rlzoo.steps import first_error, split_steps  # noqa: F401  (first_error: the oracle's first wrong step)
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jo", "Kim", "Leo", "Mia", "Ned", "Ola", "Pam"]
 ITEMS = ["apples", "books", "coins", "stamps", "shells", "cards", "marbles", "pens", "cookies", "stickers"]
@@ -63,6 +70,62 @@ def question_key(prompt: str) -> str:
     return question
 
 
+
+
+_EQUATION_STEP = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?")
+_ANSWER_STEP = re.compile(r"The answer is \\boxed\{\s*(-?\d+)\s*\}\s*\.?")
+
+
+def step_oracle(example: Example, completion: str, rule: str = "line") -> list[bool]:
+    """Whether each step of a chain-of-thought ``completion`` is correct, graded exactly.
+
+    The completion is split into steps by ``rule`` (:mod:`rlzoo.steps`; ``line`` and
+    ``sentence`` give the task's one-equation steps). Walking the problem in ``example.meta``
+    (``start``, ``steps``) with a running value v (at first ``start``):
+
+    * an equation step ``x op b = y.`` is correct iff it is the problem's next operation applied
+      to v: x = v, op and b are the next operation's, y is its true result (then v = y);
+    * the answer step ``The answer is \\boxed{a}.`` is correct iff every operation was done and
+      a = v, the true answer; nothing after it is correct;
+    * any other step is wrong.
+
+    Spaces around numbers and symbols and the final period are optional; the numbers are not.
+
+    Once a step is wrong every later step is wrong too, whatever it says: a step's label means
+    "the solution so far is still on a correct path", which is what a process reward model
+    trained on Math-Shepherd labels estimates (the chance that a correct answer can still be
+    reached from this prefix) and what first-error benchmarks (PRM800K, ProcessBench) grade.
+    So a correct equation after a wrong one, e.g. a right product of a wrong difference, is
+    labelled wrong. The first wrong step is ``first_error(labels)``.
+
+    >>> ex = Example("Q", "6", meta={"start": 8, "steps": [("-", 6, 2), ("*", 3, 6)], "ops": 2})
+    >>> step_oracle(ex, " 8 - 6 = 2.\\n2 * 3 = 6.\\nThe answer is \\\\boxed{6}.")
+    [True, True, True]
+    >>> step_oracle(ex, " 8 - 6 = 3.\\n3 * 3 = 9.\\nThe answer is \\\\boxed{9}.")  # wrong from the first step
+    [False, False, False]
+    >>> step_oracle(ex, " 8 - 6 = 2.\\nThe answer is \\\\boxed{2}.")  # an operation skipped
+    [True, False]
+    """
+    if "start" not in example.meta or "steps" not in example.meta:
+        raise ValueError("step_oracle needs a synthetic example (meta['start'] and meta['steps'])")
+    value, todo = example.meta["start"], list(example.meta["steps"])
+    labels, on_path, answered = [], True, False
+    for step in split_steps(completion, rule):
+        equation, answer = _EQUATION_STEP.fullmatch(step), _ANSWER_STEP.fullmatch(step)
+        if not on_path or answered:
+            on_path = False
+        elif equation and todo:
+            x, op, b, y = int(equation[1]), equation[2], int(equation[3]), int(equation[4])
+            next_op, next_b, result = todo[0]
+            on_path = (x, op, b, y) == (value, next_op, next_b, result)
+            if on_path:
+                value, todo = result, todo[1:]
+        elif answer:
+            on_path, answered = not todo and int(answer[1]) == value, True
+        else:
+            on_path = False
+        labels.append(on_path)
+    return labels
 
 
 class SyntheticTask:
@@ -204,10 +267,12 @@ class SyntheticTask:
         prompt = make_prompt(question, fmt)
         program = "```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"
         if fmt == "cot":
-            solution = " " + " ".join(cot_lines) + f" The answer is \\boxed{{{x}}}."
+            solution = " " + "\n".join(cot_lines + [f"The answer is \\boxed{{{x}}}."])
         elif fmt == "pot":
             solution = "\n" + program
         else:
             solution = (f" {who} starts with {start['a']} {item}. We apply each change in Python.\n" + program
                         + f"\n```output\n{x}\n```\nThe answer is \\boxed{{{x}}}.")
-        return question, Example(prompt=prompt, answer=str(x), solution=solution, meta={"format": fmt, "ops": len(steps)})
+        return question, Example(prompt=prompt, answer=str(x), solution=solution, meta={
+            "format": fmt, "ops": len(steps), "start": start["a"], "steps": [(op, b, y) for op, b, _, y in steps],
+        })
