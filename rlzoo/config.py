@@ -13,7 +13,9 @@ Override shorthand: ``STAGE.key=value`` means ``stages.STAGE.key=value`` when ST
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -252,36 +254,48 @@ class Range:
                 and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
 
     def __str__(self) -> str:
+        if self.lo == -math.inf and self.hi == math.inf:
+            return "a finite number"
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'>' if self.lo_open else '>='} {_number(self.lo)}"
+        return f"in {'(' if self.lo_open else '['}{_number(self.lo)}, {_number(self.hi)}{')' if self.hi_open else ']'}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
 POSITIVE = Range(0, lo_open=True)
 UNIT = Range(0, 1)  # a probability
 NUCLEUS = Range(0, 1, lo_open=True)
+FINITE = Range(-math.inf, math.inf)  # rejects NaN and infinities
+LEARNING_RATE = Range(0, 1, lo_open=True)  # above 1 AdamW moves every weight by more than 1 per step
+FORMATS = ("cot", "pot", "tir")  # solution formats (rlzoo.data.templates.FORMATS)
 RANGES: dict[type, dict[str, Range]] = {
     TinyModelConfig: {"hidden_size": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
                       "num_heads": AT_LEAST_1, "max_position_embeddings": Range(2), "vocab_size": Range(300)},
     SyntheticConfig: {"min_ops": AT_LEAST_1, "max_ops": AT_LEAST_1, "max_operand": AT_LEAST_1, "max_value": AT_LEAST_1,
-                      "eval_size": AT_LEAST_1},
+                      "eval_size": AT_LEAST_1, "eval_seed": AT_LEAST_0},
     FilesConfig: {"eval_size": AT_LEAST_1},
     GenerationConfig: {"max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": NUCLEUS, "batch_size": AT_LEAST_1,
                        "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE, "tool_output_max_chars": AT_LEAST_1},
     ModelConfig: {"logprob_chunk_size": AT_LEAST_0},
     DataConfig: {"prompts_per_step": AT_LEAST_1, "samples_per_prompt": AT_LEAST_1, "pool_prompts": AT_LEAST_1,
                  "resample_every": AT_LEAST_0},
-    OptimConfig: {"lr": Range(0, 1, lo_open=True), "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,
+    OptimConfig: {"lr": LEARNING_RATE, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,
                   "micro_batch_size": AT_LEAST_1, "updates_per_batch": AT_LEAST_1, "minibatches": AT_LEAST_1,
-                  "loss_agg_constant": POSITIVE, "value_lr": Range(0, 1, lo_open=True), "max_nonfinite_steps": AT_LEAST_0},
+                  "loss_agg_constant": POSITIVE, "value_lr": LEARNING_RATE, "max_nonfinite_steps": AT_LEAST_0},
+    RewardFunctionConfig: {"weight": FINITE},
     StageConfig: {"steps": AT_LEAST_1, "eval_every": AT_LEAST_0, "save_every": AT_LEAST_0, "save_total_limit": AT_LEAST_0},
     EvalConfig: {"num_examples": AT_LEAST_1, "samples": AT_LEAST_0, "temperature": AT_LEAST_0, "top_p": NUCLEUS,
                  "max_new_tokens": AT_LEAST_1, "batch_size": AT_LEAST_1, "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE},
     LoggingConfig: {"log_every": AT_LEAST_1},
-    RunConfig: {"threads": AT_LEAST_1},
+    RunConfig: {"threads": AT_LEAST_1, "seed": Range(0, 2**32 - 1)},  # numpy's seed range
 }
 CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    SyntheticConfig: {"format": FORMATS, "eval_format": FORMATS},
+    FilesConfig: {"format": FORMATS},
     ModelConfig: {"dtype": ("float32", "bfloat16", "float16")},
     OptimConfig: {"schedule": ("constant", "linear", "cosine")},
     RunConfig: {"mixed_precision": ("no", "bf16", "fp16")},
@@ -306,90 +320,159 @@ def _cross_checks(obj: Any, where: str) -> None:
             fail("ks", f"{list(obj.ks)}: every k must be >= 1")
         if obj.samples and any(k > obj.samples for k in obj.ks):
             fail("ks", f"k={max(obj.ks)} is more than samples={obj.samples} (Pass@k and Maj@k need k <= samples)")
-    if isinstance(obj, StageConfig):
-        if obj.optim.warmup_steps > obj.steps:
-            fail("optim.warmup_steps", f"{obj.optim.warmup_steps} warm-up steps in a stage of {obj.steps} steps")
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig, where: str = "") -> None:
     """Every number of every section in its range (``RANGES``), every named choice known
     (``CHOICES``), and the rules that tie values together; one ConfigError naming the first key
-    that is wrong. Names resolved through a registry (algorithms, rewards, data sources) and
-    files are checked by :func:`rlzoo.train.validate`."""
-    from dataclasses import fields, is_dataclass
+    that is wrong. ``cfg`` is a run config, or one section of it whose keys are named after
+    ``where`` (``check_values(task, "stages.sft.task.")``). Names resolved through a registry
+    (algorithms, rewards, data sources) and files are checked by :func:`rlzoo.train.validate`."""
 
     def walk(obj: Any, where: str) -> None:
         for f in fields(obj):
             value, key = getattr(obj, f.name), f"{where}{f.name}"
             rule, choices = RANGES.get(type(obj), {}).get(f.name), CHOICES.get(type(obj), {}).get(f.name)
-            if rule is not None and value is not None and not rule.holds(value):
-                raise ConfigError(f"{key}={value!r} is out of range: it must be {rule}")
-            if choices is not None and value not in choices:
+            if rule is not None:
+                check_range(key, value, rule)
+            if choices is not None and value is not None and value not in choices:
                 raise ConfigError(f"{key}: unknown '{value}'; known: {', '.join(choices)}")
             if is_dataclass(value):
                 walk(value, f"{key}.")
             elif isinstance(value, dict) and value and all(is_dataclass(v) for v in value.values()):
                 for name, item in value.items():
                     walk(item, f"{key}.{name}.")
+            elif isinstance(value, list) and value and all(is_dataclass(v) for v in value):
+                for i, item in enumerate(value):
+                    walk(item, f"{key}[{i}].")
         _cross_checks(obj, where)
 
-    walk(OmegaConf.to_object(cfg), "")
+    walk(OmegaConf.to_object(cfg), where)
 
 
-def _one_line(e: OmegaConfBaseException) -> str:
+def check_range(key: str, value: Optional[float], rule: Range) -> None:
+    """A ConfigError naming ``key`` unless ``value`` is None or in ``rule``."""
+    if value is not None and not rule.holds(value):
+        raise ConfigError(f"{key}={value!r} is out of range: it must be {rule}")
+
+
+def check_hyperparameters(algorithm: str, cfg: Any, ranges: dict[str, Range]) -> None:
+    """Each field of an algorithm's ``Config`` named in ``ranges`` in its range, as a ConfigError
+    naming ``algorithms.<algorithm>.<field>``: what an algorithm's ``__init__`` calls first."""
+    for key, rule in ranges.items():
+        check_range(f"algorithms.{algorithm}.{key}", getattr(cfg, key), rule)
+
+
+def _one_line(e: OmegaConfBaseException, where: str = "") -> str:
+    """omegaconf's error as one line, its key named after ``where`` (the section's own key)."""
     key = getattr(e, "full_key", None)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if type(e).__name__ == "ConfigKeyError" and key:
-        return f"unknown config key '{key}'"
-    return f"{key}: {msg}" if key else msg
+        return f"unknown config key '{where}{key}'"
+    if key:
+        return f"{where}{key}: {msg}"
+    return f"{where.rstrip('.')}: {msg}" if where else msg
 
 
-def _expand_stage_shorthand(overrides: list[str], stage_names: set[str]) -> list[str]:
-    out = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key = item.split("=", 1)[0].lstrip("+~")
-        head = key.split(".", 1)[0]
-        out.append(f"stages.{item}" if head in stage_names and head not in RunConfig.__dataclass_fields__ else item)
-    return out
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_shape(value: Any, tp: Any, where: str) -> None:
+    """A mapping where the schema has a section and a list where it has a list, checked before
+    omegaconf merges (its errors for these name no key, or are a bare TypeError)."""
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return
+    if typing.get_origin(tp) is typing.Union:  # Optional[X]
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    what = where or "the top level"
+    if is_dataclass(tp) or origin is dict:
+        if not isinstance(value, dict):
+            keys = f" ({', '.join(f.name for f in fields(tp)[:4])}, ...)" if is_dataclass(tp) else " (name: value)"
+            raise ConfigError(f"{what}: expected a mapping of keys{keys}, got {_kind(value)}")
+        hints = typing.get_type_hints(tp) if is_dataclass(tp) else {}
+        for key, item in value.items():
+            sub = hints.get(key) if is_dataclass(tp) else (args[1] if args else Any)
+            if sub is not None:
+                _check_shape(item, sub, f"{where}.{key}" if where else str(key))
+    elif origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{what}: expected a list, e.g. [a, b], got {_kind(value)}")
+        for i, item in enumerate(value):
+            _check_shape(item, args[0] if args else Any, f"{where}[{i}]")
+
+
+def _parse_override(item: str, stage_names: set[str]) -> DictConfig:
+    """One ``key=value`` override as a config (``STAGE.key`` is ``stages.STAGE.key``)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, value = item.split("=", 1)
+    bare = key.lstrip("+~")
+    if not bare or not all(bare.split(".")):
+        raise ConfigError(f"override '{item}': '{key}' is not a dotted key such as sft.optim.lr")
+    head = bare.split(".", 1)[0]
+    expanded = f"stages.{item}" if head in stage_names and head not in RunConfig.__dataclass_fields__ else item
+    try:
+        return OmegaConf.from_dotlist([expanded])
+    except Exception as e:  # noqa: BLE001 - yaml's parser and scanner errors: an unfinished list or quote
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise ConfigError(f"override '{item}': the value '{value}' is not valid YAML ({problem})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
     """The validated run config of a YAML file (or the defaults) plus ``key=value`` overrides."""
-    schema = OmegaConf.structured(RunConfig)
+    merged = OmegaConf.structured(RunConfig)
+    source = "config"
     try:
-        merged = schema
         if path is not None:
             p = Path(path)
+            if p.is_dir():
+                raise ConfigError(f"config file {path} is a folder, not a YAML file")
             if not p.is_file():
                 raise ConfigError(f"config file not found: {path}")
             try:
                 raw = OmegaConf.load(p)
-            except Exception as e:  # yaml errors carry line numbers in their text
+            except OSError as e:
+                raise ConfigError(f"config file {path}: cannot read it ({e.strerror or e})") from None
+            except Exception as e:  # noqa: BLE001 - yaml errors carry line numbers in their text
                 raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+            source = str(path)
+            _check_shape(OmegaConf.to_container(raw), RunConfig, "")
             merged = OmegaConf.merge(merged, raw)
         stage_names = set(merged.stages.keys())
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_expand_stage_shorthand(list(overrides), stage_names)))
+        for item in overrides:
+            source = f"override '{item}'"
+            parsed = _parse_override(item, stage_names)
+            _check_shape(OmegaConf.to_container(parsed), RunConfig, "")
+            merged = OmegaConf.merge(merged, parsed)
+        OmegaConf.to_container(merged, resolve=True)  # every ${...} interpolation resolves
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
+    except (TypeError, ValueError) as e:  # a merge of incompatible containers that the shape check missed
+        raise ConfigError(f"{source}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     if not merged.stages:
         raise ConfigError("config has no stages: add at least one under 'stages:'")
     return merged
+
+
+def merge_section(schema: type, parts: list[Any], where: str) -> DictConfig:
+    """The config section ``schema`` (a dataclass) with ``parts`` (mappings) merged over it in
+    order; a one-line ConfigError whose keys are named after ``where`` (``algorithms.grpo.``)."""
+    for part in parts:
+        _check_shape(OmegaConf.to_container(part) if OmegaConf.is_config(part) else part, schema, where.rstrip("."))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), *parts)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e, where)) from None
 
 
 def algorithm_config(cfg: DictConfig, name: str, config_cls: type) -> Any:
     """The algorithm's hyperparameters ``algorithms.<name>`` validated against its ``Config``."""
     short = name.rpartition(":")[2]
     raw = cfg.algorithms.get(short, None) or {}
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(config_cls), raw)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        if type(e).__name__ == "ConfigKeyError" and key:
-            raise ConfigError(f"unknown config key 'algorithms.{short}.{key}'") from None
-        raise ConfigError(f"algorithms.{short}.{_one_line(e)}") from None
-    return OmegaConf.to_object(merged)
+    return OmegaConf.to_object(merge_section(config_cls, [raw], f"algorithms.{short}."))
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -28,9 +28,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Iterator
 
+from rlzoo.config import FORMATS  # noqa: F401  (defined with the config schema, whose format keys it checks)
 from rlzoo.interface import Example
-
-FORMATS = ("cot", "pot", "tir")
 
 TEMPLATES = {
     "cot": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
