@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlzoo.config import AT_LEAST_1, FINITE, POSITIVE, Range, check_hyperparameters
 from rlzoo.errors import ConfigError
 from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
@@ -94,14 +95,13 @@ class DPO(NoExtras):
     data_source = "offline"
     needs: frozenset[str] = frozenset({"reference"})
     group_coupled = True
+    min_samples_per_prompt = 2  # a pair needs a correct and a wrong output of one question
 
     def __init__(self, cfg: Config) -> None:
+        check_hyperparameters("dpo", cfg, {"beta": POSITIVE, "threshold": FINITE, "pairs_per_prompt": AT_LEAST_1,
+                                           "label_smoothing": Range(0, 0.5, hi_open=True)})
         if cfg.normalize not in LOSS_AGG:
             raise ConfigError(f"algorithms.dpo.normalize: unknown '{cfg.normalize}'; known: {', '.join(LOSS_AGG)}")
-        if cfg.pairs_per_prompt < 1:
-            raise ConfigError("algorithms.dpo.pairs_per_prompt: must be >= 1")
-        if not 0.0 <= cfg.label_smoothing < 0.5:
-            raise ConfigError("algorithms.dpo.label_smoothing: must be in [0, 0.5)")
         self.cfg = cfg
         self.loss_agg = LOSS_AGG[cfg.normalize]  # the mode GC is derived for (see the module docstring)
 

@@ -46,8 +46,9 @@ from typing import Optional
 
 import torch
 
+from rlzoo.config import AT_LEAST_0, check_hyperparameters
 from rlzoo.errors import ConfigError
-from rlzoo.functional import clipped_ratio_coefficient, group_sum, masked_mean
+from rlzoo.functional import check_clip, clipped_ratio_coefficient, group_sum, masked_mean
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -121,8 +122,11 @@ class GRPO(NoExtras):
     data_source = "online"
     loss_agg = None
     group_coupled = False
+    min_samples_per_prompt = 2  # one output per question is its own group mean: every advantage is 0
 
     def __init__(self, cfg: Config) -> None:
+        check_hyperparameters("grpo", cfg, {"beta": AT_LEAST_0, "std_eps": AT_LEAST_0})
+        check_clip("grpo", cfg.clip_eps, cfg.clip_eps_high)
         if cfg.supervision not in SUPERVISION:
             raise ConfigError(f"algorithms.grpo.supervision: unknown '{cfg.supervision}'; known: {', '.join(SUPERVISION)}")
         self.cfg = cfg

@@ -64,7 +64,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from rlzoo.functional import clipped_ratio_coefficient, masked_mean
+from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, check_hyperparameters
+from rlzoo.functional import check_clip, clipped_ratio_coefficient, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -144,6 +145,9 @@ class PPO:
     group_coupled = False
 
     def __init__(self, cfg: Config) -> None:
+        check_hyperparameters("ppo", cfg, {"beta": AT_LEAST_0, "gamma": UNIT, "lam": UNIT, "value_clip_eps": POSITIVE,
+                                           "vf_coef": AT_LEAST_0})
+        check_clip("ppo", cfg.clip_eps, cfg.clip_eps_high)
         self.cfg = cfg
         base = {"old_logprobs", "value_model"}
         self.needs = frozenset(base | {"reference"} if cfg.beta > 0 else base)

@@ -38,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from rlzoo.config import FINITE, check_hyperparameters
 from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
@@ -78,6 +79,7 @@ class RFT(NoExtras):
     group_coupled = False
 
     def __init__(self, cfg: Config) -> None:
+        check_hyperparameters("rft", cfg, {"threshold": FINITE})
         self.cfg = cfg
 
     @property

@@ -4,7 +4,8 @@
 * :func:`group_sum`, the one group reduction (GRPO's group statistics, DPO's pairs, RFT's solved
   questions);
 * :func:`clipped_ratio_coefficient`, the derivative of PPO's clipped surrogate with respect to
-  log pi_theta (GRPO and PPO), with DAPO's clip-higher.
+  log pi_theta (GRPO and PPO), with DAPO's clip-higher, and :func:`check_clip`, its settings'
+  ranges.
 """
 
 from __future__ import annotations
@@ -51,3 +52,16 @@ def clipped_ratio_coefficient(adv: Tensor, logp: Tensor, old_logp: Tensor, eps_l
     clipped = ratio.clamp(1 - eps_low, 1 + (eps_low if eps_high is None else eps_high))  # [N, T]
     active = (ratio * adv <= clipped * adv).to(ratio.dtype)  # [N, T] the unclipped branch is the min
     return adv * ratio * active, {"ratio": ratio, "clipped": 1 - active}
+
+
+def check_clip(algorithm: str, eps_low: float, eps_high: float | None) -> None:
+    """``algorithms.<algorithm>.clip_eps`` in (0, 1) (the lower clip 1 - eps stays a positive
+    ratio) and ``clip_eps_high``, when set, at least ``clip_eps`` (DAPO's clip-higher widens the
+    upper side only); a one-line ConfigError otherwise."""
+    from rlzoo.config import Range, check_range
+    from rlzoo.errors import ConfigError
+
+    check_range(f"algorithms.{algorithm}.clip_eps", eps_low, Range(0, 1, lo_open=True, hi_open=True))
+    if eps_high is not None and not eps_high >= eps_low:
+        raise ConfigError(f"algorithms.{algorithm}.clip_eps_high={eps_high!r} is less than clip_eps={eps_low!r} "
+                          "(clip-higher only widens the upper side; null = clip_eps)")

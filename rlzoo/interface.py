@@ -185,6 +185,16 @@ class Algorithm(Protocol):
                   user choose with ``optim.loss_agg`` (see rlzoo.losses.aggregate)
     group_coupled True when a sequence's coefficient depends on other sequences of its group
                   (DPO pairs): the runtime then never splits a group across micro-batches
+
+    Optional (read with a default when absent):
+
+    min_samples_per_prompt
+                  the fewest outputs per question (``data.samples_per_prompt``) with which the
+                  algorithm can learn anything: GRPO 2 (one output is its own group mean, so every
+                  advantage is 0), DPO 2 (no pair without two outputs); 1 when absent. A stage
+                  with fewer is a config error naming the key, raised before any work; so is
+                  greedy sampling (``generation.temperature: 0``) when this is above 1, since
+                  the outputs of a question would all be the same
     """
 
     Config: ClassVar[type]
