@@ -104,10 +104,19 @@ def gsm8k_answer(answer: str) -> tuple[str, str]:
     return _CALC_ANNOTATION_RE.sub("", reasoning).strip(), final.strip().replace(",", "")
 
 
-def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = None) -> list[Example]:
-    """The problems of a GSM8K, MATH or plain jsonl file (the first ``limit`` rows when given)."""
+_SCHEMA_HINTS = {"gsm8k": "GSM8K (question, answer ending in '#### N')", "math": "MATH (problem, solution, answer)",
+                 "plain": "plain (prompt or question, answer)"}
+
+
+def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = None,
+                  schema: str | None = None) -> list[Example]:
+    """The problems of a GSM8K, MATH or plain jsonl file (the first ``limit`` rows when given).
+
+    With ``schema`` (``gsm8k``, ``math`` or ``plain``) the file must be of that schema: a GSM8K
+    file whose first row lacks its ``#### N`` line is an error naming the line, not a plain file."""
     check_format(format)
     out: list[Example] = []
+    expected = schema
     schema = None
     for lineno, row in read_jsonl(path):
         if limit is not None and len(out) >= limit:
@@ -116,10 +125,13 @@ def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = 
             schema = detect_schema(row)
             if schema is None:
                 raise DataError(
-                    f"{path}:{lineno}: cannot tell the schema from fields {sorted(row)}; expected GSM8K "
-                    "(question, answer ending in '#### N'), MATH (problem, solution, answer) or plain "
-                    "(prompt or question, answer)"
+                    f"{path}:{lineno}: cannot tell the schema from fields {sorted(row)}; expected "
+                    + ", ".join(_SCHEMA_HINTS.values()).replace(", plain", " or plain")
                 )
+            if expected is not None and schema != expected:
+                got = "the '#### N' line of its answer is missing" if expected == "gsm8k" and "question" in row else \
+                    f"fields {sorted(row)}"
+                raise DataError(f"{path}:{lineno}: not a {_SCHEMA_HINTS[expected]} row: {got}")
         out.append(_ROW_PARSERS[schema](Row(path, lineno, row, schema), format))
     if not out and limit != 0:
         raise DataError(f"{path}: no rows")
@@ -221,7 +233,7 @@ class FileTask:
 
     def eval_examples(self) -> list[Example]:
         if self._eval is None:
-            rows = load_examples(self.eval_path, format=self.cfg.format)
+            rows = load_examples(self.eval_path, format=self.cfg.format, schema=self.name)
             self._eval_prompts = {ex.prompt.strip() for ex in rows}
             self._eval = rows[: self.cfg.eval_size] if self.cfg.eval_size else rows
         return list(self._eval)
@@ -230,7 +242,7 @@ class FileTask:
         """Every training row that is not a held-out problem, in file order."""
         if self._train is None:
             self.eval_examples()
-            rows = load_examples(self.train_path, format=self.cfg.format)
+            rows = load_examples(self.train_path, format=self.cfg.format, schema=self.name)
             self._train = [ex for ex in rows if ex.prompt.strip() not in self._eval_prompts]
             self.skipped_overlap = len(rows) - len(self._train)
             if not self._train:

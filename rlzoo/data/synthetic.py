@@ -37,6 +37,7 @@ import re
 from typing import Callable, Iterator
 
 from rlzoo.config import SyntheticConfig
+from rlzoo.errors import ConfigError
 from rlzoo.interface import Example
 from rlzoo.steps import first_error, split_steps  # noqa: F401  (first_error: the oracle's first wrong step)
 
@@ -52,6 +53,7 @@ PROMPT_SUFFIX = {  # appended to the question; says which solution format is wan
     "pot": " Write a Python program that prints the answer.",
     "tir": " Reason with Python code and its output, then give the answer.",
 }
+MAX_DRAWS = 20_000  # draws in a row without a new problem after which the settings are an error, not a hang
 LEGACY_CORPUS_FORMATS = ("cot", "pot")  # always in corpus(); tir joins when the task uses it
 
 
@@ -198,18 +200,23 @@ class SyntheticTask:
         """``n`` problems with distinct questions not in ``exclude``, and their questions."""
         out: list[Example] = []
         seen = set(exclude)
+        misses = 0  # draws in a row that gave a question already taken
         while len(out) < n:
             steps, start = self._steps(rng)
             question, ex = self._example(steps, start, fmt or self.eval_format, self._prompt)
             if question not in seen:
                 seen.add(question)
                 out.append(ex)
+                misses = 0
+            elif (misses := misses + 1) > MAX_DRAWS:
+                raise ConfigError(f"task.synthetic: these settings allow too few distinct problems ({len(seen)} found, "
+                                  f"eval_size {self.cfg.eval_size} of them held out): raise max_operand, max_value or max_ops")
         return out, seen - exclude
 
     def _steps(self, rng: random.Random) -> tuple[list[tuple], dict]:
         cfg = self.cfg
         start = {"who": rng.choice(NAMES), "item": rng.choice(ITEMS), "a": rng.randint(1, 2 * cfg.max_operand)}
-        while True:
+        for _ in range(MAX_DRAWS):
             value, steps = start["a"], []
             for _ in range(self._num_ops(rng)):
                 step = self._op(rng, value)
@@ -219,6 +226,8 @@ class SyntheticTask:
                 value = step[3]
             else:
                 return steps, start
+        raise ConfigError(f"task.synthetic: settings too tight (operators '{cfg.operators}', max_operand {cfg.max_operand}, "
+                          f"max_value {cfg.max_value}): no operation on a start of {start['a']} stays in 0..max_value")
 
     def _num_ops(self, rng: random.Random) -> int:
         cfg = self.cfg
