@@ -76,6 +76,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> nn.Module:
 
 def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float32"):
     """(model, tokenizer) from a local Hugging Face folder; never downloads."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser()
@@ -91,9 +92,11 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a damaged or foreign file (torch: RuntimeError)
+        from rlzoo.runtime.model_files import damaged_safetensors
+
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load model from {path}: {first_line}") from None
+        raise ModelLoadError(f"cannot load model from {path}: {damaged_safetensors(folder) or first_line}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
