@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import algorithm_config, to_yaml
-from rlzoo.errors import ConfigError, Interrupted, TrainingStopped, UserError
+from rlzoo.config import TaskConfig, algorithm_config, check_values, merge_section, to_yaml
+from rlzoo.errors import ConfigError, DataError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
 from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, publish, read_state, temporary, write_state
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
+from rlzoo.runtime.model_files import check_model_folder
 from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, save_model
 from rlzoo.runtime.run_folder import RunFolder
 from rlzoo.runtime.signals import stop_on_signals
@@ -75,10 +76,7 @@ def stage_task(cfg: DictConfig, name: str, stage: DictConfig, task):
 
 def stage_task_config(cfg: DictConfig, name: str, stage: DictConfig) -> DictConfig:
     """``cfg.task`` with ``stage.task`` merged over it, validated against the task schema."""
-    try:
-        return OmegaConf.merge(cfg.task, stage.task)
-    except Exception as e:  # omegaconf's key and type errors
-        raise ConfigError(f"stages.{name}.task: {' '.join(str(e).split()[:12])}") from None
+    return merge_section(TaskConfig, [cfg.task, stage.task], f"stages.{name}.task.")
 
 
 class _HeldOutFiltered:
@@ -166,30 +164,114 @@ def run_eval(cfg: DictConfig, model, tokenizer, examples: list[Example], reward,
 
 
 def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
-    """Check every stage before any work starts; the stages with their algorithm instances."""
+    """Everything ``rlzoo train`` checks before any work, so that a mistake costs one line and no
+    trained step: every value in its range (:func:`rlzoo.config.check_values`), every named thing
+    resolved (plugins, algorithms and their hyperparameters, data sources, rewards, the loss
+    aggregation), settings under which an algorithm learns nothing, the task and every row of its
+    files (the run's and each stage's own), the model folder and each stage's ``init``, the chat
+    template, and wandb. No model or tokenizer is built. Returns the stages with their algorithms.
+    """
+    check_values(cfg)
     for plugin in cfg.plugins:
         load_plugin(plugin)
     stages = [(name, stage, make_algorithm(cfg, stage.algorithm)) for name, stage in cfg.stages.items()]
-    for name, stage, algo in stages:
+    for index, (name, stage, algo) in enumerate(stages):
         DATA_SOURCES.get(stage.data.source or algo.data_source)
         make_reward(stage)
-        if stage.task:
-            stage_task_config(cfg, name, stage)
-        if stage.optim.schedule not in SCHEDULES:
-            raise ConfigError(f"stages.{name}.optim.schedule: unknown schedule '{stage.optim.schedule}'; known: {', '.join(SCHEDULES)}")
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
         except ValueError as e:
             raise ConfigError(f"stages.{name}.{e}") from None
+        _check_learns_something(name, stage, algo)
+        if stage.task:
+            task_cfg = stage_task_config(cfg, name, stage)
+            check_values(task_cfg, f"stages.{name}.task.")
+            _check_task(OmegaConf.create({"task": task_cfg}), f"stages.{name}.")
+        if stage.init:
+            _check_init(cfg, name, stage.init, earlier=[n for n, _, _ in stages[:index]])
     make_eval_reward(cfg)
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"mixed_precision: unknown '{cfg.mixed_precision}'; known: no, bf16, fp16")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision: fp16 needs a GPU (on a CPU use bf16)")
+    _check_task(cfg, "")
+    if cfg.model.path:
+        check_model_folder(cfg.model.path, "model.path", cfg.model.gguf_file)
+    elif cfg.model.gguf_file:
+        raise ConfigError(f"model.gguf_file is {cfg.model.gguf_file} but model.path is not set: name the folder that holds it")
+    if cfg.task.chat_template:
+        _check_chat_template(cfg)
+    if cfg.logging.wandb:
+        _check_wandb()
     return stages
 
 
-SCHEDULES = ("constant", "linear", "cosine")
+def _check_learns_something(name: str, stage: DictConfig, algo: Algorithm) -> None:
+    """A stage whose algorithm would learn nothing (its declared ``min_samples_per_prompt``)."""
+    need = getattr(algo, "min_samples_per_prompt", 1)
+    n = stage.data.samples_per_prompt
+    if n < need:
+        raise ConfigError(f"stages.{name}.data.samples_per_prompt={n}: {stage.algorithm} learns nothing from fewer than "
+                          f"{need} outputs per question (its min_samples_per_prompt)")
+    if need > 1 and stage.generation.temperature == 0:
+        raise ConfigError(f"stages.{name}.generation.temperature=0: greedy sampling makes the {n} outputs of a question "
+                          f"identical, and {stage.algorithm} learns nothing from identical outputs")
+
+
+def _check_task(cfg: DictConfig, where: str) -> None:
+    """The task of ``cfg.task`` builds, and every row of its files parses (a problem or two of the
+    synthetic task are drawn); errors name ``where`` + the key."""
+    try:
+        task = build_task(cfg)
+        task.eval_examples()
+        if hasattr(task, "train_examples"):
+            task.train_examples()
+        next(iter(task.train_stream(0)))
+    except (ConfigError, DataError) as e:
+        if not where:
+            raise
+        raise type(e)(f"{where}{e}" if str(e).startswith("task.") else f"{where}task: {e}") from None
+
+
+def _check_init(cfg: DictConfig, name: str, init: str, earlier: list[str]) -> None:
+    """A stage's ``init`` holds a model; one that an earlier stage of this run writes is not there yet."""
+    out = Path(cfg.output_dir or f"runs/{cfg.name}").resolve()
+    if any(Path(init).expanduser().resolve() == out / e / "final" for e in earlier):
+        return
+    check_model_folder(init, f"stages.{name}.init")
+
+
+def _check_chat_template(cfg: DictConfig) -> None:
+    """``task.chat_template`` needs a tokenizer with one: the embedded tiny model's has none."""
+    if not cfg.model.path:
+        raise ConfigError("task.chat_template is true, but the embedded tiny model's tokenizer has no chat template "
+                          "(it is for instruct models: set model.path)")
+    folder = Path(cfg.model.path).expanduser()
+    if cfg.model.gguf_file or any((folder / n).is_file() for n in ("chat_template.jinja", "chat_template.json")):
+        return
+    try:
+        has = "chat_template" in json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        has = False
+    if not has:
+        raise ConfigError(f"task.chat_template is true, but the tokenizer of {cfg.model.path} has no chat template")
+
+
+def _check_wandb() -> None:
+    """``logging.wandb`` can start: wandb is installed and, unless WANDB_MODE is offline, logged in."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb is true but wandb is not installed: pip install wandb")
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    import wandb
+
+    try:
+        logged_in = wandb.login(verify=False, prompt=False)
+    except Exception as e:  # noqa: BLE001 - wandb's own errors (a malformed key)
+        raise ConfigError(f"logging.wandb: {str(e).splitlines()[0]}; run `wandb login`, or set WANDB_MODE=offline") from None
+    if not logged_in:
+        raise ConfigError("logging.wandb is true but wandb has no API key: run `wandb login`, or set WANDB_MODE=offline")
 
 
 def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
