@@ -6,8 +6,11 @@
     rlzoo compare CONFIG [dotted.key=value ...]   every listed algorithm from one SFT checkpoint, over seeds
     rlzoo algorithms                              list the registered algorithms
 
-User mistakes (a missing file, an unknown key or algorithm, a wrong type, a missing model folder)
-print one line naming the problem and exit with status 2, without a traceback.
+User mistakes (a missing or damaged file, an unknown key, name or subcommand, a wrong type or a
+value out of range, a broken plugin, a run folder in use or holding a run, a file-system error)
+print one line ``rlzoo: error: ...`` naming the key or file and exit with status 2, without a
+traceback, before any work starts where they can be known then (``rlzoo.train.validate``). SIGINT
+and SIGTERM finish the step, write a checkpoint and exit with status 130.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -52,14 +56,14 @@ def format_summary(summary: dict) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import importlib.util
     import time
 
     import torch
 
-    from rlzoo.config import load_config
-    from rlzoo.errors import ConfigError, ModelLoadError
+    from rlzoo.config import check_values, load_config
+    from rlzoo.errors import ConfigError
     from rlzoo.runtime.checkpoint import CONFIG_NAME
+    from rlzoo.runtime.model_files import check_model_folder
     from rlzoo.runtime.models import load_pretrained
     from rlzoo.train import build_task, make_eval_reward, run_eval
 
@@ -74,10 +78,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         folder, gguf_file = args.checkpoint, args.gguf_file
     else:
         raise ConfigError("rlzoo eval needs a checkpoint folder or --model NAME (e.g. --model smollm2)")
-    if gguf_file and importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError("loading a .gguf file needs the gguf package: pip install 'gguf>=0.10'")
-    if not Path(folder).is_dir():
-        raise ModelLoadError(f"model folder not found: {folder}")
+    check_model_folder(folder, "--model" if args.model else "checkpoint", gguf_file)
     saved = Path(folder) / CONFIG_NAME
     if args.config:  # task and eval settings from a YAML file instead of the checkpoint's own
         cfg = load_config(args.config)
@@ -95,16 +96,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.format:
         cfg.task.synthetic.eval_format = args.format
         cfg.task.files.format = args.format
+    if args.threads is not None:
+        cfg.threads = args.threads
+    check_values(cfg)  # the options above too: --samples -1 is as wrong as eval.samples=-1
     if args.data:
         from rlzoo.data.files import load_examples
 
         examples = load_examples(args.data, format=args.format or "cot", limit=args.num_examples)
     else:
         examples = build_task(cfg).eval_examples()
-    if any(k > cfg.eval.samples for k in cfg.eval.ks) and cfg.eval.samples > 0:
-        raise ConfigError(f"--k {max(cfg.eval.ks)} is larger than --samples {cfg.eval.samples}")
-    if args.threads or cfg.get("threads"):
-        torch.set_num_threads(args.threads or cfg.threads)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()  # the model loads last, so that data and option errors come at once
     model, tokenizer = load_pretrained(str(folder), gguf_file)
     load_seconds = time.perf_counter() - t0
@@ -140,8 +142,18 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line, like every other user error: ``rlzoo: error: ...``
+    and exit status 2, without the usage block (``--help`` still prints it). Subcommand parsers
+    are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"rlzoo: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlzoo", description="Post-training LLMs for maths: SFT, RFT, DPO, PPO, GRPO on one interface.")
+    parser = _Parser(prog="rlzoo", description="Post-training LLMs for maths: SFT, RFT, DPO, PPO, GRPO on one interface.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run a config's stages in order")
     p.add_argument("config", help="YAML config file")
@@ -209,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rlzoo: interrupted (no checkpoint written since the newest periodic one)", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system: a full disk, a folder that is not writable, a file that vanished
+        if e.filename is None:
+            raise
+        print(f"rlzoo: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
