@@ -13,12 +13,10 @@ class MetricsLogger:
 
     def __init__(self, folder: Path, *, wandb: bool = False, project: str = "rlzoo", name: str = "run", config: dict | None = None):
         self.path = Path(folder) / "metrics.jsonl"
-        self.file = self.path.open("a")  # the run folder decided what stays: nothing (a new run) or the lines up to a resume point
         self.run = None
         if wandb:
-            import wandb as wb
-
-            self.run = wb.init(project=project, name=name, config=config, dir=str(folder))
+            self.run = _start_wandb(project=project, name=name, config=config, dir=str(folder))
+        self.file = self.path.open("a")  # the run folder decided what stays: nothing (a new run) or the lines up to a resume point
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -31,3 +29,19 @@ class MetricsLogger:
         self.file.close()
         if self.run is not None:
             self.run.finish()
+
+
+WANDB_INIT_TIMEOUT_S = 30  # wandb's own default (90 s) is a long wait for a machine without network
+
+
+def _start_wandb(**kwargs):
+    """``wandb.init``, or one line saying why not (no login, no network) as a ConfigError."""
+    import wandb as wb
+
+    from rlzoo.errors import ConfigError
+
+    try:
+        return wb.init(settings=wb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S), **kwargs)
+    except Exception as e:  # noqa: BLE001 - wandb's UsageError, CommError, a timeout
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"logging.wandb: wandb did not start ({reason}); run `wandb login`, or set WANDB_MODE=offline") from None
