@@ -29,9 +29,11 @@ EXIT_USAGE = 2
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rlzoo.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch is imported: a typo costs a tenth of a second
+    _quiet_libraries()
     from rlzoo.train import train
 
-    cfg = load_config(args.config, args.overrides)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one table, from the main process of a launched run
         print(format_summary(summary))
@@ -57,6 +59,8 @@ def format_summary(summary: dict) -> str:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import time
+
+    _quiet_libraries()
 
     import torch
 
@@ -122,10 +126,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from rlzoo.compare import compare
     from rlzoo.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    _quiet_libraries()
+    from rlzoo.compare import compare
+
     command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
     report = compare(cfg, command)
     print(report.read_text())
@@ -206,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # overrides after a flag: rlzoo train CONFIG --resume key=value
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "eval", "compare"):
-        _quiet_libraries()
     from rlzoo.errors import Interrupted, UserError
 
     try:

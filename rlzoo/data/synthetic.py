@@ -143,13 +143,13 @@ class SyntheticTask:
             raise ValueError("task.synthetic.format_mix needs non-negative weights with a positive sum")
         bad = set(cfg.operators) - set("+-*/")
         if bad or not cfg.operators:
-            raise ValueError(f"task.operators must be a non-empty subset of '+-*/', got '{cfg.operators}'")
+            raise ValueError(f"task.synthetic.operators must be a non-empty subset of '+-*/', got '{cfg.operators}'")
         if not 1 <= cfg.min_ops <= cfg.max_ops:
-            raise ValueError("task.min_ops and task.max_ops need 1 <= min_ops <= max_ops")
+            raise ValueError("task.synthetic.min_ops and max_ops need 1 <= min_ops <= max_ops")
         if cfg.ops_weights is not None and (
             len(cfg.ops_weights) != cfg.max_ops - cfg.min_ops + 1 or min(cfg.ops_weights) < 0 or sum(cfg.ops_weights) <= 0
         ):
-            raise ValueError("task.ops_weights needs one non-negative weight per operation count min_ops..max_ops")
+            raise ValueError("task.synthetic.ops_weights needs one non-negative weight per operation count min_ops..max_ops")
         self.cfg = cfg
         self.eval_format = cfg.eval_format or cfg.format
         # training formats and their weights (one format with weight 1 without a mix)
