@@ -89,7 +89,7 @@ def test_resume_refuses_another_config_and_a_folder_without_a_checkpoint(tmp_pat
                            "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"rlzoo: error: cannot resume {out} with a different config: 'stages.grpo.optim.lr' differs from the run's "
-        "(only logging.* may change on --resume)"]
+        "(only logging.* and output_dir may change on --resume)"]
     logging_only = rlzoo(out, "--resume", "logging.log_every=1")  # logging may change
     assert logging_only.returncode == 0, logging_only.stderr[-2000:]
     empty = tmp_path / "never"

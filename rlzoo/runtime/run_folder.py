@@ -5,7 +5,8 @@
 * A folder that already holds a run (its ``config.yaml``) is only written again with ``--resume``
   (continue it) or ``--overwrite`` (start over: its contents are removed), and only after the new
   config has validated. A folder that is not empty and holds no run is never touched.
-* ``--resume``: the stored config must equal this one in everything but ``logging``; finished
+* ``--resume``: the stored config must equal this one in everything but ``logging`` and
+  ``output_dir`` (a run folder may be moved); finished
   stages are skipped (their summary kept), the first unfinished one continues from its newest
   checkpoint, and ``metrics.jsonl`` keeps exactly the lines up to that point.
 """
@@ -155,12 +156,13 @@ class RunFolder:
         except Exception as e:  # noqa: BLE001 - a config of another version, or a damaged file
             raise RunFolderError(f"cannot resume {self.path}: its config.yaml does not load ({str(e).splitlines()[0]})") from None
         ours = dict(config)
-        stored.pop("logging", None)
-        ours.pop("logging", None)
+        for free in ("logging", "output_dir"):  # neither changes what is trained; a run folder may be moved
+            stored.pop(free, None)
+            ours.pop(free, None)
         key = first_difference(stored, ours)
         if key:
             raise RunFolderError(f"cannot resume {self.path} with a different config: '{key}' differs from the run's "
-                                 "(only logging.* may change on --resume)")
+                                 "(only logging.* and output_dir may change on --resume)")
         summary_file = self.path / "summary.json"
         summary = json.loads(summary_file.read_text())["stages"] if summary_file.is_file() else []
         point = ResumePoint(summary=[s for s in summary if s["name"] in stage_names])
