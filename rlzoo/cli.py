@@ -28,9 +28,10 @@ EXIT_USAGE = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rlzoo.config import load_config
+    from rlzoo.config import check_values, load_config
 
-    cfg = load_config(args.config, args.overrides)  # before torch is imported: a typo costs a tenth of a second
+    cfg = load_config(args.config, args.overrides)
+    check_values(cfg)  # before torch is imported: a typo or a value out of range costs a tenth of a second
     _quiet_libraries()
     from rlzoo.train import train
 
