@@ -196,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """No hub access (rlzoo never downloads) and no per-file progress bars from transformers."""
+    """No hub access (rlzoo never downloads), no per-file progress bars from transformers, and
+    not accelerate's warning at every checkpoint that a tied weight (the tiny model's shared
+    embedding and output head) is stored once: it is, and it loads back tied."""
+    import logging
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -204,6 +207,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
