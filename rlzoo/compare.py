@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config import to_yaml
-from rlzoo.errors import ConfigError
+from rlzoo.errors import ConfigError, UserError
 from rlzoo.runtime.checkpoint import atomic_write_text
 
 
@@ -36,6 +36,18 @@ def _stage_config(cfg: DictConfig, stage: str, overrides: dict[str, Any]) -> Dic
     for key, value in overrides.items():
         OmegaConf.update(one, key, value, force_add=False)
     return one
+
+
+def _validate(config: DictConfig, what: str) -> None:
+    """What ``rlzoo train`` will check of ``config`` (:func:`rlzoo.train.validate`), before the
+    comparison trains anything; a user error names ``what`` (the SFT stage, or an entry)."""
+    from rlzoo.config import RunConfig, merge_section
+    from rlzoo.train import validate
+
+    try:
+        validate(merge_section(RunConfig, [config], ""))
+    except UserError as e:
+        raise type(e)(f"{what}: {e}") from None
 
 
 def _run(config: DictConfig, run_dir: Path, log: Path) -> dict[str, Any]:
@@ -98,29 +110,16 @@ def compare(cfg: DictConfig, command: str) -> Path:
         raise ConfigError(f"compare needs stages '{c.sft_stage}' and '{c.rl_stage}' in 'stages'")
     if not c.entries:
         raise ConfigError("compare.entries is empty: list the algorithms to compare")
-    from rlzoo.registry import ALGORITHMS, load_plugin
-    from rlzoo.train import make_algorithm
-
-    for plugin in cfg.plugins:
-        load_plugin(plugin)
-    for entry in c.entries:
-        make_algorithm(cfg, entry.algorithm)  # fail early on an unknown name or bad hyperparameters
+    if not c.seeds:
+        raise ConfigError("compare.seeds is empty: list the seeds each entry runs with")
     out = Path(cfg.output_dir or f"runs/{cfg.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
     sft_dir = out / "sft"
-    print(f"[compare] SFT stage '{c.sft_stage}' -> {sft_dir}", flush=True)
-    sft = _run(_stage_config(cfg, c.sft_stage, {"output_dir": str(sft_dir)}), sft_dir, out / "sft.log")
-    if "error" in sft:
-        raise RuntimeError(f"the shared SFT stage failed: {sft['error']} (log: {out / 'sft.log'})")
     checkpoint = sft_dir / c.sft_stage / "final"
-
-    results: dict[str, list[dict[str, Any]]] = {}
-    curves: dict[str, list[dict]] = {}
-    for entry in c.entries:
+    sft_config = _stage_config(cfg, c.sft_stage, {"output_dir": str(sft_dir)})
+    _validate(sft_config, f"the SFT stage '{c.sft_stage}'")
+    runs: list[tuple[str, int, DictConfig, Path]] = []  # (label, seed, config, run folder), all checked before any trains
+    for index, entry in enumerate(c.entries):
         label = entry.label or entry.algorithm
-        results[label], curves[label] = [], []
         for seed in c.seeds:
             run_dir = out / label / f"seed{seed}"
             overrides = {"output_dir": str(run_dir), "seed": seed, f"stages.{c.rl_stage}.algorithm": entry.algorithm,
@@ -129,10 +128,24 @@ def compare(cfg: DictConfig, command: str) -> Path:
                 key, _, value = item.partition("=")
                 # typed as the CLI types it (2 -> int), so a finished run's stored config compares equal
                 overrides[f"stages.{c.rl_stage}.{key}"] = OmegaConf.from_dotlist([f"v={value}"]).v if value else value
-            print(f"[compare] {label} seed {seed}", flush=True)
-            result = _run(_stage_config(cfg, c.rl_stage, overrides), run_dir, out / f"{label}_seed{seed}.log")
-            results[label].append(result)
-            curves[label].append(_curves(run_dir / "metrics.jsonl"))
+            runs.append((label, seed, _stage_config(cfg, c.rl_stage, overrides), run_dir))
+        # the entry's init, the shared SFT checkpoint, is written below: validated without it
+        _validate(_stage_config(runs[-1][2], c.rl_stage, {f"stages.{c.rl_stage}.init": None}), f"compare.entries[{index}] ({label})")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    print(f"[compare] SFT stage '{c.sft_stage}' -> {sft_dir}", flush=True)
+    sft = _run(sft_config, sft_dir, out / "sft.log")
+    if "error" in sft:
+        raise RuntimeError(f"the shared SFT stage failed: {sft['error']} (log: {out / 'sft.log'})")
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    curves: dict[str, list[dict]] = {}
+    for label, seed, config, run_dir in runs:
+        print(f"[compare] {label} seed {seed}", flush=True)
+        result = _run(config, run_dir, out / f"{label}_seed{seed}.log")
+        results.setdefault(label, []).append(result)
+        curves.setdefault(label, []).append(_curves(run_dir / "metrics.jsonl"))
     report = Path(c.report)
     write_report(report, cfg, command, sft, results, curves, time.perf_counter() - t0)
     return report
