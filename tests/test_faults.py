@@ -3,7 +3,8 @@ reward is one line, two runs never share a folder, a rerun with a typo changes n
 SIGTERM or SIGINT stop after the step with a checkpoint that --resume continues exactly.
 
 The faults come from tests/plugins/fault_plugin.py (an algorithm whose coefficients turn NaN,
-rewards that return NaN or None, data sources that hold a chosen batch until a file appears).
+rewards that return NaN or None); tests/plugins/kill_plugin.py's gated data sources hold a chosen
+batch until a file appears.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ["tests/plugins/dp_plugin.py", "tests/plugins/fault_plugin.py"]
+PLUGINS = ["tests/plugins/dp_plugin.py", "tests/plugins/kill_plugin.py", "tests/plugins/fault_plugin.py"]
 
 
 def config(tmp: Path, stages: dict, name: str = "faults.yaml") -> Path:

@@ -4,21 +4,16 @@
   whose numbers blow up would be; the runtime must skip those steps, never apply them.
 * ``test_nan_reward``: a reward that returns NaN; ``test_some_none_reward``: a reward that gives no
   value (None) to every completion whose length is a multiple of 3, else its length's parity.
-* ``gated_<source>``: the built-in ``<source>``, except that the N-th batch the process asks for
-  (``RLZOO_TEST_GATE_AT``, counted over every stage) waits until the file ``RLZOO_TEST_GATE``
-  exists, so a test can act (a second run, a signal) while a run is surely mid-step; it touches
-  ``RLZOO_TEST_GATE`` + ``.waiting`` when it starts waiting.
+
+The data sources that hold a chosen batch (``gated_<source>``) are in kill_plugin.py.
 """
 
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from rlzoo.interface import NoExtras
-from rlzoo.registry import DATA_SOURCES, register_algorithm, register_data_source, register_reward
+from rlzoo.registry import register_algorithm, register_reward
 
 
 @register_algorithm("nan_sft")
@@ -51,28 +46,3 @@ def nan_reward(prompt, completion, example) -> float:
 @register_reward("test_some_none_reward")
 def some_none_reward(prompt, completion, example):
     return None if len(completion) % 3 == 0 else float(len(completion) % 2)
-
-
-CALLS = [0]
-
-
-def _gated(name: str):
-    base = DATA_SOURCES.get(name)
-
-    class Gated(base):
-        def next_batch(self, step):
-            CALLS[0] += 1
-            if CALLS[0] == int(os.environ.get("RLZOO_TEST_GATE_AT", "0")):
-                gate = Path(os.environ["RLZOO_TEST_GATE"])
-                gate.with_name(gate.name + ".waiting").touch()
-                deadline = time.monotonic() + 120
-                while not gate.exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            return super().next_batch(step)
-
-    Gated.__name__ = f"Gated{base.__name__}"
-    return register_data_source(f"gated_{name}")(Gated)
-
-
-for _name in ("dataset", "online"):
-    _gated(_name)
