@@ -210,6 +210,20 @@ def _quiet_libraries() -> None:
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
+def _sigterm_is_ctrl_c() -> None:
+    """SIGTERM (a scheduler's stop, ``kill``) does what Ctrl-C does: before and between stages it
+    interrupts with one line; inside a stage rlzoo.runtime.signals finishes the step and writes a
+    checkpoint first. (Python's default for SIGTERM is to die without a word.)"""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -219,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from rlzoo.errors import Interrupted, UserError
 
+    _sigterm_is_ctrl_c()
     try:
         return args.func(args)
     except UserError as e:
