@@ -79,6 +79,16 @@ class GenerationConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (peft) instead of full fine-tuning (docs/runs.md); ``r`` = 0 trains every weight."""
+
+    r: int = 0  # rank of the adapters (0 = off: full fine-tuning)
+    alpha: float = 16.0  # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = 0.0  # dropout on the adapters' input; like all dropout, only with model.dropout: true
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # modules to adapt; all-linear: every Linear but the output head
+
+
+@dataclass
 class ModelConfig:
     """The policy to start from."""
 
@@ -88,6 +98,7 @@ class ModelConfig:
     logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
     dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters; the reference is then the model with its adapter off
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
 
 
@@ -270,6 +281,7 @@ RANGES: dict[type, dict[str, Range]] = {
     GenerationConfig: {"max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": NUCLEUS, "batch_size": AT_LEAST_1,
                        "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE, "tool_output_max_chars": AT_LEAST_1},
     ModelConfig: {"logprob_chunk_size": AT_LEAST_0},
+    LoraSettings: {"r": AT_LEAST_0, "alpha": POSITIVE, "dropout": Range(0, 1, hi_open=True)},
     DataConfig: {"prompts_per_step": AT_LEAST_1, "samples_per_prompt": AT_LEAST_1, "pool_prompts": AT_LEAST_1,
                  "resample_every": AT_LEAST_0},
     OptimConfig: {"lr": Range(0, 1, lo_open=True), "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,

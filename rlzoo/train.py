@@ -244,6 +244,11 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
             folder.check_space(checkpoint_bytes(cfg, lm))
         if point is not None:
             folder.truncate_metrics(point, [name for name, _, _ in stages])
+        if cfg.model.lora.r > 0 and not cfg.model.path and lm is not None:  # LoRA stages keep adapters: their base must be a folder
+            tmp = temporary(out / "initial")
+            save_model(lm, tokenizer, tmp)
+            publish(tmp, out / "initial")
+    dist.barrier()
     logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
                            config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
     summary: dict[str, Any] = {"stages": list(point.summary) if point else []}
@@ -268,8 +273,9 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
                 elif lm is None:  # the previous stage finished in an earlier session
                     lm, tokenizer = load_stage_result(out / trained[-1] / "final", cfg.model.dtype)
                 checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
+                base = stage_base(cfg, out, index, stage, [n for n, _, _ in stages])
                 result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
-                                       config_yaml, global_step, checkpoint, stop)
+                                       config_yaml, global_step, checkpoint, stop, base)
                 global_step += stage.steps
                 summary["stages"].append(result)
                 _write_summary(dist, out, summary)
@@ -277,6 +283,23 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
         if logger is not None:
             logger.close()
     return summary
+
+
+def stage_base(cfg: DictConfig, out: Path, index: int, stage: DictConfig, names: list[str]) -> dict:
+    """Where the weights a stage starts from are stored: ``{"path", "gguf_file"}``, the path
+    relative to the stage's final folder when it lies in the run folder (which may then move).
+    A LoRA stage saves its adapters with it (rlzoo_base.json)."""
+    import os
+
+    if stage.init:
+        return {"path": str(Path(stage.init).expanduser().resolve()), "gguf_file": None}
+    if index > 0:
+        path = out / names[index - 1] / "final"
+    elif cfg.model.path:
+        return {"path": str(Path(cfg.model.path).expanduser().resolve()), "gguf_file": cfg.model.gguf_file}
+    else:
+        path = out / "initial"
+    return {"path": os.path.relpath(path, out / names[index] / "final"), "gguf_file": None}
 
 
 def _write_summary(dist, out: Path, summary: dict) -> None:
@@ -322,7 +345,7 @@ def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: 
 
 
 def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
-              global_step, checkpoint, stop) -> tuple[dict[str, Any], torch.nn.Module]:
+              global_step, checkpoint, stop, base) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``lm`` for one stage (from ``checkpoint`` if given); its summary entry and the trained LM."""
     from tqdm.auto import tqdm
 
@@ -373,17 +396,18 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     bar.close()
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(st.seconds_trained, 2),
               "peak_memory_mb": round(peak_memory_mb(device), 1)}
-    save_final(st, out / name / "final", tokenizer, config_yaml, result)  # before the evaluation: a trained stage is never lost
+    save_final(st, out / name / "final", tokenizer, config_yaml, result, base)  # before the evaluation: a trained stage is never lost
     eval_metrics = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
     _log_eval(logger, name, stage.steps, eval_metrics, st.global_step)
     return {**result, "eval": eval_metrics}, st.close()
 
 
-def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict) -> None:
-    """The main process writes the stage's final model folder; the others wait for it."""
+def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict, base: dict) -> None:
+    """The main process writes the stage's final model folder (a LoRA stage: its adapters and
+    where their base is); the others wait for it."""
     if st.dist.is_main:
         tmp = temporary(folder)
-        save_model(st.lm, tokenizer, tmp)
+        save_model(st.lm, tokenizer, tmp, base)
         (tmp / CONFIG_NAME).write_text(config_yaml)
         write_state(tmp, {"stage": st.name, "step": st.step, "global_step": st.global_step, "result": result})
         publish(tmp, folder)
