@@ -67,7 +67,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model and args.checkpoint:
         raise ConfigError("give a checkpoint folder or --model, not both")
     if args.model:
-        from rlzoo.data.files import installed_model
+        from rlzoo.runtime.models import installed_model
 
         folder, gguf_file = installed_model(args.model)
         gguf_file = args.gguf_file or gguf_file

