@@ -43,7 +43,8 @@ def format_summary(summary: dict) -> str:
     keys = shown_metrics([r["eval"] for r in rows])
     header = ["stage", "algorithm", "steps", "seconds"] + keys
     lines = [header] + [
-        [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"] + [f"{100 * r['eval'][k]:.1f}" for k in keys]
+        [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"]
+        + [f"{100 * r['eval'][k]:.1f}" if k in r["eval"] else "-" for k in keys]
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import algorithm_config, to_yaml
+from rlzoo.config import algorithm_config, expand_iterative, to_yaml
 from rlzoo.errors import ConfigError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
@@ -29,7 +29,7 @@ from rlzoo.runtime.logging import MetricsLogger
 from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, resolve_model, save_model
 from rlzoo.runtime.run_folder import RunFolder
 from rlzoo.runtime.signals import stop_on_signals
-from rlzoo.runtime.stage import build_stage, train_step
+from rlzoo.runtime.stage import build_stage, peak_memory_mb, train_step
 from rlzoo.runtime.trainer import resolve_loss_agg
 
 
@@ -94,22 +94,30 @@ class _HeldOutFiltered:
         return (ex for ex in self.task.train_stream(seed) if question_key(ex.prompt) not in self.held_out)
 
 
-def make_reward(stage_cfg: DictConfig):
-    """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``)."""
+def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = ()):
+    """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``).
+
+    A reward model's ``model`` that names a stage of the run means that stage's final folder."""
     from rlzoo.rewards import make_reward as build
 
-    return build(stage_cfg.reward)
+    spec = OmegaConf.to_container(stage_cfg.reward, resolve=True)
+    for f in spec.get("functions") or [spec]:
+        model = (f.get("kwargs") or {}).get("model")
+        if model in stage_names and run_dir is not None:
+            f["kwargs"]["model"] = str(run_dir / model / "final")
+    return build(spec)
 
 
-def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
-    """An instance of the algorithm ``name`` with its ``algorithms.<name>`` hyperparameters."""
+def make_algorithm(cfg: DictConfig, name: str, stage: str | None = None) -> Algorithm:
+    """An instance of the algorithm ``name`` with its ``algorithms.<name>`` hyperparameters (and,
+    for a stage, that stage's ``algorithm_args`` over them)."""
     from dataclasses import is_dataclass
 
     cls = ALGORITHMS.get(name)
     config_cls = getattr(cls, "Config", None)
     if not is_dataclass(config_cls):
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: its class has no Config dataclass")
-    algo = cls(algorithm_config(cfg, name, config_cls))
+    algo = cls(algorithm_config(cfg, name, config_cls, stage))
     missing = [a for a in ("data_source", "needs", "loss_agg", "group_coupled", "coefficients", "prepare", "extra_loss") if not hasattr(algo, a)]
     if missing:
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: missing {', '.join(missing)}")
@@ -127,9 +135,10 @@ def score_batch(reward, batch) -> dict[str, float]:
     completions no function gave a value. The mean and std of the rewards are taken over every
     rank by the stage (``reward/mean``, ``reward/std``).
     """
-    values, events = reward.score(batch.examples, batch.completions, batch.completion_ids())
+    values, events, step_rewards, step_ends = reward.score_batch(batch)
     batch.rewards = torch.tensor([float("nan") if v is None else v for v in values], device=batch.input_ids.device,
                                  dtype=torch.float)  # [N]; NaN: skipped (every reward function said None)
+    batch.step_rewards, batch.step_ends = step_rewards, step_ends  # [N, T] each, with a process reward model
     n = max(len(values), 1)
     metrics = {f"reward/{e}_frac": frac for e, frac in events.items()}
     if "tool_calls" in batch.extras:
@@ -169,10 +178,21 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
     """Check every stage before any work starts; the stages with their algorithm instances."""
     for plugin in cfg.plugins:
         load_plugin(plugin)
-    stages = [(name, stage, make_algorithm(cfg, stage.algorithm)) for name, stage in cfg.stages.items()]
+    stages = [(name, stage, make_algorithm(cfg, stage.algorithm, name) if stage.kind == "policy" else None)
+              for name, stage in cfg.stages.items()]
     for name, stage, algo in stages:
+        if stage.kind == "reward_model":
+            validate_reward_model_stage(cfg, name, stage)
+            continue
+        if stage.init in cfg.stages and (stage.init not in list(cfg.stages)[: list(cfg.stages).index(name)]
+                                         or cfg.stages[stage.init].kind != "policy"):
+            raise ConfigError(f"stages.{name}.init: '{stage.init}' is not an earlier policy stage")
         DATA_SOURCES.get(stage.data.source or algo.data_source)
-        make_reward(stage)
+        reward = make_reward(stage)
+        _check_model_references(cfg, name, stage)
+        if getattr(algo, "needs_step_rewards", False) and not reward.process:
+            raise ConfigError(f"stages.{name}.reward: {stage.algorithm} with process supervision trains on step rewards: "
+                              "use a process reward model (reward.name: prm)")
         if stage.task:
             stage_task_config(cfg, name, stage)
         if stage.optim.schedule not in SCHEDULES:
@@ -192,6 +212,45 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
 SCHEDULES = ("constant", "linear", "cosine")
 
 
+def _check_model_references(cfg: DictConfig, name: str, stage: DictConfig) -> None:
+    """A reward model named in a stage's reward (``kwargs.model``) is an earlier reward-model stage or a folder."""
+    spec = OmegaConf.to_container(stage.reward, resolve=True)
+    names = list(cfg.stages)
+    for f in spec.get("functions") or [spec]:
+        ref = (f.get("kwargs") or {}).get("model")
+        if ref is None:
+            continue
+        if ref in cfg.stages:
+            if ref not in names[: names.index(name)] or cfg.stages[ref].kind != "reward_model":
+                raise ConfigError(f"stages.{name}.reward: model '{ref}' is not an earlier reward-model stage")
+        elif not Path(ref).expanduser().is_dir():
+            raise ConfigError(f"stages.{name}.reward: model {ref} is neither a reward-model stage of this run nor a folder")
+
+
+def validate_reward_model_stage(cfg: DictConfig, name: str, stage: DictConfig) -> None:
+    """What a reward-model stage needs: its grader, its step rule, and model references that exist."""
+    from rlzoo.steps import STEP_RULES
+
+    rm = stage.reward_model
+    make_reward(stage)
+    STEP_RULES.get(rm.step_rule)
+    names = list(cfg.stages)
+    earlier = names[: names.index(name)]
+    for key, ref, kind in (("policy", rm.policy, "policy"), ("init", rm.init, "reward_model")):
+        if ref is None:
+            continue
+        if ref in cfg.stages:
+            if ref not in earlier or cfg.stages[ref].kind != kind:
+                raise ConfigError(f"stages.{name}.reward_model.{key}: '{ref}' is not an earlier {kind.replace('_', '-')} stage")
+        elif not Path(ref).expanduser().is_dir():
+            raise ConfigError(f"stages.{name}.reward_model.{key}: {ref} is neither a stage of this run nor a folder")
+    for ref in rm.replay_from:
+        if ref not in earlier or cfg.stages[ref].kind != "reward_model":
+            raise ConfigError(f"stages.{name}.reward_model.replay_from: '{ref}' is not an earlier reward-model stage")
+    if rm.labels == "oracle" and (cfg.task.name != "synthetic"):
+        raise ConfigError(f"stages.{name}.reward_model.labels: oracle step labels exist for the embedded task only (task.name: synthetic)")
+
+
 def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of ``cfg``; returns the summary (also written to summary.json).
 
@@ -203,7 +262,8 @@ def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> 
     """
     from accelerate.utils import set_seed
 
-    stages = validate(cfg)
+    run_cfg = expand_iterative(cfg)  # the stages as run; the config as stored stays as written
+    stages = validate(run_cfg)
     names = [name for name, _, _ in stages]
     dist = init_distributed()
     folder = RunFolder(Path(cfg.output_dir or f"runs/{cfg.name}"), dist.is_main)
@@ -211,7 +271,7 @@ def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> 
     point = _on_main(dist, lambda: folder.prepare(config_yaml, OmegaConf.to_container(cfg, resolve=True), names,
                                                   resume=resume, overwrite=overwrite))
     try:
-        return _train(cfg, stages, dist, folder, config_yaml, point, set_seed)
+        return _train(run_cfg, stages, dist, folder, config_yaml, point, set_seed)
     finally:
         folder.release()
 
@@ -254,28 +314,57 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
     summary: dict[str, Any] = {"stages": list(point.summary) if point else []}
     evaluated = {s["name"] for s in summary["stages"]}
     global_step = 0
+    names = [n for n, _, _ in stages]
+    kinds = {n: s.kind for n, s, _ in stages}
+
+    def policy_weights(index: int):
+        """(lm, tokenizer) the stage at ``index`` starts from, when not in memory: the final folder of
+        the last policy stage before it, or the initial model."""
+        before = [n for n in names[:index] if kinds[n] == "policy"]
+        return load_stage_result(out / before[-1] / "final", cfg.model.dtype) if before else initial_model(cfg, task)
+
+    def resolve(ref: str) -> Path:
+        """A model reference: an earlier stage's name means its final folder."""
+        return out / ref / "final" if ref in kinds else Path(ref).expanduser()
+
     try:
         with stop_on_signals() as stop:
             for index, (name, stage, algo) in enumerate(stages):
                 if name in trained:
-                    lm = None  # loaded from its final checkpoint when needed
+                    if stage.kind == "policy":
+                        lm = None  # loaded from its final folder when needed
                     if name not in evaluated:  # trained, but stopped before its evaluation
-                        lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
-                        result = {**read_state(out / name / "final")["result"],
-                                  "eval": evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, mixed_precision=cfg.mixed_precision)}
-                        _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
+                        result = read_state(out / name / "final")["result"]
+                        if stage.kind == "policy":
+                            lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
+                            result["eval"] = evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, mixed_precision=cfg.mixed_precision)
+                            _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
                         summary["stages"].append(result)
                         _write_summary(dist, out, summary)
                     global_step += stage.steps
                     continue
-                if stage.init:
-                    lm, tokenizer = load_stage_result(stage.init, cfg.model.dtype)
-                elif lm is None:  # the previous stage finished in an earlier session
-                    lm, tokenizer = load_stage_result(out / trained[-1] / "final", cfg.model.dtype)
-                checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
-                base = stage_base(cfg, out, index, stage, [n for n, _, _ in stages])
-                result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
-                                       config_yaml, global_step, checkpoint, stop, base)
+                if stage.kind == "reward_model":
+                    if lm is None:
+                        lm, tokenizer = policy_weights(index)
+                    from rlzoo.runtime.reward_stage import run_reward_model_stage
+
+                    prompts = stage_task(cfg, name, stage, task).train_stream((cfg.seed + index) * 1000)
+                    held_out = eval_examples[: stage.reward_model.eval_questions]
+                    if cfg.task.chat_template:
+                        from rlzoo.data.templates import apply_chat_template, chat_stream
+
+                        prompts, held_out = chat_stream(prompts, tokenizer), apply_chat_template(held_out, tokenizer)
+                    result = run_reward_model_stage(cfg, name, index, stage, lm, tokenizer, prompts, held_out,
+                                                    make_reward(stage, out, names), logger, out, config_yaml, global_step,
+                                                    stop, resolve)
+                else:
+                    if stage.init:  # a folder, or an earlier policy stage's name
+                        lm, tokenizer = load_stage_result(resolve(stage.init), cfg.model.dtype)
+                    elif lm is None:  # the previous stage finished in an earlier session
+                        lm, tokenizer = policy_weights(index)
+                    checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
+                    result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
+                                           config_yaml, global_step, checkpoint, stop, stage_base(cfg, out, index, stage, names, kinds))
                 global_step += stage.steps
                 summary["stages"].append(result)
                 _write_summary(dist, out, summary)
@@ -285,16 +374,19 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
     return summary
 
 
-def stage_base(cfg: DictConfig, out: Path, index: int, stage: DictConfig, names: list[str]) -> dict:
+def stage_base(cfg: DictConfig, out: Path, index: int, stage: DictConfig, names: list[str], kinds: dict[str, str]) -> dict:
     """Where the weights a stage starts from are stored: ``{"path", "gguf_file"}``, the path
     relative to the stage's final folder when it lies in the run folder (which may then move).
     A LoRA stage saves its adapters with it (rlzoo_base.json)."""
     import os
 
+    before = [n for n in names[:index] if kinds[n] == "policy"]
+    if stage.init in kinds:
+        return {"path": os.path.relpath(out / stage.init / "final", out / names[index] / "final"), "gguf_file": None}
     if stage.init:
         return {"path": str(Path(stage.init).expanduser().resolve()), "gguf_file": None}
-    if index > 0:
-        path = out / names[index - 1] / "final"
+    if before:
+        path = out / before[-1] / "final"
     elif cfg.model.path:
         folder, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)
         return {"path": str(Path(folder).expanduser().resolve()), "gguf_file": gguf_file}
@@ -326,15 +418,6 @@ def checkpoint_bytes(cfg: DictConfig, lm: torch.nn.Module) -> float:
     return total
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA max allocated on a GPU (reset per stage), else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: str) -> dict[str, float]:
     """The held-out evaluation of a stage's final weights, under the run's autocast."""
     from rlzoo.runtime.stage import make_accelerator
@@ -361,7 +444,8 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
 
         prompts = chat_stream(prompts, tokenizer)
     st = build_stage(name, stage, algo, lm, tokenizer, prompts, model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
-                     seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage), score=score_batch)
+                     seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage, out, list(cfg.stages)),
+                     score=score_batch)
     st.global_step = global_step
     if checkpoint is not None:
         st.load(checkpoint)

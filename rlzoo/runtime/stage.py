@@ -238,6 +238,15 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
     return st
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA max allocated on a GPU (reset per stage), else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def reward_statistics(dist: Dist, batch: RolloutBatch) -> dict[str, float]:
     """Mean and std of the step's rewards over every rank (none for unscored data)."""
     rewards = [r for part in dist.gather(batch.rewards.tolist()) for r in part if r == r]  # NaN != NaN
