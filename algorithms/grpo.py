@@ -131,6 +131,7 @@ class GRPO(NoExtras):
             raise ConfigError(f"algorithms.grpo.supervision: unknown '{cfg.supervision}'; known: {', '.join(SUPERVISION)}")
         self.cfg = cfg
         self.needs = frozenset({"old_logprobs", "reference"} if cfg.beta > 0 else {"old_logprobs"})
+        self.needs_step_rewards = cfg.supervision == "process"  # the stage's reward must be a process reward model
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the group and the loss

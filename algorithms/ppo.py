@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, check_hyperparameters
+from rlzoo.errors import ConfigError
 from rlzoo.functional import check_clip, clipped_ratio_coefficient, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
@@ -139,6 +140,7 @@ class PPO:
         value_clip_eps: float = 0.2  # clip of the value prediction around the old value
         vf_coef: float = 0.1  # weight of the value loss in the total loss
         whiten_advantages: bool = True  # normalise advantages by their masked mean/std over the batch
+        supervision: str = "outcome"  # outcome: the reward on the last token; process: a PRM's step rewards on each step's last token
 
     data_source = "online"
     loss_agg = None
@@ -148,9 +150,12 @@ class PPO:
         check_hyperparameters("ppo", cfg, {"beta": AT_LEAST_0, "gamma": UNIT, "lam": UNIT, "value_clip_eps": POSITIVE,
                                            "vf_coef": AT_LEAST_0})
         check_clip("ppo", cfg.clip_eps, cfg.clip_eps_high)
+        if cfg.supervision not in ("outcome", "process"):
+            raise ConfigError(f"algorithms.ppo.supervision: unknown '{cfg.supervision}'; known: outcome, process")
         self.cfg = cfg
         base = {"old_logprobs", "value_model"}
         self.needs = frozenset(base | {"reference"} if cfg.beta > 0 else base)
+        self.needs_step_rewards = cfg.supervision == "process"  # the stage's reward must be a process reward model
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
@@ -164,7 +169,10 @@ class PPO:
             kl = (batch.old_logprobs - batch.ref_logprobs) * mask  # [N, T] log pi_old / pi_ref
         else:
             kl = torch.zeros_like(mask)  # [N, T]
-        rewards = kl_shaped_rewards(batch.rewards, kl, mask, cfg.beta)  # [N, T]
+        if cfg.supervision == "process":  # each step's reward on its last token, the KL penalty on every token
+            rewards = (-cfg.beta * kl + batch.step_rewards * batch.step_ends) * mask  # [N, T]
+        else:
+            rewards = kl_shaped_rewards(batch.rewards, kl, mask, cfg.beta)  # [N, T]
         advantages = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # [N, T]
         returns = (advantages + values) * mask  # [N, T]
         if cfg.whiten_advantages:

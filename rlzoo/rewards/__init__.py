@@ -72,6 +72,11 @@ class RewardFunction:
         return is_batched(self.fn)
 
     @property
+    def needs_batch(self) -> bool:
+        """A reward that reads the batch's tokens itself (a reward model, :mod:`rlzoo.rewards.model`)."""
+        return getattr(self.fn, "needs_batch", False)
+
+    @property
     def events(self) -> tuple[str, ...]:
         return tuple(getattr(self.fn, "events", ()))
 
@@ -81,6 +86,8 @@ class RewardFunction:
         ``answer(example, completion)`` (per-completion functions only), also each completion's
         answer, taken right after its grade in the same thread: ``(values, answers)``."""
         try:
+            if self.needs_batch:
+                raise RewardError(f"reward '{self.name}' scores token batches: it is called by Reward.score with a batch")
             if answer is not None:
                 both = _map(self.fn, list(zip(examples, completions)),
                             lambda ex, c: (self.fn(ex.prompt, c, ex, **self.kwargs), answer(ex, c)))
@@ -153,33 +160,80 @@ class Reward:
     def events(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(e for f in self.functions for e in f.events))
 
+    @property
+    def process(self) -> bool:
+        """Whether the reward gives step rewards (it includes a process reward model)."""
+        return any(getattr(f.fn, "process", False) for f in self.functions)
+
     def score(self, examples: Sequence, completions: Sequence[str], completion_ids: Sequence | None = None,
-              *, answers: list | None = None) -> tuple[list[float | None], dict[str, float]]:
+              *, answers: list | None = None, batch=None) -> tuple[list[float | None], dict[str, float]]:
         """The reward of every completion (None: skipped) and the events' shares. With ``answers``
         (a list to fill), each completion's graded answer (:meth:`answers`) is taken right after
         its grade, in the same thread, so that a program's answer reads the run its grade just
-        memoised: no program runs twice, however many completions are scored."""
+        memoised: no program runs twice, however many completions are scored. A reward model
+        among the functions needs the token ``batch``."""
+        values, events, _, _ = self._score(examples, completions, completion_ids, answers, batch)
+        return values, events
+
+    def score_batch(self, batch) -> tuple[list[float | None], dict[str, float], "Tensor | None", "Tensor | None"]:
+        """:meth:`score` of a RolloutBatch, with its step rewards and step ends [N, T] when the
+        reward includes a process reward model (else None): the weighted sum of every function's
+        step rewards, where an outcome function's value counts as a reward on the last step."""
+        return self._score(batch.examples, batch.completions, batch.completion_ids(), None, batch)
+
+    def _score(self, examples, completions, completion_ids, answers, batch):
         from rlzoo.rewards.builtin import reward_events
 
         before = reward_events()
         first = self.functions[0]
         answer = self._answer_fn()
-        if answers is not None and not first.batched and answer is not None:
+        outputs = {}
+        for f in self.functions:
+            if f.needs_batch:
+                if batch is None:
+                    raise RewardError(f"reward '{f.name}' is a reward model: it scores token batches, not texts")
+                outputs[id(f)] = f.fn(batch)
+        if answers is not None and not first.batched and not first.needs_batch and answer is not None:
             first_values, answers[:] = first(examples, completions, answer=answer)
-            parts = [(first.weight, first_values)] + [(f.weight, f(examples, completions, completion_ids)) for f in self.functions[1:]]
+            parts = [(first, first_values)] + [(f, self._values(f, outputs, examples, completions, completion_ids)) for f in self.functions[1:]]
         else:
-            parts = [(f.weight, f(examples, completions, completion_ids)) for f in self.functions]
+            parts = [(f, self._values(f, outputs, examples, completions, completion_ids)) for f in self.functions]
             if answers is not None:
                 answers[:] = self.answers(examples, completions)
         after = reward_events()
         values: list[float | None] = []
         for i in range(len(completions)):
-            given = [(w, v[i]) for w, v in parts if v[i] is not None]
+            given = [(f.weight, v[i]) for f, v in parts if v[i] is not None]
             values.append(sum(w * v for w, v in given) if given else None)
         n = max(len(values), 1)
         events = {e: (after.get(e, 0) - before.get(e, 0)) / n for e in self.events}
         events["skipped"] = sum(v is None for v in values) / n
-        return values, events
+        step_rewards, step_ends = self._steps(parts, outputs)
+        return values, events, step_rewards, step_ends
+
+    @staticmethod
+    def _values(f: RewardFunction, outputs: dict, examples, completions, completion_ids) -> list[float | None]:
+        if f.needs_batch:
+            return f._checked(list(outputs[id(f)].values), len(completions))
+        return f(examples, completions, completion_ids)
+
+    def _steps(self, parts, outputs) -> tuple["Tensor | None", "Tensor | None"]:
+        process = [outputs[id(f)] for f, _ in parts if f.needs_batch and outputs[id(f)].step_ends is not None]
+        if not process:
+            return None, None
+        import torch
+
+        ends = process[0].step_ends  # [N, T] the first process reward's steps
+        last = ends * (ends.cumsum(-1) == ends.sum(-1, keepdim=True)).float()  # [N, T] 1 at each row's last step end
+        total = torch.zeros_like(ends)  # [N, T]
+        for f, values in parts:
+            out = outputs.get(id(f))
+            if out is not None and out.step_rewards is not None:
+                total += f.weight * out.step_rewards * ends
+            else:  # an outcome reward is a reward on the last step
+                v = torch.tensor([0.0 if x is None else x for x in values], device=ends.device)  # [N]
+                total += f.weight * v[:, None] * last
+        return total, ends
 
     def _answer_fn(self) -> Callable | None:
         """``(example, completion) -> answer`` of the first function's declared ``answer``, or None."""
@@ -200,10 +254,19 @@ class Reward:
 
 
 def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None) -> RewardFunction:
-    """The reward function registered as ``name`` (or ``file.py:function`` / ``module:function``)."""
+    """The reward function registered as ``name`` (or ``file.py:function`` / ``module:function``).
+
+    A registered class (a reward model, :mod:`rlzoo.rewards.model`) is built once, with the
+    ``kwargs``; a function gets them at every call."""
     from rlzoo.registry import REWARDS
 
-    return RewardFunction(name, REWARDS.get(name), weight, dict(kwargs or {}))
+    fn = REWARDS.get(name)
+    if inspect.isclass(fn):
+        try:
+            return RewardFunction(name, fn(**dict(kwargs or {})), weight, {})
+        except TypeError as e:
+            raise RewardError(f"reward '{name}': {e}") from None
+    return RewardFunction(name, fn, weight, dict(kwargs or {}))
 
 
 def make_reward(spec) -> Reward:

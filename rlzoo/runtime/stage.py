@@ -29,7 +29,8 @@ from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, Example, RolloutBatch
 from rlzoo.registry import DATA_SOURCES
 from rlzoo.runtime.distributed import Dist, MetricsReducer
-from rlzoo.runtime.models import LogProbModel, ValueModel, build_value_model, disable_dropout, frozen_copy, set_gradient_checkpointing
+from rlzoo.runtime.models import (LogProbModel, ValueModel, add_lora, build_value_model, disable_dropout, frozen_copy, is_lora,
+                                  merged, set_gradient_checkpointing)
 from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, train_on_batch
 
 
@@ -157,8 +158,9 @@ class Stage:
         return self.seconds + time.perf_counter() - self._started
 
     def close(self) -> torch.nn.Module:
-        """Release the stage's optimizer, wrappers and accelerator state; returns the trained LM."""
-        lm = self.lm
+        """Release the stage's optimizer, wrappers and accelerator state; returns the trained LM
+        (a LoRA model's adapters merged into its weights: the next stage adds fresh ones)."""
+        lm = merged(self.lm)
         self.accelerator.free_memory()
         self.rt = self.optimizer = self.scheduler = self.source = None
         return lm
@@ -175,23 +177,29 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
     from rlzoo.data.sources import SourceContext
     from rlzoo.runtime.generation import encode_pairs, sample
 
+    from accelerate.utils import set_seed
+
     accelerator = make_accelerator(mixed_precision)
     dist = Dist(accelerator.device)
+    set_seed(seed)  # what the stage draws at its start (LoRA's initial adapters) does not depend on earlier stages
     ocfg = stage_cfg.optim
+    if model_cfg.lora.r > 0:
+        lm = add_lora(lm, model_cfg.lora)  # base frozen; the reference is the same model with its adapters off
     if not model_cfg.dropout:
         disable_dropout(lm)
     set_gradient_checkpointing(lm, model_cfg.gradient_checkpointing)
     lm.train()
     policy = LogProbModel(lm, model_cfg.logprob_chunk_size)
     reference = None
-    if "reference" in algorithm.needs:
+    if "reference" in algorithm.needs and not is_lora(lm):
         reference = LogProbModel(frozen_copy(lm), model_cfg.logprob_chunk_size)
     value_model: ValueModel | None = None
     param_groups = [{"params": [p for p in lm.parameters() if p.requires_grad], "lr": ocfg.lr, "name": "policy"}]
     if "value_model" in algorithm.needs:
-        value_model = build_value_model(lm)
+        value_model = build_value_model(lm)  # with LoRA: a copy of the frozen base with its own adapters (and head)
         set_gradient_checkpointing(value_model.backbone, model_cfg.gradient_checkpointing)
-        param_groups.append({"params": list(value_model.parameters()), "lr": ocfg.value_lr or ocfg.lr, "name": "value"})
+        param_groups.append({"params": [p for p in value_model.parameters() if p.requires_grad], "lr": ocfg.value_lr or ocfg.lr,
+                             "name": "value"})
     optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
     # stepped once per step; not given to accelerate, which would step it once per process
@@ -204,7 +212,8 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
             policy, optimizer = accelerator.prepare(policy, optimizer)
     if reference is not None:
         reference.to(accelerator.device)  # not prepared: frozen, no DDP, not in checkpoints; the Runtime gives it the policy's autocast
-    rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist)
+    rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist,
+                 reference_is_base="reference" in algorithm.needs and reference is None)
     device = accelerator.device
     ctx = SourceContext(
         prompts=prompts,
@@ -227,6 +236,15 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(st)
     return st
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA max allocated on a GPU (reset per stage), else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def reward_statistics(dist: Dist, batch: RolloutBatch) -> dict[str, float]:
@@ -258,7 +276,7 @@ def train_step(st: Stage) -> dict[str, float]:
     shared = reward_statistics(dist, batch)
     local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
     with timed(local, "time/reference"):
-        if rt.reference is not None:
+        if "reference" in algo.needs:
             batch.ref_logprobs = rt.reference_logprobs(batch)  # 2. reference [N, T]
     with timed(local, "time/old_logprobs"):
         if "old_logprobs" in algo.needs:

@@ -45,6 +45,7 @@ class Runtime:
     value_model: torch.nn.Module | None = None
     micro_batch_size: int = 64
     dist: Dist | None = None
+    reference_is_base: bool = False  # a LoRA policy: the reference is the policy with its adapters off (no copy)
 
     def __post_init__(self) -> None:
         if self.dist is None:
@@ -73,7 +74,11 @@ class Runtime:
         return self.logprobs_nograd(self.policy, batch)
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """[N, T] log-probs of the frozen reference, under the policy's autocast, without grad."""
+        """[N, T] log-probs of the frozen reference, under the policy's autocast, without grad: a
+        frozen copy, or, for a LoRA policy, the policy itself with its adapters switched off."""
+        if self.reference_is_base:
+            with getattr(self.policy, "module", self.policy).lm.disable_adapter():
+                return self.logprobs_nograd(self.policy, batch)
         with self.accelerator.autocast():
             return self.logprobs_nograd(self.reference, batch)
 

@@ -1,0 +1,116 @@
+"""Learned reward models as rewards: ``reward.name: orm`` or ``prm`` (DeepSeekMath Sec. 4.1.2-4.1.3).
+
+A reward model (:mod:`rlzoo.reward_models`) scores the batch's own token ids, in micro-batches
+without gradients, on the device the batch is on; it is loaded once, on first use, per stage.
+
+* ``orm``: the probability (sigmoid of the score) at each completion's last token.
+* ``prm``: the probability at the end of every reasoning step (``step_rule``, :mod:`rlzoo.steps`):
+  these are the batch's step rewards (``batch.step_rewards`` at ``batch.step_ends``), which GRPO
+  with ``supervision: process`` and PPO with ``supervision: process`` train on; the completion's
+  own reward (for outcome supervision, logging and weighted sums) is their ``aggregate``: ``min``
+  (default: a solution is as good as its worst step), ``last`` or ``prod``.
+
+``model`` is a reward model folder or the name of an earlier reward-model stage of the run.
+
+    reward: {name: prm, kwargs: {model: prm, step_rule: line}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlzoo.registry import register_reward
+
+AGGREGATES = ("min", "last", "prod")
+
+
+@dataclass
+class ModelScores:
+    """What a model reward gives a batch: a value per completion, and per-step rewards for a PRM.
+
+    values        N completion rewards
+    step_rewards  [N, T] each step's reward at its last token, 0 elsewhere (None for an ORM)
+    step_ends     [N, T] 1.0 at each step's last token (None for an ORM)
+    """
+
+    values: list[float]
+    step_rewards: torch.Tensor | None = None
+    step_ends: torch.Tensor | None = None
+
+
+class _ModelReward:
+    """A reward model, loaded on first use, scoring whole batches (``needs_batch``)."""
+
+    needs_batch = True
+    process = False
+
+    def __init__(self, model: str, batch_size: int = 32, dtype: str = "float32") -> None:
+        self.path, self.batch_size, self.dtype = model, batch_size, dtype
+        self._model = self._tokenizer = None
+
+    def _load(self, device) -> None:
+        if self._model is None:
+            from rlzoo.reward_models import load_reward_model
+            from rlzoo.runtime.models import load_pretrained
+
+            self._model = load_reward_model(self.path, self.dtype).to(device).eval()
+            _, self._tokenizer = load_pretrained(self.path, dtype=self.dtype, tokenizer_only=True)
+
+    @torch.no_grad()
+    def token_probs(self, batch) -> torch.Tensor:
+        """[N, T] sigmoid of the reward model's score at every token, in micro-batches."""
+        from rlzoo.reward_models import token_scores
+
+        self._load(batch.input_ids.device)
+        parts = [token_scores(self._model, batch.input_ids[i : i + self.batch_size], batch.attention_mask[i : i + self.batch_size])
+                 for i in range(0, len(batch), self.batch_size)]
+        return torch.sigmoid(torch.cat(parts)) if parts else torch.zeros(batch.input_ids.shape)  # [N, T]
+
+
+@register_reward("orm")
+class OutcomeModelReward(_ModelReward):
+    """An outcome reward model: the probability it gives each completion at its last token."""
+
+    def __call__(self, batch) -> ModelScores:
+        from rlzoo.reward_models import outcome_scores
+
+        return ModelScores(outcome_scores(self.token_probs(batch), batch.attention_mask).tolist())
+
+
+@register_reward("prm")
+class ProcessModelReward(_ModelReward):
+    """A process reward model: the probability it gives each reasoning step, at the step's last token."""
+
+    process = True
+
+    def __init__(self, model: str, step_rule: str = "line", aggregate: str = "min", batch_size: int = 32,
+                 dtype: str = "float32") -> None:
+        from rlzoo.errors import ConfigError
+        from rlzoo.steps import STEP_RULES
+
+        super().__init__(model, batch_size, dtype)
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"reward prm: aggregate must be one of {', '.join(AGGREGATES)}; got '{aggregate}'")
+        STEP_RULES.get(step_rule)
+        self.step_rule, self.aggregate = step_rule, aggregate
+
+    def __call__(self, batch) -> ModelScores:
+        from rlzoo.reward_models import per_step, step_scores
+        from rlzoo.steps import step_end_mask
+
+        probs = self.token_probs(batch)  # [N, T]
+        ends = step_end_mask(batch, self._tokenizer, self.step_rule).to(probs.device)  # [N, T]
+        step_rewards = step_scores(probs, ends)  # [N, T]
+        values = []
+        for steps in per_step(probs, ends):
+            if not steps:
+                values.append(0.0)
+            elif self.aggregate == "min":
+                values.append(min(steps))
+            elif self.aggregate == "last":
+                values.append(steps[-1])
+            else:
+                values.append(float(torch.tensor(steps).prod()))
+        return ModelScores(values, step_rewards, ends)
