@@ -148,9 +148,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from rlzoo.runtime.checkpoint import publish, temporary
     from rlzoo.runtime.models import load_stage_result, save_model
 
+    from rlzoo.runtime.model_files import check_model_folder
+
     src, dst = Path(args.checkpoint), Path(args.output)
-    if not src.is_dir():
-        raise ConfigError(f"export: checkpoint folder not found: {src}")
+    check_model_folder(str(src), "export")  # missing, not a model, or a damaged file: one line before any loading
     if (src / "adapter_config.json").is_file() and not args.merge:
         raise ConfigError(f"export: {src} holds LoRA adapters; add --merge to write them merged into their base model")
     if dst.exists() and any(dst.iterdir()):

@@ -51,6 +51,8 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("task key", ["train", "{tiny}", "task.synthetic.max_opps=2"], "task.synthetic.max_opps"),
         ("stage task key", ["train", "{tiny}", "sft.task={synthetic: {max_opps: 1}}"], "unknown config key 'stages.sft.task.synthetic.max_opps'"),
         ("model key", ["train", "{tiny}", "model.tiny.layers=2"], "model.tiny.layers"),
+        ("stage algorithm_args key", ["train", "{tiny}", "grpo.algorithm_args={betta: 0.1}"],
+         "unknown config key 'stages.grpo.algorithm_args.betta'"),
     ],
     "wrong type": [
         ("int", ["train", "{tiny}", "sft.steps=lots"], "stages.sft.steps"),
@@ -92,6 +94,7 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("heads divide width", ["train", "{tiny}", "model.tiny.num_heads=3"], "model.tiny.num_heads"),
         ("model width", ["train", "{tiny}", "model.tiny.hidden_size=0"], "model.tiny.hidden_size"),
         ("logprob chunk", ["train", "{tiny}", "model.logprob_chunk_size=-1"], "model.logprob_chunk_size"),
+        ("lora rank", ["train", "{tiny}", "model.lora.r=-1"], "model.lora.r"),
         ("log_every", ["train", "{tiny}", "logging.log_every=0"], "logging.log_every"),
         ("seed", ["train", "{tiny}", "seed=-1"], "seed=-1"),
         ("threads", ["train", "{tiny}", "threads=0"], "threads=0"),
@@ -141,6 +144,7 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("gguf without model.path", ["train", "{tiny}", "model.gguf_file=m.gguf"], "model.gguf_file"),
         ("chat template of the tiny model", ["train", "{tiny}", "task.chat_template=true"], "task.chat_template"),
         ("damaged checkpoint for eval", ["eval", "{files}/garbage_model"], "garbage_model/model.safetensors"),
+        ("damaged checkpoint for export", ["export", "{files}/truncated_model", "{out}"], "truncated_model/model.safetensors"),
     ],
     "bad plugin": [
         ("syntax error", ["train", "{tiny}", "plugins=[{files}/syntax_plugin.py]"], "syntax_plugin.py:2"),
