@@ -145,10 +145,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """A stage's final folder as a plain Hugging Face model folder (a LoRA stage: merged into its base)."""
     _quiet_libraries()
     from rlzoo.errors import ConfigError
-    from rlzoo.runtime.checkpoint import publish, temporary
-    from rlzoo.runtime.models import load_stage_result, save_model
-
+    from rlzoo.runtime.checkpoint import written
     from rlzoo.runtime.model_files import check_model_folder
+    from rlzoo.runtime.models import load_stage_result, save_model
 
     src, dst = Path(args.checkpoint), Path(args.output)
     check_model_folder(str(src), "export")  # missing, not a model, or a damaged file: one line before any loading
@@ -157,9 +156,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if dst.exists() and any(dst.iterdir()):
         raise ConfigError(f"export: {dst} is not empty")
     lm, tokenizer = load_stage_result(src, args.dtype)
-    tmp = temporary(dst)
-    save_model(lm, tokenizer, tmp)
-    publish(tmp, dst)
+    with written(dst) as tmp:
+        save_model(lm, tokenizer, tmp)
     print(f"wrote {dst} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters, {args.dtype})")
     return 0
 

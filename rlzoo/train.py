@@ -23,7 +23,7 @@ from rlzoo.config import TaskConfig, algorithm_config, check_values, expand_iter
 from rlzoo.errors import ConfigError, DataError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
-from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, publish, read_state, temporary, write_state
+from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, read_state, write_state, written
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
 from rlzoo.runtime.model_files import check_model_folder
@@ -390,9 +390,8 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
         if point is not None:
             folder.truncate_metrics(point, [name for name, _, _ in stages])
         if cfg.model.lora.r > 0 and not cfg.model.path and lm is not None:  # LoRA stages keep adapters: their base must be a folder
-            tmp = temporary(out / "initial")
-            save_model(lm, tokenizer, tmp)
-            publish(tmp, out / "initial")
+            with written(out / "initial") as tmp:
+                save_model(lm, tokenizer, tmp)
     dist.barrier()
     logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
                            config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
@@ -576,9 +575,8 @@ def save_final(st, folder: Path, tokenizer, config_yaml: str, result: dict, base
     """The main process writes the stage's final model folder (a LoRA stage: its adapters and
     where their base is); the others wait for it."""
     if st.dist.is_main:
-        tmp = temporary(folder)
-        save_model(st.lm, tokenizer, tmp, base)
-        (tmp / CONFIG_NAME).write_text(config_yaml)
-        write_state(tmp, {"stage": st.name, "step": st.step, "global_step": st.global_step, "result": result})
-        publish(tmp, folder)
+        with written(folder) as tmp:
+            save_model(st.lm, tokenizer, tmp, base)
+            (tmp / CONFIG_NAME).write_text(config_yaml)
+            write_state(tmp, {"stage": st.name, "step": st.step, "global_step": st.global_step, "result": result})
     st.dist.barrier()

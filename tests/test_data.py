@@ -397,3 +397,24 @@ def test_run_eval_applies_the_chat_template(tiny_model, tokenizer, monkeypatch):
     finally:
         tokenizer.chat_template = None
     assert [e.prompt for e in seen] == ["<u>Q<a>"]
+
+
+def test_parquet_files_and_saved_datasets_are_read_through_hugging_face_datasets(tmp_path):
+    # GSM8K as downloaded from the Hub is parquet; a folder written by save_to_disk works too
+    import datasets
+
+    rows = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()[:6]]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    from_jsonl = load_examples(DATA / "gsm8k" / "test.jsonl", limit=6)
+    for source in (tmp_path / "test.parquet", tmp_path / "saved"):
+        examples = load_examples(source)
+        assert [(e.prompt, e.answer, e.solution) for e in examples] == [(e.prompt, e.answer, e.solution) for e in from_jsonl]
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"broken.parquet: cannot be read as parquet"):
+        load_examples(bad)
+    bad_row = [dict(rows[0]), {"question": "Q", "answer": "no final line"}]
+    datasets.Dataset.from_list(bad_row).to_parquet(str(tmp_path / "rows.parquet"))
+    with pytest.raises(DataError, match=r"rows.parquet:2: field 'answer' has no final '#### N' line"):
+        load_examples(tmp_path / "rows.parquet")

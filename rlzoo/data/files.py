@@ -22,10 +22,12 @@ GSM8K and MATH have reference solutions in chain-of-thought only, so with ``form
 solutions). Every Example's ``meta`` holds ``source`` (the schema), ``format``, ``line`` (1-based)
 and, for MATH, ``subject``, ``level`` and ``unique_id``.
 
-Rows are read as one JSON object per line with :mod:`json` rather than ``datasets``' json loader:
-that way a bad row (invalid JSON, a missing field, a wrong type) raises a one-line
-:class:`~rlzoo.errors.DataError` naming the file and the 1-based line, and nothing is
-cached on disk. Blank lines are skipped.
+jsonl rows are read as one JSON object per line with :mod:`json` rather than ``datasets``' json
+loader: that way a bad row (invalid JSON, a missing field, a wrong type) raises a one-line
+:class:`~rlzoo.errors.DataError` naming the file and the 1-based line, and nothing is cached on
+disk. Blank lines are skipped. Parquet, csv and arrow files and folders saved with
+``datasets.save_to_disk`` are read with Hugging Face ``datasets`` (:func:`read_rows`), rows
+numbered from 1 in errors.
 
 :class:`FileTask` makes a task of two files (``task.name: gsm8k`` or ``math``, paths under
 ``task.files``) with the interface of the synthetic task: ``train_stream(seed)``,
@@ -59,6 +61,50 @@ _CALC_ANNOTATION_RE = re.compile(r"<<[^<>\n]*>>")  # GSM8K calculator annotation
 
 
 # -- one file -----------------------------------------------------------------------------------
+
+
+DATASET_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}  # read with Hugging Face datasets
+
+
+def is_data_path(path: Path) -> bool:
+    """A file rlzoo reads (jsonl, or a table format of ``datasets``) or a folder written by
+    ``datasets.Dataset.save_to_disk``."""
+    return path.is_file() or (path.is_dir() and (path / "dataset_info.json").is_file())
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based row number, row) of every row of a data file: jsonl (a line per row), or, through
+    Hugging Face ``datasets``, a ``.parquet``, ``.csv`` or ``.arrow`` file or a folder saved with
+    ``save_to_disk`` (GSM8K and MATH as downloaded from the Hub are parquet). Errors name the file
+    and the row."""
+    p = Path(path)
+    if p.suffix in DATASET_SUFFIXES or p.is_dir():
+        yield from _dataset_rows(p)
+    else:
+        yield from read_jsonl(p)
+
+
+def _dataset_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    if not is_data_path(p):
+        raise DataError(f"file not found: {p}" if not p.exists() else f"{p}: not a file, nor a folder saved by datasets")
+    try:
+        if p.is_dir():
+            table = datasets.load_from_disk(str(p))
+            if isinstance(table, datasets.DatasetDict):
+                raise DataError(f"{p}: a dataset with splits {sorted(table)}; give the folder of one split")
+        else:
+            table = datasets.load_dataset(DATASET_SUFFIXES[p.suffix], data_files=str(p), split="train",
+                                          cache_dir=None, keep_in_memory=True)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or unreadable file: one line naming it
+        raise DataError(f"{p}: cannot be read as {DATASET_SUFFIXES.get(p.suffix, 'a saved dataset')} "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    for index, row in enumerate(table, 1):
+        yield index, dict(row)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -118,7 +164,7 @@ def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = 
     out: list[Example] = []
     expected = schema
     schema = None
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_rows(path):
         if limit is not None and len(out) >= limit:
             break
         if schema is None:
@@ -223,7 +269,7 @@ class FileTask:
         self.train_path = Path(cfg.train or default_train)
         self.eval_path = Path(cfg.eval or default_eval)
         for key, path in (("train", self.train_path), ("eval", self.eval_path)):
-            if not path.is_file():
+            if not is_data_path(path):
                 raise DataError(f"task.files.{key}: file not found: {path}")
         if self.train_path.resolve() == self.eval_path.resolve():
             raise DataError(f"task.files.train and task.files.eval are the same file: {self.eval_path}")

@@ -22,8 +22,9 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CONFIG_NAME = "rlzoo_config.yaml"
 TRAINER_STATE = "trainer_state.json"
@@ -48,6 +49,19 @@ def temporary(folder: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
+
+
+@contextmanager
+def written(folder: Path) -> Iterator[Path]:
+    """Write ``folder`` atomically: yields an empty temporary folder to write into, publishes it
+    when the block ends, removes it when the block fails (a full disk leaves nothing behind)."""
+    tmp = temporary(folder)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, folder)
 
 
 def publish(tmp: Path, folder: Path) -> Path:

@@ -158,7 +158,7 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
     from transformers import get_scheduler
 
     from rlzoo.reward_models import load_reward_model, reward_model_from_lm
-    from rlzoo.runtime.checkpoint import CONFIG_NAME, publish, temporary, write_state
+    from rlzoo.runtime.checkpoint import CONFIG_NAME, write_state, written
     from rlzoo.runtime.models import load_stage_result
     from rlzoo.runtime.sampling import mix_seed
     from rlzoo.runtime.stage import make_accelerator, peak_memory_mb
@@ -250,12 +250,11 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
                        **({"steps_mean": float(data["train"].step_ends.sum(-1).mean())} if prm else {})},
               "eval": evaluation}
     if dist.is_main:
-        tmp = temporary(stage_dir / "final")
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / CONFIG_NAME).write_text(config_yaml)
-        write_state(tmp, {"stage": name, "step": stage.steps, "global_step": global_step + stage.steps, "result": result})
-        publish(tmp, stage_dir / "final")
+        with written(stage_dir / "final") as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / CONFIG_NAME).write_text(config_yaml)
+            write_state(tmp, {"stage": name, "step": stage.steps, "global_step": global_step + stage.steps, "result": result})
     dist.barrier()
     if logger is not None:
         logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in evaluation.items()}}, global_step + stage.steps)

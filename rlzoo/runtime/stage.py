@@ -16,6 +16,7 @@ without dropout, so pi_old = pi_theta = pi_ref before the first update of a stag
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -140,13 +141,18 @@ class Stage:
         if self.dist.is_main:
             temporary(folder)
         self.dist.barrier()
-        self.accelerator.save_state(str(tmp), safe_serialization=True)
-        self.dist.barrier()
-        if self.dist.is_main:
-            write_state(tmp, {"stage": self.name, "step": self.step, "global_step": self.global_step})
-            (tmp / CONFIG_NAME).write_text(config_yaml)
-            publish(tmp, folder)
-            prune(stage_dir, keep)
+        try:
+            self.accelerator.save_state(str(tmp), safe_serialization=True)
+            self.dist.barrier()
+            if self.dist.is_main:
+                write_state(tmp, {"stage": self.name, "step": self.step, "global_step": self.global_step})
+                (tmp / CONFIG_NAME).write_text(config_yaml)
+                publish(tmp, folder)
+                prune(stage_dir, keep)
+        except BaseException:  # a full disk: the previous checkpoints stay, no half-written one
+            if self.dist.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.dist.barrier()
 
     def load(self, folder) -> None:
