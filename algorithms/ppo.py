@@ -145,6 +145,7 @@ class PPO:
     data_source = "online"
     loss_agg = None
     group_coupled = False
+    old_logprobs_in_prepare = True  # the KL-shaped rewards read log pi_old in prepare
 
     def __init__(self, cfg: Config) -> None:
         check_hyperparameters("ppo", cfg, {"beta": AT_LEAST_0, "gamma": UNIT, "lam": UNIT, "value_clip_eps": POSITIVE,

@@ -179,8 +179,12 @@ class Algorithm(Protocol):
                   ``data_source`` to the source actually used before the first ``prepare``
     needs         runtime services the algorithm uses, a subset of
                   {"reference", "old_logprobs", "value_model"}: the runtime fills
-                  ``batch.ref_logprobs`` and ``batch.old_logprobs`` (no-grad passes of the frozen
-                  reference and of the sampling policy) before ``prepare``, and builds a value model
+                  ``batch.ref_logprobs`` (a no-grad pass of the frozen reference) before
+                  ``prepare``; ``batch.old_logprobs`` (log pi_old) before ``prepare`` when the
+                  batch is used for several updates or the algorithm sets
+                  ``old_logprobs_in_prepare = True``, else with the one training pass's own
+                  log-probs, detached, before ``coefficients`` (ratio exactly 1, no extra pass);
+                  and builds a value model
     loss_agg      the aggregation mode the coefficients are derived for, or None to let the
                   user choose with ``optim.loss_agg`` (see rlzoo.losses.aggregate)
     group_coupled True when a sequence's coefficient depends on other sequences of its group

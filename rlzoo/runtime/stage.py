@@ -6,7 +6,7 @@
 
     1. data source   the step's batch: read, or sampled and scored    (time/generate, time/reward)
     2. reference     log pi_ref of the batch, if the algorithm needs it (time/reference)
-    3. pi_old        log pi_old, if the algorithm needs it             (time/old_logprobs)
+    3. pi_old        log pi_old, if the algorithm needs it and the batch is reused (time/old_logprobs)
     4. prepare       the algorithm's advantages, pairs or filter       (time/prepare)
     5. update        the single surrogate loss, optimizer steps        (time/train)
 
@@ -285,8 +285,11 @@ def train_step(st: Stage) -> dict[str, float]:
         if "reference" in algo.needs:
             batch.ref_logprobs = rt.reference_logprobs(batch)  # 2. reference [N, T]
     with timed(local, "time/old_logprobs"):
-        if "old_logprobs" in algo.needs:
+        ocfg = st.cfg.optim
+        used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
+        if "old_logprobs" in algo.needs and (not used_once or getattr(algo, "old_logprobs_in_prepare", False)):
             batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
+        # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
     with timed(local, "time/prepare"):
         batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
     reducer = MetricsReducer()

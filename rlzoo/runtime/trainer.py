@@ -242,6 +242,8 @@ def train_on_batch(
                         continue
                     micro = micros[i]
                     logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
+                    if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
+                        micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
                     coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                     loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
                     acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
