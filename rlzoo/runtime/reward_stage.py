@@ -138,9 +138,14 @@ def held_out_metrics(rm, data: RolloutBatch, prm: bool, micro_batch_size: int) -
     out = {"rm/step_accuracy": step_accuracy(steps, labels)}
     outcome = data.extras["rm_outcome"]
     out["rm/outcome_auc"] = roc_auc(torch.tensor([min(s) if s else 0.0 for s in steps]), outcome)
+    flat_steps = [p for row in steps for p in row]
+    out["rm/step_auc"] = roc_auc(torch.tensor(flat_steps), torch.tensor([float(v) for row in labels for v in row]))
     if "rm_oracle" in data.extras:
         oracle = [[v >= 0.5 for v in row] for row in per_step(data.extras["rm_oracle"], data.step_ends)]
+        flat_oracle = [float(v) for row in oracle for v in row]
         out["rm/oracle_step_accuracy"] = step_accuracy(steps, oracle)
+        out["rm/oracle_step_auc"] = roc_auc(torch.tensor(flat_steps), torch.tensor(flat_oracle))
+        out["rm/oracle_positive_frac"] = sum(flat_oracle) / max(len(flat_oracle), 1)  # the base rate accuracy is read against
         out["rm/first_error_accuracy"] = first_error_accuracy([first_error([p >= 0.5 for p in s]) for s in steps],
                                                               [first_error(o) for o in oracle])
         out["rm/label_oracle_agreement"] = step_accuracy([[float(x) for x in row] for row in labels], oracle)
