@@ -32,8 +32,8 @@ def measure(folder: str, samples: int, temperature: float, max_new_tokens: int) 
     import torch
 
     from rlzoo.config import load_config
-    from rlzoo.rewards import reward_values
-    from rlzoo.rewards.builtin import any_format, completion_format
+    from rlzoo.rewards import make_reward
+    from rlzoo.rewards.builtin import completion_format
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.generation import GenerationConfig, sample
     from rlzoo.runtime.models import load_pretrained
@@ -43,20 +43,22 @@ def measure(folder: str, samples: int, temperature: float, max_new_tokens: int) 
     examples = build_task(cfg).eval_examples()
     model, tokenizer = load_pretrained(folder)
     model.eval()
+    reward = make_reward("any_format")
+    score = lambda exs, completions: [v or 0.0 for v in reward.score(exs, completions)[0]]
     torch.manual_seed(0)
     out: dict[str, float] = {}
     greedy = GenerationConfig(max_new_tokens, 0.0, 1.0, 256)
     batch = sample(model, tokenizer, examples, 1, greedy)
-    scores = reward_values(any_format, examples, batch.completions)
+    scores = score(examples, batch.completions)
     out["greedy"] = sum(scores) / len(scores)
     out["greedy pot share"] = sum(completion_format(c) == "pot" for c in batch.completions) / len(scores)
     for fmt, opening in OPENINGS.items():
         forced = [dataclasses.replace(ex, prompt=ex.prompt + opening) for ex in examples]
         batch = sample(model, tokenizer, forced, 1, greedy)
-        scores = reward_values(any_format, examples, [opening + c for c in batch.completions])
+        scores = score(examples, [opening + c for c in batch.completions])
         out[f"greedy forced {fmt}"] = sum(scores) / len(scores)
     batch = sample(model, tokenizer, examples, samples, GenerationConfig(max_new_tokens, temperature, 1.0, 256))
-    scores = reward_values(any_format, batch.examples, batch.completions)
+    scores = score(batch.examples, batch.completions)
     by_format: dict[str, list[float]] = defaultdict(list)
     for completion, score in zip(batch.completions, scores):
         by_format[completion_format(completion)].append(score)

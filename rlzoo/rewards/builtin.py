@@ -10,7 +10,7 @@
   trained on a format mix.
 
 A slow reward may declare ``fn.parallel = True`` so that training and evaluation call it from a
-thread pool (``rlzoo.rewards.reward_values``), and count events (``count_event``) listed in
+thread pool (``rlzoo.rewards.Reward.score``), and count events (``count_event``) listed in
 ``fn.events`` to have them logged as ``reward/<event>_frac``. A reward that grades something other
 than the answer the text states declares ``fn.answer(prompt, completion, example, **kwargs)``,
 the answer it grades, so Maj@k votes on it (``rlzoo.rewards.reward_answers``). docs/rewards.md
@@ -172,7 +172,7 @@ def _program_answer(
     return None if printed is None else extract_answer(printed)
 
 
-program.parallel = True  # sandbox runs are subprocesses: reward_values runs them in a thread pool
+program.parallel = True  # sandbox runs are subprocesses: Reward.score runs them in a thread pool
 program.events = ("no_program", "exec_fail", "exec_timeout")
 program.answer = _program_answer
 
