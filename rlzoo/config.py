@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -411,11 +412,18 @@ def check_range(key: str, value: Optional[float], rule: Range) -> None:
         raise ConfigError(f"{key}={value!r} is out of range: it must be {rule}")
 
 
+# The config key each hyperparameter came from, where it is not ``algorithms.<name>.<field>`` (a
+# stage's ``algorithm_args``): set by ``rlzoo.train.make_algorithm`` while an algorithm is built.
+HYPERPARAMETER_KEYS: ContextVar[dict[str, str]] = ContextVar("rlzoo_hyperparameter_keys", default={})
+
+
 def check_hyperparameters(algorithm: str, cfg: Any, ranges: dict[str, Range]) -> None:
     """Each field of an algorithm's ``Config`` named in ``ranges`` in its range, as a ConfigError
-    naming ``algorithms.<algorithm>.<field>``: what an algorithm's ``__init__`` calls first."""
+    naming the key the value came from (``algorithms.<algorithm>.<field>``, or the stage's
+    ``algorithm_args``): what an algorithm's ``__init__`` calls first."""
+    keys = HYPERPARAMETER_KEYS.get()
     for key, rule in ranges.items():
-        check_range(f"algorithms.{algorithm}.{key}", getattr(cfg, key), rule)
+        check_range(keys.get(key, f"algorithms.{algorithm}.{key}"), getattr(cfg, key), rule)
 
 
 def _one_line(e: OmegaConfBaseException, where: str = "") -> str:

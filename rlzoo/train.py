@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import TaskConfig, algorithm_config, check_values, expand_iterative, merge_section, to_yaml
+from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, check_values, expand_iterative, merge_section, to_yaml
 from rlzoo.errors import ConfigError, DataError, Interrupted, TrainingStopped, UserError
 from rlzoo.interface import Algorithm, Example
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
@@ -115,7 +115,12 @@ def make_algorithm(cfg: DictConfig, name: str, stage: str | None = None) -> Algo
     config_cls = getattr(cls, "Config", None)
     if not is_dataclass(config_cls):
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: its class has no Config dataclass")
-    algo = cls(algorithm_config(cfg, name, config_cls, stage))
+    args = (cfg.stages[stage].algorithm_args or {}) if stage is not None else {}
+    token = HYPERPARAMETER_KEYS.set({key: f"stages.{stage}.algorithm_args.{key}" for key in args})
+    try:
+        algo = cls(algorithm_config(cfg, name, config_cls, stage))
+    finally:
+        HYPERPARAMETER_KEYS.reset(token)
     missing = [a for a in ("data_source", "needs", "loss_agg", "group_coupled", "coefficients", "prepare", "extra_loss") if not hasattr(algo, a)]
     if missing:
         raise ConfigError(f"algorithm '{name}' does not satisfy the interface: missing {', '.join(missing)}")
@@ -357,6 +362,10 @@ def train(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False) -> 
                                                   resume=resume, overwrite=overwrite))
     try:
         return _train(run_cfg, stages, dist, folder, config_yaml, point, set_seed)
+    except UserError:
+        if point is None and dist.is_main:
+            folder.discard_unstarted(names)
+        raise
     finally:
         folder.release()
 
@@ -393,8 +402,14 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
             with written(out / "initial") as tmp:
                 save_model(lm, tokenizer, tmp)
     dist.barrier()
-    logger = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
-                           config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else None
+    started: dict[str, MetricsLogger] = {}
+
+    def start_logger() -> None:
+        started["logger"] = MetricsLogger(out, wandb=cfg.logging.wandb, project=cfg.logging.project, name=cfg.name,
+                                          config=OmegaConf.to_container(cfg, resolve=True))
+
+    _on_main(dist, start_logger)  # wandb that does not start stops every process with the same line
+    logger = started.get("logger")
     summary: dict[str, Any] = {"stages": list(point.summary) if point else []}
     evaluated = {s["name"] for s in summary["stages"]}
     global_step = 0

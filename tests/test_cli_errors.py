@@ -101,6 +101,8 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("reward weight", ["train", "{tiny}", "grpo.reward.functions=[{name: rule, weight: .nan}]"], "stages.grpo.reward.functions[0].weight"),
         ("grpo clip", ["train", "{tiny}", "algorithms.grpo.clip_eps=1.5"], "algorithms.grpo.clip_eps=1.5"),
         ("grpo beta", ["train", "{tiny}", "algorithms.grpo.beta=-0.1"], "algorithms.grpo.beta"),
+        ("stage algorithm_args value", ["train", "{tiny}", "grpo.algorithm_args={beta: -0.1}"],
+         "stages.grpo.algorithm_args.beta=-0.1 is out of range"),
         ("grpo clip-higher", ["train", "{tiny}", "algorithms.grpo.clip_eps_high=0.1"], "algorithms.grpo.clip_eps_high"),
         ("ppo gamma", ["train", "{tiny}", "grpo.algorithm=ppo", "algorithms.ppo.gamma=1.5"], "algorithms.ppo.gamma"),
         ("dpo beta", ["train", "{tiny}", "grpo.algorithm=dpo", "algorithms.dpo.beta=0"], "algorithms.dpo.beta"),

@@ -127,6 +127,23 @@ def test_a_reward_that_returns_nan_stops_the_run_with_one_line_naming_it(tmp_pat
     assert "reward 'test_nan_reward' returned nan for completion 0" in line, line
 
 
+def test_a_run_that_fails_before_its_first_stage_leaves_no_run_behind(tmp_path):
+    """wandb that cannot reach its server (a key, no network) stops the run with one line after
+    the folder was prepared; the folder is left as the run found it, so the same command simply
+    runs again once the cause is gone: no --overwrite, no half-started run to resume."""
+    pytest.importorskip("wandb")
+    cfg, out = config(tmp_path, {"sft": {**SFT, "steps": 1, "save_every": 0, "data": {"prompts_per_step": 4}}}), tmp_path / "run"
+    offline = {"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "2",
+               "HOME": str(tmp_path), "WANDB_MODE": "online"}
+    proc = rlzoo(cfg, f"output_dir={out}", "logging.wandb=true", **offline)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("rlzoo: error: logging.wandb: wandb did not start")
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    again = rlzoo(cfg, f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "sft" / "final").is_dir()
+
+
 def test_a_reward_that_returns_none_skips_those_completions_and_the_run_finishes(tmp_path):
     out = tmp_path / "run"
     proc = rlzoo(config(tmp_path, {"grpo": {**GRPO, "reward": {"name": "test_some_none_reward"}}}), f"output_dir={out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class MetricsLogger:
             self.run.finish()
 
 
-WANDB_INIT_TIMEOUT_S = 30  # wandb's own default (90 s) is a long wait for a machine without network
+WANDB_INIT_TIMEOUT_S = 30  # wandb's own default (90 s) is a long wait for a machine without network; WANDB_INIT_TIMEOUT sets it
 
 
 def _start_wandb(**kwargs):
@@ -40,8 +41,11 @@ def _start_wandb(**kwargs):
 
     from rlzoo.errors import ConfigError
 
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or WANDB_INIT_TIMEOUT_S)
     try:
-        return wb.init(settings=wb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S), **kwargs)
+        return wb.init(settings=wb.Settings(init_timeout=timeout), **kwargs)
     except Exception as e:  # noqa: BLE001 - wandb's UsageError, CommError, a timeout
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        wb.teardown()  # its service stops now, not in an exit hook after the error line
         raise ConfigError(f"logging.wandb: wandb did not start ({reason}); run `wandb login`, or set WANDB_MODE=offline") from None
+

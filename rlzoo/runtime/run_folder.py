@@ -139,6 +139,17 @@ class RunFolder:
                                  "continue it or --overwrite to start over")
         return self.resume_point(config, stage_names)
 
+    def discard_unstarted(self, stage_names: list[str]) -> None:
+        """Remove what a new run wrote when it stopped before its first stage began (a model that
+        does not load, wandb that does not start, a full disk), so that the same command can simply
+        be run again. A run with a stage folder or a metrics line is kept for ``--resume``."""
+        metrics = self.path / "metrics.jsonl"
+        if any((self.path / n).exists() for n in stage_names) or (metrics.is_file() and metrics.stat().st_size):
+            return
+        for p in self.path.iterdir():
+            if p.name != LOCK:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
     # -- resuming ------------------------------------------------------------------------------
 
     def describe(self, stage_names: list[str]) -> str:
