@@ -10,7 +10,7 @@ model is saved and loaded with ``save_pretrained`` / ``from_pretrained`` like an
 with ``config.json`` (architecture ``*ForTokenClassification``, ``num_labels: 1``) and weights.
 
 * models: :func:`reward_model_from_lm` (from a policy, head at zero), :func:`load_reward_model`;
-* scores: :func:`token_scores` [N, T], read by :func:`outcome_scores` [N] and :func:`step_scores` [N, T];
+* scores: :func:`token_scores` [N, T] (:func:`token_probs`: their sigmoid, in micro-batches), read by :func:`outcome_scores` [N] and :func:`step_scores` [N, T];
 * losses: :func:`outcome_loss`, :func:`process_loss` (binary cross-entropy with logits, soft labels);
 * metrics: :func:`roc_auc`, :func:`accuracy`, :func:`step_accuracy`, :func:`first_error_accuracy`;
 * labels: :func:`math_shepherd_labels` (Wang et al. 2024, Math-Shepherd): a step's label is whether
@@ -110,6 +110,14 @@ def token_scores(rm: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor)
     Gradients flow when the caller's grad mode is on."""
     out = rm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return out.logits.squeeze(-1).float()  # [N, T]
+
+
+@torch.no_grad()
+def token_probs(rm: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, batch_size: int) -> Tensor:
+    """[N, T] sigmoid of :func:`token_scores`, without gradients, in micro-batches of ``batch_size`` rows."""
+    parts = [torch.sigmoid(token_scores(rm, input_ids[i : i + batch_size], attention_mask[i : i + batch_size]))
+             for i in range(0, len(input_ids), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(input_ids.shape, device=input_ids.device)  # [N, T]
 
 
 def outcome_scores(scores: Tensor, attention_mask: Tensor) -> Tensor:

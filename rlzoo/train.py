@@ -447,15 +447,16 @@ def _train(cfg, stages, dist, folder, config_yaml, point, set_seed) -> dict[str,
                         lm, tokenizer = policy_weights(index)
                     from rlzoo.runtime.reward_stage import run_reward_model_stage
 
-                    prompts = stage_task(cfg, name, stage, task).train_stream((cfg.seed + index) * 1000)
                     held_out = eval_examples[: stage.reward_model.eval_questions]
                     if cfg.task.chat_template:
-                        from rlzoo.data.templates import apply_chat_template, chat_stream
+                        from rlzoo.data.templates import apply_chat_template
 
-                        prompts, held_out = chat_stream(prompts, tokenizer), apply_chat_template(held_out, tokenizer)
-                    result = run_reward_model_stage(cfg, name, index, stage, lm, tokenizer, prompts, held_out,
+                        held_out = apply_chat_template(held_out, tokenizer)
+                    result = run_reward_model_stage(cfg, name, index, stage, lm, tokenizer,
+                                                    stage_prompts(cfg, name, index, stage, task, tokenizer), held_out,
                                                     make_reward(stage, out, names), logger, out, config_yaml, global_step,
                                                     stop, resolve)
+                    _log_eval(logger, name, stage.steps, result["eval"], global_step + stage.steps)
                 else:
                     if stage.init:  # a folder, or an earlier policy stage's name
                         lm, tokenizer = load_stage_result(resolve(stage.init), cfg.model.dtype)
@@ -527,6 +528,17 @@ def evaluate_stage(cfg, lm, tokenizer, eval_examples, dist, *, mixed_precision: 
         return run_eval(cfg, lm, tokenizer, eval_examples, make_eval_reward(cfg), dist)
 
 
+def stage_prompts(cfg, name: str, index: int, stage, task, tokenizer):
+    """The training questions of the stage at ``index``: one seeded stream, the same on every
+    process, through the model's chat template when ``task.chat_template`` is on."""
+    prompts = stage_task(cfg, name, stage, task).train_stream((cfg.seed + index) * 1000)
+    if cfg.task.chat_template:
+        from rlzoo.data.templates import chat_stream
+
+        prompts = chat_stream(prompts, tokenizer)
+    return prompts
+
+
 def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples, logger, out, config_yaml,
               global_step, checkpoint, stop, base) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``lm`` for one stage (from ``checkpoint`` if given); its summary entry and the trained LM."""
@@ -537,12 +549,7 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     seed = cfg.seed + index
-    prompts = stage_task(cfg, name, stage, task).train_stream(seed * 1000)  # the same stream on every rank
-    if cfg.task.chat_template:
-        from rlzoo.data.templates import chat_stream
-
-        prompts = chat_stream(prompts, tokenizer)
-    st = build_stage(name, stage, algo, lm, tokenizer, prompts, model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
+    st = build_stage(name, stage, algo, lm, tokenizer, stage_prompts(cfg, name, index, stage, task, tokenizer), model_cfg=cfg.model, mixed_precision=cfg.mixed_precision,
                      seed=seed, sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=make_reward(stage, out, list(cfg.stages)),
                      score=score_batch)
     st.global_step = global_step

@@ -58,15 +58,12 @@ class _ModelReward:
             self._model = load_reward_model(self.path, self.dtype).to(device).eval()
             _, self._tokenizer = load_pretrained(self.path, dtype=self.dtype, tokenizer_only=True)
 
-    @torch.no_grad()
     def token_probs(self, batch) -> torch.Tensor:
         """[N, T] sigmoid of the reward model's score at every token, in micro-batches."""
-        from rlzoo.reward_models import token_scores
+        from rlzoo.reward_models import token_probs
 
         self._load(batch.input_ids.device)
-        parts = [token_scores(self._model, batch.input_ids[i : i + self.batch_size], batch.attention_mask[i : i + self.batch_size])
-                 for i in range(0, len(batch), self.batch_size)]
-        return torch.sigmoid(torch.cat(parts)) if parts else torch.zeros(batch.input_ids.shape)  # [N, T]
+        return token_probs(self._model, batch.input_ids, batch.attention_mask, self.batch_size)
 
 
 @register_reward("orm")

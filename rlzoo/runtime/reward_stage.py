@@ -122,13 +122,11 @@ def _loss(rm, micro: RolloutBatch, prm: bool, normaliser: float) -> torch.Tensor
 @torch.no_grad()
 def held_out_metrics(rm, data: RolloutBatch, prm: bool, micro_batch_size: int) -> dict[str, float]:
     """The reward model's held-out metrics on a labelled set (``rm/`` keys)."""
-    from rlzoo.reward_models import (accuracy, first_error_accuracy, outcome_scores, per_step, roc_auc, step_accuracy,
-                                     token_scores)
+    from rlzoo.reward_models import accuracy, first_error_accuracy, outcome_scores, per_step, roc_auc, step_accuracy, token_probs
     from rlzoo.steps import first_error
 
     rm.eval()
-    probs = torch.cat([torch.sigmoid(token_scores(rm, data.input_ids[i : i + micro_batch_size], data.attention_mask[i : i + micro_batch_size]))
-                       for i in range(0, len(data), micro_batch_size)])  # [N, T]
+    probs = token_probs(rm, data.input_ids, data.attention_mask, micro_batch_size)  # [N, T]
     rm.train()
     if not prm:
         scores, labels = outcome_scores(probs, data.attention_mask), data.extras["rm_labels"]
@@ -160,13 +158,13 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
     grader of labels; ``resolve(ref)`` is the folder of a model reference (a folder, or an earlier
     stage's name)."""
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     from rlzoo.reward_models import load_reward_model, reward_model_from_lm
-    from rlzoo.runtime.checkpoint import CONFIG_NAME, write_state, written
+    from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write, write_state, written
     from rlzoo.runtime.models import load_stage_result
     from rlzoo.runtime.sampling import mix_seed
-    from rlzoo.runtime.stage import make_accelerator, peak_memory_mb
+    from rlzoo.runtime.stage import make_accelerator, make_optimizer, peak_memory_mb
+    from rlzoo.runtime.trainer import clip_param_groups
 
     t0 = time.perf_counter()
     rm_cfg, ocfg = stage.reward_model, stage.optim
@@ -191,9 +189,7 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
             data[split] = _gathered(dist, labelled, tokenizer.pad_token_id)
         if dist.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
-            tmp = data_file.with_name("data.pt.tmp")
-            torch.save(data, tmp)
-            tmp.replace(data_file)
+            atomic_write(data_file, lambda f: torch.save(data, f))
     sampled_seconds = time.perf_counter() - t0
     train = data["train"]
     replay = _replayed(out, list(rm_cfg.replay_from), rm_cfg.replay, len(train), mix_seed(cfg.seed, index, "replay"))
@@ -204,10 +200,8 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
     if lm is not policy:
         del policy
     rm.train()
-    optimizer = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=ocfg.lr, betas=tuple(ocfg.betas),
-                                  weight_decay=ocfg.weight_decay)
-    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=ocfg.warmup_steps, num_training_steps=stage.steps)
+    optimizer, scheduler = make_optimizer([{"params": [p for p in rm.parameters() if p.requires_grad], "lr": ocfg.lr,
+                                            "name": "reward_model"}], ocfg, stage.steps)
     rm, optimizer = accelerator.prepare(rm, optimizer)
     generator = torch.Generator().manual_seed(mix_seed(cfg.seed, index, "order"))
     order: list[int] = []
@@ -233,11 +227,11 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
                     loss = 0.0 * rm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum()
                 accelerator.backward(loss * dist.world)
                 total += float(loss.detach())
-        norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), ocfg.grad_clip if ocfg.grad_clip > 0 else float("inf"))
-        if math.isfinite(float(norm)):
+        norm = clip_param_groups(accelerator, optimizer, ocfg.grad_clip)["optim/grad_norm"]
+        if math.isfinite(norm):
             optimizer.step()
         scheduler.step()
-        metrics = {"rm/loss": float(dist.sum([total])[0]), "optim/grad_norm": float(norm), "optim/lr": scheduler.get_last_lr()[0],
+        metrics = {"rm/loss": float(dist.sum([total])[0]), "optim/grad_norm": norm, "optim/lr": scheduler.get_last_lr()[0],
                    "time/step": time.perf_counter() - t_step}
         if logger is not None and step % cfg.logging.log_every == 0:
             logger.log({"stage": name, "step": step, **metrics}, global_step + step)
@@ -261,8 +255,6 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
             (tmp / CONFIG_NAME).write_text(config_yaml)
             write_state(tmp, {"stage": name, "step": stage.steps, "global_step": global_step + stage.steps, "result": result})
     dist.barrier()
-    if logger is not None:
-        logger.log({"stage": name, "step": stage.steps, **{f"eval/{k}": v for k, v in evaluation.items()}}, global_step + stage.steps)
     accelerator.free_memory()
     return result
 

@@ -129,9 +129,7 @@ class RunFolder:
             atomic_write_text(self.path / "config.yaml", config_yaml)
             return None
         if overwrite:
-            for p in self.path.iterdir():
-                if p.name != LOCK:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            self._clear()
             atomic_write_text(self.path / "config.yaml", config_yaml)
             return None
         if not resume:
@@ -144,8 +142,11 @@ class RunFolder:
         does not load, wandb that does not start, a full disk), so that the same command can simply
         be run again. A run with a stage folder or a metrics line is kept for ``--resume``."""
         metrics = self.path / "metrics.jsonl"
-        if any((self.path / n).exists() for n in stage_names) or (metrics.is_file() and metrics.stat().st_size):
-            return
+        if not any((self.path / n).exists() for n in stage_names) and not (metrics.is_file() and metrics.stat().st_size):
+            self._clear()
+
+    def _clear(self) -> None:
+        """Remove everything in the folder but its lock."""
         for p in self.path.iterdir():
             if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

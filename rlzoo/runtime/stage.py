@@ -172,14 +172,23 @@ class Stage:
         return lm
 
 
+def make_optimizer(param_groups: list[dict], ocfg, steps: int):
+    """AdamW over ``param_groups`` (each with its ``lr``) and its learning-rate schedule (``optim``:
+    warm-up from 0, then constant, linear or cosine over ``steps``). The schedule is stepped once
+    per step by the stage; it is not given to accelerate, which would step it once per process."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
+    return optimizer, get_scheduler(schedule, optimizer, num_warmup_steps=ocfg.warmup_steps, num_training_steps=steps)
+
+
 def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
                 *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, score) -> Stage:
     """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``.
 
     ``seed`` seeds the data source's and the minibatches' shuffling, ``sample_seed`` the rollouts
     (a row's seed is ``(sample_seed, its question's position, its sample index)``)."""
-    from transformers import get_scheduler
-
     from rlzoo.data.sources import SourceContext
     from rlzoo.runtime.generation import encode_pairs, sample
 
@@ -206,10 +215,7 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         set_gradient_checkpointing(value_model.backbone, model_cfg.gradient_checkpointing)
         param_groups.append({"params": [p for p in value_model.parameters() if p.requires_grad], "lr": ocfg.value_lr or ocfg.lr,
                              "name": "value"})
-    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
-    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
-    # stepped once per step; not given to accelerate, which would step it once per process
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=ocfg.warmup_steps, num_training_steps=stage_cfg.steps)
+    optimizer, scheduler = make_optimizer(param_groups, ocfg, stage_cfg.steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
         if value_model is not None:
