@@ -8,6 +8,8 @@
   are row-seeded, so both runs sample the same completions (their reward means agree at every
   step), every step's replicas agree (``dist/replica_max_diff`` = 0), the held-out evaluation gives
   the same numbers, and only the main process writes files (one metrics line per step).
+* The same with LoRA adapters, and for reward-model stages (their sampling, Math-Shepherd rollouts
+  and training sharded over the processes) followed by GRPO with process supervision.
 """
 
 from __future__ import annotations
@@ -118,4 +120,54 @@ def test_lora_and_a_value_model_with_adapters_on_two_processes_equal_one_process
         b = load_file(tmp_path / "two" / stage / "final" / "adapter_model.safetensors")
         assert max_diff(a, b) < 1e-5, stage
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["dist/replica_max_diff"] == 0.0 for r in rows if "loss/policy" in r)
+
+
+def test_reward_model_stages_and_process_supervision_on_two_processes_equal_one_process(tmp_path):
+    """SFT, a PRM with Math-Shepherd labels (its samples and rollouts sharded over the processes
+    and gathered), an ORM, then GRPO with process supervision from the PRM: the same labelled data,
+    the same reward-model weights and held-out metrics, the same policy, on 1 and 2 processes."""
+    import yaml
+    from safetensors.torch import load_file
+
+    rm = {"kind": "reward_model", "steps": 3, "data": {"samples_per_prompt": 2}, "generation": {"max_new_tokens": 10},
+          "optim": {"lr": 1e-3, "micro_batch_size": 3}}
+    cfg = {
+        "name": "dp_rm", "logging": {"progress": False},
+        "task": {"synthetic": {"eval_size": 5}}, "eval": {"samples": 0, "max_new_tokens": 8},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+        "stages": {
+            "sft": {"steps": 3, "data": {"prompts_per_step": 5}, "optim": {"lr": 3e-3, "micro_batch_size": 2}},
+            "prm": {**rm, "reward_model": {"type": "prm", "labels": "math_shepherd", "rollouts": 2, "questions": 5,
+                                           "eval_questions": 3, "batch_size": 7}},
+            "orm": {**rm, "reward_model": {"type": "orm", "questions": 5, "eval_questions": 3, "batch_size": 7}},
+            "grpo": {"algorithm": "grpo", "algorithm_args": {"supervision": "process"}, "steps": 2,
+                     "data": {"prompts_per_step": 3, "samples_per_prompt": 4}, "generation": {"max_new_tokens": 10},
+                     "reward": {"name": "prm", "kwargs": {"model": "prm"}}, "optim": {"lr": 1e-3, "micro_batch_size": 3}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    launch(1, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'two'}")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for stage in ("prm", "orm"):
+        a, b = (torch.load(d / stage / "data.pt", weights_only=False) for d in (one, two))
+        for split in ("train", "eval"):
+            assert a[split].completions == b[split].completions, (stage, split)
+            for key, labels in a[split].extras.items():
+                assert torch.equal(labels, b[split].extras[key]), (stage, split, key)
+    for stage in ("prm", "orm", "grpo"):
+        a, b = load_file(one / stage / "final" / "model.safetensors"), load_file(two / stage / "final" / "model.safetensors")
+        assert max_diff(a, b) < 1e-5, stage
+        if stage == "grpo":  # the steps really moved the weights: the policy away from SFT's, a head away from 0
+            assert max_diff(a, load_file(one / "sft" / "final" / "model.safetensors")) > 1e-4
+        else:
+            assert max(float(v.abs().max()) for k, v in a.items() if k.startswith("score.")) > 1e-4, stage
+    summary_one, summary_two = (json.loads((d / "summary.json").read_text())["stages"] for d in (one, two))
+    for a, b in zip(summary_one, summary_two):
+        for key, value in a["eval"].items():
+            assert b["eval"][key] == pytest.approx(value, abs=1e-5, nan_ok=True), (a["name"], key)
+    rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows if "rm/loss" in r] == [(s, i) for s in ("prm", "orm") for i in (1, 2, 3)]
     assert all(r["dist/replica_max_diff"] == 0.0 for r in rows if "loss/policy" in r)
