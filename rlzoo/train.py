@@ -10,7 +10,6 @@ Outputs in the run folder (``output_dir`` or ``runs/<name>``; docs/runs.md):
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -20,17 +19,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, check_values, expand_iterative, merge_section, to_yaml
-from rlzoo.errors import ConfigError, DataError, Interrupted, TrainingStopped, UserError
+from rlzoo.errors import ConfigError, DataError, Interrupted, UserError
 from rlzoo.interface import Algorithm, Example
-from rlzoo.registry import ALGORITHMS, DATA_SOURCES, REWARDS, load_plugin
-from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, checkpoints, read_state, write_state, written
+from rlzoo.registry import ALGORITHMS, DATA_SOURCES, load_plugin
+from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write_text, read_state, write_state, written
 from rlzoo.runtime.distributed import init_distributed
 from rlzoo.runtime.logging import MetricsLogger
 from rlzoo.runtime.model_files import check_model_folder
 from rlzoo.runtime.models import build_tiny_model, load_pretrained, load_stage_result, resolve_model, save_model
 from rlzoo.runtime.run_folder import RunFolder
 from rlzoo.runtime.signals import stop_on_signals
-from rlzoo.runtime.stage import build_stage, peak_memory_mb, train_step
+from rlzoo.runtime.stage import NonfiniteGuard, build_stage, peak_memory_mb, train_step
 from rlzoo.runtime.trainer import resolve_loss_agg
 
 
@@ -559,12 +558,12 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
     eval_reward = make_eval_reward(cfg)
     bar = tqdm(total=stage.steps, initial=st.step, desc=f"{name} ({stage.algorithm})",
                disable=not (cfg.logging.progress and dist.is_main), dynamic_ncols=True)
-    skipped_in_a_row = 0
+    guard = NonfiniteGuard(name, stage.optim.max_nonfinite_steps, out / name)
     while st.step < stage.steps:
         metrics = train_step(st)
         step = st.step
-        skipped_in_a_row = skipped_in_a_row + 1 if metrics.get("train/skipped_nonfinite", 0) and "optim/grad_norm" in metrics \
-            and all(not math.isfinite(v) for k, v in metrics.items() if k.startswith("optim/grad_norm")) else 0
+        all_skipped = bool(metrics.get("train/skipped_nonfinite", 0)) and "optim/grad_norm" in metrics \
+            and all(not math.isfinite(v) for k, v in metrics.items() if k.startswith("optim/grad_norm"))
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
             evaluation = st.autocast(run_eval, cfg, st.lm, tokenizer, eval_examples, eval_reward, dist)
             metrics.update({f"eval/{k}": v for k, v in evaluation.items()})
@@ -572,11 +571,7 @@ def run_stage(cfg, name, index, stage, algo, lm, tokenizer, task, eval_examples,
             logger.log({"stage": name, "step": step, **metrics}, st.global_step)
         bar.update(1)
         bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("reward/mean", "loss/policy") if k in metrics})
-        if stage.optim.max_nonfinite_steps and skipped_in_a_row >= stage.optim.max_nonfinite_steps:
-            saved = checkpoints(out / name)
-            keep = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was written (save_every)"
-            raise TrainingStopped(f"stage {name} stopped at step {step}: {skipped_in_a_row} steps in a row had a "
-                                  f"non-finite gradient and were skipped (learning rate too high?); {keep}")
+        guard.update(step, all_skipped)
         if stage.save_every and step % stage.save_every == 0:
             st.save(out / name, stage.save_total_limit, config_yaml)
         if stop.requested(dist):

@@ -240,3 +240,29 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_equals_the_u
     drop_time = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
     assert drop_time(step_rows(out)) == drop_time(step_rows(whole))
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_reward_model_stage_with_non_finite_gradients_stops_with_one_line(tmp_path):
+    """A reward-model stage skips an update whose gradient is not finite and, like a policy stage,
+    stops after optim.max_nonfinite_steps of them in a row: here it starts from a reward model
+    whose head holds a NaN, so every gradient is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    orm = {"kind": "reward_model", "steps": 1, "data": {"samples_per_prompt": 2}, "generation": {"max_new_tokens": 6},
+           "reward_model": {"type": "orm", "questions": 4, "eval_questions": 2, "batch_size": 4}}
+    first = tmp_path / "first"
+    proc = rlzoo(config(tmp_path, {"orm": orm}), f"output_dir={first}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = first / "orm" / "final"
+    weights_file = folder / "model.safetensors"
+    state = load_file(weights_file)
+    state["score.weight"] = torch.full_like(state["score.weight"], float("nan"))
+    save_file(state, weights_file, metadata={"format": "pt"})
+    broken = {**orm, "steps": 6, "reward_model": {**orm["reward_model"], "init": str(folder)}}
+    out = tmp_path / "run"
+    proc = rlzoo(config(tmp_path, {"orm": broken}, name="broken.yaml"), f"output_dir={out}")
+    line = one_error_line(proc, trained=True)
+    assert "stage orm stopped at step 3: 3 steps in a row had a non-finite gradient" in line, line
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_nonfinite"] for r in rows if "rm/loss" in r] == [1.0, 1.0, 1.0]
+    assert not (out / "orm" / "final").exists()

@@ -163,8 +163,8 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
     from rlzoo.runtime.checkpoint import CONFIG_NAME, atomic_write, write_state, written
     from rlzoo.runtime.models import load_stage_result
     from rlzoo.runtime.sampling import mix_seed
-    from rlzoo.runtime.stage import make_accelerator, make_optimizer, peak_memory_mb
-    from rlzoo.runtime.trainer import clip_param_groups
+    from rlzoo.runtime.stage import NonfiniteGuard, make_accelerator, make_optimizer, peak_memory_mb
+    from rlzoo.runtime.trainer import clip_param_groups, optimizer_step
 
     t0 = time.perf_counter()
     rm_cfg, ocfg = stage.reward_model, stage.optim
@@ -205,6 +205,7 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
     rm, optimizer = accelerator.prepare(rm, optimizer)
     generator = torch.Generator().manual_seed(mix_seed(cfg.seed, index, "order"))
     order: list[int] = []
+    guard = NonfiniteGuard(name, ocfg.max_nonfinite_steps, stage_dir, checkpoints=False)
     for step in range(1, stage.steps + 1):
         t_step = time.perf_counter()
         while len(order) < rm_cfg.batch_size:
@@ -227,14 +228,14 @@ def run_reward_model_stage(cfg, name: str, index: int, stage, lm, tokenizer, pro
                     loss = 0.0 * rm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum()
                 accelerator.backward(loss * dist.world)
                 total += float(loss.detach())
-        norm = clip_param_groups(accelerator, optimizer, ocfg.grad_clip)["optim/grad_norm"]
-        if math.isfinite(norm):
-            optimizer.step()
+        norms = clip_param_groups(accelerator, optimizer, ocfg.grad_clip)
+        skipped = optimizer_step(accelerator, optimizer, norms) == "skipped"  # the same on every process (all-reduced gradients)
         scheduler.step()
-        metrics = {"rm/loss": float(dist.sum([total])[0]), "optim/grad_norm": norm, "optim/lr": scheduler.get_last_lr()[0],
-                   "time/step": time.perf_counter() - t_step}
+        metrics = {"rm/loss": float(dist.sum([total])[0]), **norms, "optim/lr": scheduler.get_last_lr()[0],
+                   "train/skipped_nonfinite": float(skipped), "time/step": time.perf_counter() - t_step}
         if logger is not None and step % cfg.logging.log_every == 0:
             logger.log({"stage": name, "step": step, **metrics}, global_step + step)
+        guard.update(step, skipped)
         if stop.requested(dist):
             from rlzoo.errors import Interrupted
 

@@ -172,6 +172,28 @@ class Stage:
         return lm
 
 
+class NonfiniteGuard:
+    """Stops a stage whose updates keep being skipped for a non-finite gradient: after ``limit``
+    steps in a row (``optim.max_nonfinite_steps``; 0 = never) a :class:`TrainingStopped` names the
+    stage, the step and its last good checkpoint in ``stage_dir`` (a stage without step checkpoints:
+    ``checkpoints=False``)."""
+
+    def __init__(self, name: str, limit: int, stage_dir, *, checkpoints: bool = True) -> None:
+        self.name, self.limit, self.stage_dir, self.in_a_row = name, limit, stage_dir, 0
+        self.hint = " (save_every)" if checkpoints else ""
+
+    def update(self, step: int, skipped: bool) -> None:
+        from rlzoo.errors import TrainingStopped
+        from rlzoo.runtime.checkpoint import checkpoints
+
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if self.limit and self.in_a_row >= self.limit:
+            saved = checkpoints(self.stage_dir)
+            keep = f"the last good checkpoint is {saved[-1][1]}" if saved else f"no checkpoint was written{self.hint}"
+            raise TrainingStopped(f"stage {self.name} stopped at step {step}: {self.in_a_row} steps in a row had a "
+                                  f"non-finite gradient and were skipped (learning rate too high?); {keep}")
+
+
 def make_optimizer(param_groups: list[dict], ocfg, steps: int):
     """AdamW over ``param_groups`` (each with its ``lr``) and its learning-rate schedule (``optim``:
     warm-up from 0, then constant, linear or cosine over ``steps``). The schedule is stepped once

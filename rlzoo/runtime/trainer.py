@@ -261,14 +261,9 @@ def train_on_batch(
             for k, v in group_norms.items():
                 norms[k].append(v)
             steps += 1
-            if getattr(acc, "scaler", None) is not None:  # fp16: the loss scaler skips an overflowing step and lowers its scale
-                optimizer.step()
-                overflows += bool(getattr(optimizer, "step_was_skipped", False))
-            elif all(math.isfinite(v) for v in group_norms.values()):
-                optimizer.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)  # a non-finite gradient never reaches the weights
-                skipped += 1
+            outcome = optimizer_step(acc, optimizer, group_norms)
+            overflows += outcome == "overflow"
+            skipped += outcome == "skipped"
     losses[2] = float(has_extra)
     total = dist.sum(losses).tolist()
     shared = {k: sum(v) / len(v) for k, v in norms.items()}
@@ -280,6 +275,20 @@ def train_on_batch(
     if getattr(acc, "scaler", None) is not None:
         shared["optim/fp16_overflow_steps"] = float(overflows)
     return meter.means(), float(len(batch)), shared
+
+
+def optimizer_step(acc, optimizer: torch.optim.Optimizer, norms: dict[str, float]) -> str:
+    """Apply the clipped gradients unless a norm (:func:`clip_param_groups`) is not finite: returns
+    ``stepped``, ``skipped`` (a non-finite gradient, dropped: it never reaches the weights) or, under
+    fp16, ``overflow`` (the loss scaler skipped the step and lowered its scale)."""
+    if getattr(acc, "scaler", None) is not None:
+        optimizer.step()
+        return "overflow" if getattr(optimizer, "step_was_skipped", False) else "stepped"
+    if all(math.isfinite(v) for v in norms.values()):
+        optimizer.step()
+        return "stepped"
+    optimizer.zero_grad(set_to_none=True)
+    return "skipped"
 
 
 def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) -> dict[str, float]:
