@@ -345,11 +345,13 @@ RANGES: dict[type, dict[str, Range]] = {
     RunConfig: {"threads": AT_LEAST_1, "seed": Range(0, 2**32 - 1)},  # numpy's seed range
     IterativeConfig: {"iterations": AT_LEAST_1, "replay": Range(0, 1, hi_open=True)},
 }
+# optim.schedule -> the transformers.get_scheduler name (each warms up from 0 over warmup_steps)
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     SyntheticConfig: {"format": FORMATS, "eval_format": FORMATS},
     FilesConfig: {"format": FORMATS},
     ModelConfig: {"dtype": ("float32", "bfloat16", "float16")},
-    OptimConfig: {"schedule": ("constant", "linear", "cosine")},
+    OptimConfig: {"schedule": tuple(SCHEDULES)},
     RunConfig: {"mixed_precision": ("no", "bf16", "fp16")},
     TaskConfig: {"name": ("synthetic", "gsm8k", "math")},
     StageConfig: {"kind": ("policy", "reward_model")},

@@ -200,9 +200,11 @@ def make_optimizer(param_groups: list[dict], ocfg, steps: int):
     per step by the stage; it is not given to accelerate, which would step it once per process."""
     from transformers import get_scheduler
 
+    from rlzoo.config import SCHEDULES
+
     optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
-    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[ocfg.schedule]
-    return optimizer, get_scheduler(schedule, optimizer, num_warmup_steps=ocfg.warmup_steps, num_training_steps=steps)
+    return optimizer, get_scheduler(SCHEDULES[ocfg.schedule], optimizer, num_warmup_steps=ocfg.warmup_steps,
+                                    num_training_steps=steps)
 
 
 def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
