@@ -20,7 +20,7 @@ With mu = 1 (the paper's setting) rho = 1 and no clip is active, so GC is the pa
 tests/test_grpo.py checks GC against autograd of the native objective.
 
 Process supervision (Sec. 4.1.3, ``supervision: process``): a process reward model scores the end
-of every reasoning step (:mod:`rlzoo.steps`, :mod:`rlzoo.reward_models`). Output i has K_i steps
+of every reasoning step (:mod:`rlzoo.reward_models.steps`, :mod:`rlzoo.reward_models`). Output i has K_i steps
 ending at tokens index(1) < ... < index(K_i) with rewards r_i^index(j). All the step rewards of the
 group, R = {r_i^index(j)} over its G outputs, are normalised with one mean and std, and a token's
 advantage is the sum of the normalised rewards of the steps ending at or after it (its own step
@@ -130,8 +130,8 @@ class GRPO(NoExtras):
         if cfg.supervision not in SUPERVISION:
             raise ConfigError(f"algorithms.grpo.supervision: unknown '{cfg.supervision}'; known: {', '.join(SUPERVISION)}")
         self.cfg = cfg
-        self.needs = frozenset({"old_logprobs", "reference"} if cfg.beta > 0 else {"old_logprobs"})
-        self.needs_step_rewards = cfg.supervision == "process"  # the stage's reward must be a process reward model
+        needs = {"old_logprobs"} | ({"reference"} if cfg.beta > 0 else set())
+        self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the group and the loss

@@ -145,7 +145,7 @@ class PPO:
     data_source = "online"
     loss_agg = None
     group_coupled = False
-    old_logprobs_in_prepare = True  # the KL-shaped rewards read log pi_old in prepare
+    min_samples_per_prompt = 1
 
     def __init__(self, cfg: Config) -> None:
         check_hyperparameters("ppo", cfg, {"beta": AT_LEAST_0, "gamma": UNIT, "lam": UNIT, "value_clip_eps": POSITIVE,
@@ -154,15 +154,16 @@ class PPO:
         if cfg.supervision not in ("outcome", "process"):
             raise ConfigError(f"algorithms.ppo.supervision: unknown '{cfg.supervision}'; known: outcome, process")
         self.cfg = cfg
-        base = {"old_logprobs", "value_model"}
-        self.needs = frozenset(base | {"reference"} if cfg.beta > 0 else base)
-        self.needs_step_rewards = cfg.supervision == "process"  # the stage's reward must be a process reward model
+        needs = {"old_logprobs", "value_model"} | ({"reference"} if cfg.beta > 0 else set())
+        self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
         scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the batch
         if not bool(scored.all()):
             batch = batch.select(scored.nonzero().squeeze(-1))
+        if batch.old_logprobs is None:  # the KL-shaped rewards read log pi_old now, before any update
+            batch.old_logprobs = runtime.policy_logprobs(batch)  # [N, T]
         mask = batch.loss_mask  # [N, T]
         with torch.no_grad():
             values = state_values(runtime.values(batch)).float() * mask  # [N, T] V(s_t)

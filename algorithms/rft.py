@@ -82,16 +82,15 @@ class RFT(NoExtras):
         check_hyperparameters("rft", cfg, {"threshold": FINITE})
         self.cfg = cfg
 
-    @property
-    def dedupe(self) -> bool:
-        """Whether identical correct outputs of a question are kept once."""
-        return self.cfg.dedupe if self.cfg.dedupe is not None else self.data_source == "offline"
+    def dedupe(self, source: str) -> bool:
+        """Whether identical correct outputs of a question are kept once, on data ``source``."""
+        return self.cfg.dedupe if self.cfg.dedupe is not None else source == "offline"
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         if len(batch) and torch.isnan(batch.rewards).all():
             raise ValueError("RFT needs scored samples (data.source offline or online); this batch has no rewards")
         correct = batch.rewards > self.cfg.threshold  # [N] (a NaN reward is not correct)
-        keep = (correct & ~duplicate_mask(batch, correct)) if self.dedupe else correct  # [N]
+        keep = (correct & ~duplicate_mask(batch, correct)) if self.dedupe(runtime.data_source) else correct  # [N]
         solved, _ = group_sum(correct.float(), batch.group_ids)  # [P] correct outputs per question
         n = max(len(batch), 1)
         metrics = {

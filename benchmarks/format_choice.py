@@ -37,7 +37,7 @@ def measure(folder: str, samples: int, temperature: float, max_new_tokens: int) 
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.generation import GenerationConfig, sample
     from rlzoo.runtime.models import load_pretrained
-    from rlzoo.train import build_task
+    from rlzoo.run.factories import build_task
 
     cfg = load_config(Path(folder) / CONFIG_NAME)
     examples = build_task(cfg).eval_examples()

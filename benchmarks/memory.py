@@ -82,7 +82,7 @@ def measure(variant: str, overrides: list[str], device: str) -> dict[str, float]
 
     from rlzoo.config import load_config
     from rlzoo.runtime.stage import build_stage, train_step
-    from rlzoo.train import build_task, initial_model, make_algorithm, make_reward, score_batch
+    from rlzoo.run.factories import build_task, initial_model, make_algorithm, make_reward
 
     lora = ["model.lora.r=16"] if "lora" in options else []
     if "copyref" in options:  # the stage then takes the LoRA model for a plain one and keeps a frozen copy as reference
@@ -107,7 +107,7 @@ def measure(variant: str, overrides: list[str], device: str) -> dict[str, float]
         base_gpu = torch.cuda.memory_allocated() / MB
     st = build_stage("grpo", stage, algo, lm, tokenizer, task.train_stream(cfg.seed), model_cfg=cfg.model,
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, sample_seed=cfg.seed,
-                     reward=make_reward(stage), score=score_batch)
+                     reward=make_reward(stage))
     metrics = train_step(st)
     rec = {k: metrics[k] for k in ("train/num_sequences", "completion/length_mean", "completion/length_max") if k in metrics}
     if cuda:

@@ -10,7 +10,7 @@
 User mistakes (a missing or damaged file, an unknown key, name or subcommand, a wrong type or a
 value out of range, a broken plugin, a run folder in use or holding a run, a file-system error)
 print one line ``rlzoo: error: ...`` naming the key or file and exit with status 2, without a
-traceback, before any work starts where they can be known then (``rlzoo.train.validate``). SIGINT
+traceback, before any work starts where they can be known then (``rlzoo.run.validate.validate``). SIGINT
 and SIGTERM finish the step, write a checkpoint and exit with status 130.
 """
 
@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def format_summary(summary: dict) -> str:
     """A before/after table: one row per stage, its held-out metrics."""
     rows = summary["stages"]
-    from rlzoo.evaluation import shown_metrics
+    from rlzoo.run.evaluation import shown_metrics
 
     keys = shown_metrics([r["eval"] for r in rows])
     header = ["stage", "algorithm", "steps", "seconds"] + keys
@@ -72,7 +72,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.model_files import check_model_folder
     from rlzoo.runtime.models import load_stage_result
-    from rlzoo.train import build_task, make_eval_reward, run_eval
+    from rlzoo.run.evaluation import run_eval
+    from rlzoo.run.factories import build_task, make_eval_reward
 
     if args.model and args.checkpoint:
         raise ConfigError("give a checkpoint folder or --model, not both")
@@ -133,7 +134,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     _quiet_libraries()
-    from rlzoo.compare import compare
+    from rlzoo.run.compare import compare
 
     command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
     report = compare(cfg, command)

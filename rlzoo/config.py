@@ -180,7 +180,7 @@ class RewardModelStageConfig:
     labels: str = "rule"  # how samples are labelled: rule (the stage's reward, orm); math_shepherd or oracle (prm)
     label_mode: str = "hard"  # math_shepherd: hard (any rollout reaches the answer) or soft (the share that do)
     rollouts: int = 4  # math_shepherd: completions rolled out from each step prefix
-    step_rule: str = "line"  # how a completion splits into reasoning steps (rlzoo.steps)
+    step_rule: str = "line"  # how a completion splits into reasoning steps (rlzoo.reward_models.steps)
     batch_size: int = 32  # labelled completions per optimizer step
     replay: float = 0.0  # share of the training set replayed from earlier reward-model stages' data (iterative RL: 0.1)
     replay_from: list[str] = field(default_factory=list)  # the earlier reward-model stages whose data is replayed
@@ -385,7 +385,7 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
     (``CHOICES``), and the rules that tie values together; one ConfigError naming the first key
     that is wrong. ``cfg`` is a run config, or one section of it whose keys are named after
     ``where`` (``check_values(task, "stages.sft.task.")``). Names resolved through a registry
-    (algorithms, rewards, data sources) and files are checked by :func:`rlzoo.train.validate`."""
+    (algorithms, rewards, data sources) and files are checked by :func:`rlzoo.run.validate.validate`."""
 
     def walk(obj: Any, where: str) -> None:
         for f in fields(obj):
@@ -415,7 +415,7 @@ def check_range(key: str, value: Optional[float], rule: Range) -> None:
 
 
 # The config key each hyperparameter came from, where it is not ``algorithms.<name>.<field>`` (a
-# stage's ``algorithm_args``): set by ``rlzoo.train.make_algorithm`` while an algorithm is built.
+# stage's ``algorithm_args``): set by ``rlzoo.run.factories.make_algorithm`` while an algorithm is built.
 HYPERPARAMETER_KEYS: ContextVar[dict[str, str]] = ContextVar("rlzoo_hyperparameter_keys", default={})
 
 

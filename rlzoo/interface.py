@@ -60,7 +60,7 @@ class RolloutBatch:
     sample_logprobs [N, T] float log-prob of each generated token recorded by the sampler, under
                                  softmax(logits / temperature) (0 elsewhere; None for given text)
     step_ends      [N, T] float  1.0 at the last token of each reasoning step of the completion
-                                 (rlzoo.steps.step_end_mask), 0 elsewhere (None unless steps are used)
+                                 (rlzoo.reward_models.steps.step_end_mask), 0 elsewhere (None unless steps are used)
     step_rewards   [N, T] float  the reward of the step ending at that token, 0 elsewhere: a process
                                  reward model's scores (None unless a PRM scored the batch)
     extras         name -> tensor with leading dim N: algorithm-specific (values, returns...)
@@ -169,36 +169,40 @@ class RolloutBatch:
 class Algorithm(Protocol):
     """What an algorithm is. A class satisfying this, registered by name, is an algorithm.
 
-    Attributes (declarations the runtime reads; class attributes, or instance attributes when
-    they depend on the Config; no method of the runtime switches on names):
+    Attributes (declarations the runtime reads, every one of them; class attributes, or instance
+    attributes when they depend on the Config; no method of the runtime switches on names):
 
     Config        dataclass of the algorithm's hyperparameters, read from ``algorithms.<name>``
-                  of the run config; every field has a docstring-style comment
+                  of the run config; every field has a docstring-style comment, and a field with
+                  allowed values declares them beside it (:func:`rlzoo.config.ranged`): the run
+                  checks them before any work, for plugins as for built-in algorithms
     data_source   default data source name ("dataset", "online", "offline"); a stage's
-                  ``data.source`` overrides it, and the runtime sets the instance's
-                  ``data_source`` to the source actually used before the first ``prepare``
-    needs         runtime services the algorithm uses, a subset of
-                  {"reference", "old_logprobs", "value_model"}: the runtime fills
-                  ``batch.ref_logprobs`` (a no-grad pass of the frozen reference) before
-                  ``prepare``; ``batch.old_logprobs`` (log pi_old) before ``prepare`` when the
-                  batch is used for several updates or the algorithm sets
-                  ``old_logprobs_in_prepare = True``, else with the one training pass's own
-                  log-probs, detached, before ``coefficients`` (ratio exactly 1, no extra pass);
-                  and builds a value model
+                  ``data.source`` overrides it (``runtime.data_source`` is the one in use)
+    needs         runtime services the algorithm uses, a subset of :data:`NEEDS`:
+                  ``reference``     the runtime fills ``batch.ref_logprobs`` (a no-grad pass of
+                                    the frozen reference) before ``prepare``;
+                  ``old_logprobs``  ``batch.old_logprobs`` = log pi_old: before ``prepare`` when
+                                    the batch is used for several updates, else the one training
+                                    pass's own log-probs, detached, before ``coefficients`` (ratio
+                                    exactly 1, no extra pass); a ``prepare`` that reads pi_old
+                                    itself takes ``runtime.policy_logprobs(batch)`` when it is None;
+                  ``value_model``   the runtime builds and trains a value model (``runtime.values``);
+                  ``step_rewards``  the stage's reward must give step rewards (a process reward
+                                    model): ``batch.step_rewards`` and ``batch.step_ends`` are set
     loss_agg      the aggregation mode the coefficients are derived for, or None to let the
                   user choose with ``optim.loss_agg`` (see rlzoo.losses.aggregate)
     group_coupled True when a sequence's coefficient depends on other sequences of its group
                   (DPO pairs): the runtime then never splits a group across micro-batches
-
-    Optional (read with a default when absent):
-
     min_samples_per_prompt
                   the fewest outputs per question (``data.samples_per_prompt``) with which the
                   algorithm can learn anything: GRPO 2 (one output is its own group mean, so every
-                  advantage is 0), DPO 2 (no pair without two outputs); 1 when absent. A stage
-                  with fewer is a config error naming the key, raised before any work; so is
-                  greedy sampling (``generation.temperature: 0``) when this is above 1, since
-                  the outputs of a question would all be the same
+                  advantage is 0), DPO 2 (no pair without two outputs), else 1. A stage with fewer
+                  is a config error naming the key, raised before any work; so is greedy sampling
+                  (``generation.temperature: 0``) when this is above 1, since the outputs of a
+                  question would all be the same
+
+    :class:`NoExtras` gives ``prepare``, ``extra_loss`` and ``min_samples_per_prompt = 1`` their
+    defaults. :func:`check_algorithm` is what ``rlzoo train`` checks of an algorithm before any work.
     """
 
     Config: ClassVar[type]
@@ -206,6 +210,7 @@ class Algorithm(Protocol):
     needs: ClassVar[frozenset[str]]
     loss_agg: ClassVar[str | None]
     group_coupled: ClassVar[bool]
+    min_samples_per_prompt: ClassVar[int]
 
     def __init__(self, cfg: Any) -> None: ...
 
@@ -242,6 +247,8 @@ class Algorithm(Protocol):
 class RuntimeView(Protocol):
     """What ``prepare`` and ``extra_loss`` may use from the runtime."""
 
+    data_source: str  # the name of the stage's data source (``data.source``, else the algorithm's own)
+
     def policy_logprobs(self, batch: RolloutBatch) -> "Tensor":
         """[N, T] log-probs of the current policy, without grad (e.g. pi_old for a KL reward)."""
         ...
@@ -260,11 +267,56 @@ class NoExtras:
     """Defaults for the optional parts of :class:`Algorithm`: use by composition of methods.
 
     An algorithm that needs no preparation and no extra loss may inherit these two no-ops
-    instead of writing them out. It is the only base class rlzoo offers.
+    instead of writing them out (and ``min_samples_per_prompt = 1``). It is the only base class
+    rlzoo offers.
     """
+
+    min_samples_per_prompt = 1
 
     def prepare(self, batch: RolloutBatch, runtime: RuntimeView) -> tuple[RolloutBatch, dict[str, float]]:
         return batch, {}
 
     def extra_loss(self, batch: RolloutBatch, runtime: RuntimeView) -> tuple[None, dict[str, float]]:
         return None, {}
+
+
+NEEDS = frozenset({"reference", "old_logprobs", "value_model", "step_rewards"})  # what ``Algorithm.needs`` may name
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods a class must have to satisfy ``protocol`` (in declaration order)."""
+    names: list[str] = []
+    for base in reversed(protocol.__mro__):
+        if base is object or base.__module__ == "typing":
+            continue
+        names += [n for n in getattr(base, "__annotations__", {}) if n not in names]
+        names += [n for n, v in vars(base).items() if callable(v) and not n.startswith("_") and n not in names]
+    return names
+
+
+def check_algorithm(name: str, algorithm: Any) -> type:
+    """That ``algorithm`` (a class, or an instance) satisfies :class:`Algorithm`: it has every
+    member the protocol declares, a dataclass ``Config`` and ``needs`` within :data:`NEEDS`.
+    Returns its Config; raises :class:`rlzoo.errors.ConfigError` naming what is missing.
+
+    >>> check_algorithm("mine", type("Mine", (), {}))
+    Traceback (most recent call last):
+    ...
+    rlzoo.errors.ConfigError: algorithm 'mine' does not satisfy the interface: its class has no Config dataclass
+    """
+    from dataclasses import is_dataclass
+
+    from rlzoo.errors import ConfigError
+
+    config = getattr(algorithm, "Config", None)
+    if not is_dataclass(config):
+        raise ConfigError(f"algorithm '{name}' does not satisfy the interface: its class has no Config dataclass")
+    if isinstance(algorithm, type):
+        return config
+    missing = [m for m in protocol_members(Algorithm) if not hasattr(algorithm, m)]
+    if missing:
+        raise ConfigError(f"algorithm '{name}' does not satisfy the interface: missing {', '.join(missing)}")
+    unknown = sorted(set(algorithm.needs) - NEEDS)
+    if unknown:
+        raise ConfigError(f"algorithm '{name}': unknown needs {', '.join(unknown)}; known: {', '.join(sorted(NEEDS))}")
+    return config

@@ -24,11 +24,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named table of components of one kind."""
 
-    def __init__(self, kind: str, builtin_package: str | None = None) -> None:
+    def __init__(self, kind: str, *builtins: str) -> None:
+        """``builtins``: modules whose import registers the built-in components; a package stands
+        for every module in it."""
         self.kind = kind
         self._items: dict[str, T] = {}
-        self._builtin_package = builtin_package
-        self._builtins_loaded = builtin_package is None
+        self._builtins = builtins
+        self._builtins_loaded = not builtins
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@ALGORITHMS.register("grpo")``. A duplicate name raises."""
@@ -45,10 +47,11 @@ class Registry(Generic[T]):
         if self._builtins_loaded:
             return
         self._builtins_loaded = True
-        package = importlib.import_module(self._builtin_package)
-        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self._builtin_package}.{info.name}")
+        for name in self._builtins:
+            package = importlib.import_module(name)
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{name}.{info.name}")
 
     def get(self, name: str) -> T:
         """The component called ``name``; ``module:name`` or ``file.py:name`` imports the module first
@@ -115,9 +118,9 @@ def _plugin_error(e: BaseException, path: Path | None) -> str:
     return f"{type(e).__name__}: {message}{place}"
 
 
-ALGORITHMS: Registry = Registry("algorithm", builtin_package="rlzoo.algorithms")
-REWARDS: Registry = Registry("reward", builtin_package="rlzoo.rewards")
-DATA_SOURCES: Registry = Registry("data source", builtin_package="rlzoo.data.sources")
+ALGORITHMS: Registry = Registry("algorithm", "rlzoo.algorithms")
+REWARDS: Registry = Registry("reward", "rlzoo.rewards", "rlzoo.reward_models.reward")
+DATA_SOURCES: Registry = Registry("data source", "rlzoo.runtime.sources")
 
 register_algorithm = ALGORITHMS.register
 register_reward = REWARDS.register

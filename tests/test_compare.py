@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlzoo.compare import compare, observations
+from rlzoo.run.compare import compare, observations
 from rlzoo.config import load_config
 from helpers import TINY_MODEL
 

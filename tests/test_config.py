@@ -8,7 +8,7 @@ import pytest
 from rlzoo.config import ConfigError, algorithm_config, load_config
 from rlzoo.errors import ModelLoadError
 from rlzoo.registry import ALGORITHMS, DATA_SOURCES, RegistryError
-from rlzoo.train import validate
+from rlzoo.run.validate import validate
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -114,7 +114,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_stage_task_override_is_a_curriculum_that_keeps_the_held_out_set():
     import itertools
 
-    from rlzoo.train import build_task, stage_task
+    from rlzoo.run.factories import build_task, stage_task
 
     cfg = load_config(Path("configs/quickstart.yaml"), ["sft.task={synthetic: {max_ops: 1}}", "task.synthetic.eval_size=50"])
     task = build_task(cfg)
@@ -127,7 +127,7 @@ def test_stage_task_override_is_a_curriculum_that_keeps_the_held_out_set():
 
 
 def test_stage_task_override_is_validated():
-    from rlzoo.train import stage_task_config
+    from rlzoo.run.factories import stage_task_config
 
     cfg = load_config(Path("configs/quickstart.yaml"), ["sft.task={synthetic: {max_opps: 1}}"])
     with pytest.raises(ConfigError, match=r"unknown config key 'stages.sft.task.synthetic.max_opps'"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlzoo.data.files import FileTask, FilesConfig, gsm8k_answer, load_examples
-from rlzoo.data.sources import DataError
+from rlzoo.errors import DataError
 from rlzoo.data.synthetic import SyntheticConfig, SyntheticTask, question_key
 from rlzoo.data.templates import TEMPLATES, apply_chat_template, chat_stream, format_prompt
 from rlzoo.interface import Example
@@ -138,7 +138,7 @@ def test_missing_files(tmp_path):
 
 def test_missing_default_file_through_config(tmp_path, monkeypatch):
     from rlzoo.config import load_config
-    from rlzoo.train import build_task
+    from rlzoo.run.factories import build_task
 
     monkeypatch.chdir(tmp_path)  # ../shared/data does not exist from here
     cfg = load_config(None, ["stages.x.steps=1", "task.name=math"])
@@ -168,7 +168,7 @@ def test_file_task_stream_is_seeded_shuffled_endless_and_skips_held_out(tmp_path
 @needs_data
 def test_gsm8k_task_from_config_defaults(monkeypatch):
     from rlzoo.config import load_config
-    from rlzoo.train import build_task
+    from rlzoo.run.factories import build_task
 
     monkeypatch.chdir(Path(__file__).parents[1])  # the defaults are relative to the repository root
     cfg = load_config(None, ["stages.x.steps=1", "task.name=gsm8k", "task.files.eval_size=5"])
@@ -386,10 +386,10 @@ def test_chat_template_with_a_real_tokenizer_and_without_one(tokenizer):
 
 def test_run_eval_applies_the_chat_template(tiny_model, tokenizer, monkeypatch):
     from rlzoo.config import load_config
-    from rlzoo.train import run_eval
+    from rlzoo.run.evaluation import run_eval
 
     seen = []
-    monkeypatch.setattr("rlzoo.evaluation.evaluate", lambda model, tok, exs, reward, **kw: seen.extend(exs) or {})
+    monkeypatch.setattr("rlzoo.run.evaluation.evaluate", lambda model, tok, exs, reward, **kw: seen.extend(exs) or {})
     cfg = load_config(None, ["stages.x.steps=1", "task.chat_template=true"])
     tokenizer.chat_template = "{% for m in messages %}<u>{{ m.content }}{% endfor %}<a>"
     try:

@@ -4,7 +4,7 @@ from math import comb
 
 import pytest
 
-from rlzoo.evaluation import answer_groups, maj_at_k, majority_correct, pass_at_k
+from rlzoo.run.evaluation import answer_groups, maj_at_k, majority_correct, pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_answers_vote_by_equivalence_not_by_string():
 def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported(monkeypatch):
     # programs print the answer; the numbers in their text disagree with it, so a vote on the
     # text's last number would pick 3 (wrong) where a vote on the program output picks 5 (right)
-    import rlzoo.evaluation as evaluation
+    import rlzoo.run.evaluation as evaluation
     from rlzoo.interface import Example
     from rlzoo.rewards import make_reward
 

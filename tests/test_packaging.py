@@ -81,3 +81,49 @@ def test_no_import_cycles():
     for name in sorted(modules):
         if name not in state:
             visit(name, [name])
+
+
+# The layers of the library, lowest first (docs/interface.md, "The house"): a module imports from
+# its own layer and the layers below it, never from one above (the package itself, whose lazy
+# ``rlzoo.verify`` is a convenience for users, stands above them all).
+LAYERS = [
+    ("core", ["rlzoo.errors", "rlzoo.config", "rlzoo.interface", "rlzoo.registry", "rlzoo.functional", "rlzoo.losses",
+              "rlzoo.sandbox"]),
+    ("algorithms and tasks", ["rlzoo.algorithms", "rlzoo.data"]),
+    ("runtime", ["rlzoo.runtime"]),
+    ("scoring", ["rlzoo.rewards", "rlzoo.reward_models"]),
+    ("running", ["rlzoo.run", "rlzoo.train", "rlzoo.cli", "rlzoo.__main__"]),
+]
+
+
+def _layer(module: str) -> int | None:
+    for level, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    return None
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in [*(ROOT / "rlzoo").rglob("*.py"), *(ROOT / "algorithms").glob("*.py")]:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[0] == "algorithms":
+            parts = ["rlzoo", *parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def test_every_module_has_a_layer_and_imports_no_layer_above_its_own():
+    modules = _modules()
+    unplaced = sorted(m for m in modules if m != "rlzoo" and _layer(m) is None)
+    assert not unplaced, f"modules in no layer: {unplaced}"
+    upward = []
+    for name, path in sorted(modules.items()):
+        if name == "rlzoo":
+            continue
+        for dep in sorted(_module_imports(path)):
+            if dep in modules and dep != "rlzoo" and _layer(dep) > _layer(name):
+                upward.append(f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})")
+    assert not upward, "imports from a layer above:\n" + "\n".join(upward)

@@ -1,4 +1,4 @@
-"""The ``program`` (program-of-thought) and ``tool`` rewards, and parallel scoring in score_batch."""
+"""The ``program`` (program-of-thought) and ``tool`` rewards, and parallel scoring in Reward.score_batch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 from rlzoo.interface import Example, RolloutBatch
 from rlzoo.rewards.builtin import extract_program, program, tool
 from rlzoo.rewards import Reward, RewardFunction, make_reward
-from rlzoo.train import score_batch
 
 FIVE = Example("Q: 2 + 3?", "5")
 
@@ -113,7 +112,7 @@ def test_parallel_scoring_keeps_order_and_counts_events():
     completions.append("no program")
     examples.append(FIVE)
     batch = batch_of(completions, examples)
-    metrics = score_batch(make_reward("program"), batch)
+    metrics = make_reward("program").score_batch(batch)
     assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
     assert "reward/mean" not in metrics  # the stage takes the mean over every rank's rewards
     assert metrics["reward/no_program_frac"] == pytest.approx(1 / 9)
@@ -136,10 +135,10 @@ def test_pool_only_for_rewards_declared_parallel(monkeypatch):
         return scale * float(completion)
 
     batch = batch_of([str(i) for i in range(5)], [FIVE] * 5)
-    score_batch(Reward([RewardFunction("slow", slow)]), batch)  # not declared parallel: a plain loop in this thread
+    Reward([RewardFunction("slow", slow)]).score_batch(batch)  # not declared parallel: a plain loop in this thread
     assert set(threads) == {threading.current_thread().name} and peak[0] == 1
     slow.parallel = True
-    score_batch(Reward([RewardFunction("slow", slow, kwargs={"scale": 2.0})]), batch)  # reward.kwargs
+    Reward([RewardFunction("slow", slow, kwargs={"scale": 2.0})]).score_batch(batch)  # reward.kwargs
     assert batch.rewards.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert peak[0] >= 2
 
@@ -160,7 +159,7 @@ def test_any_format_grades_each_format_by_its_own_rule_and_counts_formats():
     ]
     completions = [c for c, _, _ in cases]
     assert [completion_format(c) for c in completions] == [f for _, f, _ in cases]
-    metrics = score_batch(make_reward("any_format"), batch := batch_of(completions, [FIVE] * len(cases)))
+    metrics = make_reward("any_format").score_batch(batch := batch_of(completions, [FIVE] * len(cases)))
     assert batch.rewards.tolist() == [r for _, _, r in cases]
     assert metrics["reward/format_cot_frac"] == pytest.approx(2 / 8)
     assert metrics["reward/format_pot_frac"] == pytest.approx(4 / 8)

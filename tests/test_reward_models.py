@@ -1,4 +1,4 @@
-"""Reward models (rlzoo/reward_models.py): the model and its file format, scores, losses and
+"""Reward models (rlzoo/reward_models/model.py, labels.py): the model and its file format, scores, losses and
 metrics worked by hand, and Math-Shepherd labels from real rollouts of the tiny model."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import torch
 
 from rlzoo.errors import ModelLoadError
 from rlzoo.interface import Example
-from rlzoo.reward_models import (
-    accuracy, first_error_accuracy, load_reward_model, math_shepherd_labels, outcome_loss, outcome_scores,
+from rlzoo.reward_models.model import (
+    accuracy, first_error_accuracy, load_reward_model, outcome_loss, outcome_scores,
     per_step, process_loss, reward_model_from_lm, roc_auc, step_accuracy, step_scores, token_scores,
 )
+from rlzoo.reward_models.labels import math_shepherd_labels
 from rlzoo.runtime.generation import GenerationConfig, encode_pairs, sample
-from rlzoo.steps import first_error, step_end_mask
+from rlzoo.reward_models.steps import first_error, step_end_mask
 
 
 def randomise_head(rm, seed=0):
@@ -230,7 +231,9 @@ def test_math_shepherd_needs_a_known_mode(tiny_model, tokenizer, task):
 def test_doctests():
     import doctest
 
-    import rlzoo.reward_models
+    import rlzoo.reward_models.labels
+    import rlzoo.reward_models.model
 
-    result = doctest.testmod(rlzoo.reward_models)
-    assert result.failed == 0 and result.attempted > 0
+    for module in (rlzoo.reward_models.model, rlzoo.reward_models.labels):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0

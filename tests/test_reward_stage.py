@@ -62,7 +62,7 @@ def rm_stage(kind: str = "orm", **kw) -> dict:
 
 
 def test_an_outcome_reward_model_learns_its_labels_and_is_a_reward(tmp_path):
-    from rlzoo.reward_models import load_reward_model
+    from rlzoo.reward_models.model import load_reward_model
     from rlzoo.rewards import make_reward
     from rlzoo.train import train
 
@@ -91,14 +91,15 @@ def test_an_outcome_reward_model_learns_its_labels_and_is_a_reward(tmp_path):
 
     batch = sample(lm, tok, SyntheticTask(SyntheticConfig(max_value=50, eval_size=4)).eval_examples(), 4, GenerationConfig(max_new_tokens=16))
     reward = make_reward({"name": "orm", "kwargs": {"model": str(final)}})
-    values, _, step_rewards, _ = reward.score_batch(batch)
+    reward.score_batch(batch)
+    values, step_rewards = batch.rewards.tolist(), batch.step_rewards
     assert step_rewards is None and all(0 < v < 1 for v in values)
     assert len(set(round(v, 6) for v in values)) > 1
 
 
 def test_process_rewards_combine_as_the_weighted_sum_with_outcome_rewards_on_the_last_step(tiny_model, task, tokenizer, tmp_path):
     from rlzoo.config import GenerationConfig
-    from rlzoo.reward_models import reward_model_from_lm
+    from rlzoo.reward_models.model import reward_model_from_lm
     from rlzoo.rewards import make_reward
     from rlzoo.runtime.generation import sample
 
@@ -109,14 +110,16 @@ def test_process_rewards_combine_as_the_weighted_sum_with_outcome_rewards_on_the
     tokenizer.save_pretrained(tmp_path / "prm")
     batch = sample(tiny_model, tokenizer, task.eval_examples()[:3], 2, GenerationConfig(max_new_tokens=20))
     prm = make_reward({"name": "prm", "kwargs": {"model": str(tmp_path / "prm"), "step_rule": "sentence", "aggregate": "last"}})
-    values, _, step_rewards, ends = prm.score_batch(batch)
+    prm.score_batch(batch)
+    values, step_rewards, ends = batch.rewards.tolist(), batch.step_rewards, batch.step_ends
     assert ends.sum() >= len(batch) and torch.all((step_rewards > 0) <= (ends > 0))  # rewards only at step ends
     last = ends * (ends.cumsum(-1) == ends.sum(-1, keepdim=True)).float()
     torch.testing.assert_close(torch.tensor(values), (step_rewards * last).sum(-1))  # aggregate last = the last step's
     both = make_reward({"functions": [{"name": "prm", "weight": 0.5, "kwargs": {"model": str(tmp_path / "prm"), "step_rule": "sentence",
                                                                                 "aggregate": "last"}},
                                       {"name": "test_mentions_seven", "weight": 2.0}]})
-    values2, _, step_rewards2, ends2 = both.score_batch(batch)
+    both.score_batch(batch)
+    values2, step_rewards2 = batch.rewards.tolist(), batch.step_rewards
     sevens = torch.tensor([float("7" in c) for c in batch.completions])
     torch.testing.assert_close(step_rewards2, 0.5 * step_rewards + 2.0 * sevens[:, None] * last)  # outcome on the last step
     torch.testing.assert_close(torch.tensor(values2), 0.5 * torch.tensor(values) + 2.0 * sevens)
@@ -143,7 +146,7 @@ def test_grpo_with_process_supervision_trains_on_a_prm_through_the_runtime(tmp_p
 
 
 def test_process_supervision_without_a_process_reward_is_refused(tmp_path):
-    from rlzoo.train import validate
+    from rlzoo.run.validate import validate
 
     stages = {"grpo": {"algorithm": "grpo", "algorithm_args": {"supervision": "process"}}}
     with pytest.raises(ConfigError, match="stages.grpo.reward: grpo with process supervision trains on step rewards"):

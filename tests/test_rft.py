@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from rlzoo.config import load_config
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.registry import ALGORITHMS, register_reward
-from rlzoo.train import make_algorithm
+from rlzoo.run.factories import make_algorithm
 from helpers import TINY_MODEL, assert_every_weight_moved
+
+OFFLINE = SimpleNamespace(data_source="offline")  # what prepare reads of the runtime: the data source in use
 
 
 @register_reward("test_rft_len_parity")
@@ -50,7 +53,7 @@ def test_rft_equals_sft_when_every_output_is_correct(mode, cls):
     batch = make_batch([1.0] * 6)
     logp0 = -torch.rand(6, 7, generator=torch.Generator().manual_seed(1)) * 3  # [N, T]
     algo = cls(cls.Config())
-    prepared, metrics = algo.prepare(batch, None)
+    prepared, metrics = algo.prepare(batch, SimpleNamespace(data_source=algo.data_source))
     assert len(prepared) == 6 and metrics["rft/correct_frac"] == 1.0 and metrics["rft/kept_frac"] == 1.0
 
     def rft_loss(logp):
@@ -70,7 +73,7 @@ def test_wrong_outputs_get_zero_gradient_when_kept():
     batch = make_batch([1.0, 0.0, 1.0, 0.4, 0.6, 0.0])
     logp0 = -torch.rand(6, 7, generator=torch.Generator().manual_seed(2))
     algo = RFT(RFT.Config(drop_rejected=False))
-    prepared, metrics = algo.prepare(batch, None)
+    prepared, metrics = algo.prepare(batch, SimpleNamespace(data_source=algo.data_source))
     assert len(prepared) == 6 and metrics["rft/correct_frac"] == 0.5
 
     def loss(logp):
@@ -87,7 +90,7 @@ def test_wrong_outputs_get_zero_gradient_when_kept():
 def test_dropping_wrong_outputs_is_sft_on_the_correct_ones():
     batch = make_batch([1.0, 0.0, 1.0, 0.4, 0.6, 0.0])
     algo = RFT(RFT.Config())
-    prepared, metrics = algo.prepare(batch, None)
+    prepared, metrics = algo.prepare(batch, SimpleNamespace(data_source=algo.data_source))
     torch.testing.assert_close(prepared.rewards, torch.tensor([1.0, 1.0, 0.6]))
     assert metrics["rft/kept_frac"] == 0.5
     torch.testing.assert_close(prepared.input_ids, batch.input_ids[[0, 2, 4]])
@@ -103,18 +106,18 @@ def test_rft_loss_by_hand():
                          torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 0]), torch.tensor([1.0, 0.0]))
     # kept with GC 0: (1/2) * ((1 + 3) / 2 + 0) = 1.0
     algo = RFT(RFT.Config(drop_rejected=False))
-    kept, _ = algo.prepare(batch, None)
+    kept, _ = algo.prepare(batch, SimpleNamespace(data_source=algo.data_source))
     assert float(surrogate_loss(algo.coefficients(kept, logp)[0], logp, kept.loss_mask, "seq-mean-token-mean")) == 1.0
     # dropped: SFT on row 0 alone, (1 + 3) / 2 = 2.0
     algo = RFT(RFT.Config())
-    kept, _ = algo.prepare(batch, None)
+    kept, _ = algo.prepare(batch, SimpleNamespace(data_source=algo.data_source))
     assert float(surrogate_loss(algo.coefficients(kept, logp[:1])[0], logp[:1], kept.loss_mask, "seq-mean-token-mean")) == 2.0
 
 
 def test_threshold_is_strict_and_configurable():
     batch = make_batch([0.5, 0.51, 1.0, 0.0])
-    assert RFT(RFT.Config()).prepare(batch, None)[1]["rft/correct_frac"] == 0.5  # 0.5 is not > 0.5
-    assert RFT(RFT.Config(threshold=0.0)).prepare(make_batch([0.5, 0.51, 1.0, 0.0]), None)[1]["rft/correct_frac"] == 0.75
+    assert RFT(RFT.Config()).prepare(batch, OFFLINE)[1]["rft/correct_frac"] == 0.5  # 0.5 is not > 0.5
+    assert RFT(RFT.Config(threshold=0.0)).prepare(make_batch([0.5, 0.51, 1.0, 0.0]), OFFLINE)[1]["rft/correct_frac"] == 0.75
 
 
 def test_dedupe_keeps_one_copy_per_question():
@@ -124,7 +127,7 @@ def test_dedupe_keeps_one_copy_per_question():
     batch.input_ids[[1, 3, 4]] = batch.input_ids[0].clone()
     batch.loss_mask[[1, 3, 4]] = batch.loss_mask[0].clone()
     assert duplicate_mask(batch, batch.rewards > 0.5).tolist() == [False, True, False, False, False, False]
-    prepared, metrics = RFT(RFT.Config(dedupe=True)).prepare(batch, None)
+    prepared, metrics = RFT(RFT.Config(dedupe=True)).prepare(batch, OFFLINE)
     assert metrics["rft/correct_frac"] == 5 / 6 and metrics["rft/kept_frac"] == 4 / 6
     assert prepared.group_ids.tolist() == [0, 0, 1, 1]
     # only tokens under the loss mask count: a different prompt token does not make outputs distinct
@@ -133,10 +136,11 @@ def test_dedupe_keeps_one_copy_per_question():
 
 
 def test_dedupe_default_follows_the_default_data_source():
-    assert RFT(RFT.Config()).dedupe is True  # offline RFT dedups, as the paper's RFT
-    assert OnlineRFT(OnlineRFT.Config()).dedupe is False  # Online RFT: the plain I(o)
-    assert RFT(RFT.Config(dedupe=False)).dedupe is False
-    assert OnlineRFT(OnlineRFT.Config(dedupe=True)).dedupe is True
+    assert RFT(RFT.Config()).dedupe(RFT.data_source) is True  # offline RFT dedups, as the paper's RFT
+    assert OnlineRFT(OnlineRFT.Config()).dedupe(OnlineRFT.data_source) is False  # Online RFT: the plain I(o)
+    assert RFT(RFT.Config()).dedupe("online") is False  # RFT on an online source (data.source=online) is Online RFT
+    assert RFT(RFT.Config(dedupe=False)).dedupe("offline") is False
+    assert OnlineRFT(OnlineRFT.Config(dedupe=True)).dedupe("online") is True
 
 
 def test_online_rft_is_rft_with_an_online_source():
@@ -161,11 +165,11 @@ def test_config_selects_the_variant(overrides, name, source):
 
 def test_unscored_batch_is_an_error():
     with pytest.raises(ValueError, match="scored samples"):
-        RFT(RFT.Config()).prepare(make_batch([float("nan")] * 2), None)
+        RFT(RFT.Config()).prepare(make_batch([float("nan")] * 2), OFFLINE)
 
 
 def test_batch_without_correct_outputs_becomes_empty():
-    prepared, metrics = RFT(RFT.Config()).prepare(make_batch([0.0] * 4), None)
+    prepared, metrics = RFT(RFT.Config()).prepare(make_batch([0.0] * 4), OFFLINE)
     assert len(prepared) == 0 and metrics["rft/kept_frac"] == 0.0 and metrics["rft/solved_prompt_frac"] == 0.0
 
 

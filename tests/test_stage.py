@@ -13,7 +13,7 @@ import torch
 from rlzoo.config import load_config
 from rlzoo.registry import register_reward
 from rlzoo.runtime.stage import build_stage, train_step
-from rlzoo.train import build_task, initial_model, make_algorithm, make_reward, score_batch
+from rlzoo.run.factories import build_task, initial_model, make_algorithm, make_reward
 from helpers import TINY_MODEL
 
 
@@ -35,7 +35,7 @@ def make_stage(*overrides: str, stage: str = "grpo"):
     lm, tokenizer = initial_model(cfg, task)
     s = cfg.stages[stage]
     return build_stage(stage, s, make_algorithm(cfg, s.algorithm), lm, tokenizer, task.train_stream(0), model_cfg=cfg.model,
-                       mixed_precision=cfg.mixed_precision, seed=0, sample_seed=0, reward=make_reward(s), score=score_batch)
+                       mixed_precision=cfg.mixed_precision, seed=0, sample_seed=0, reward=make_reward(s))
 
 
 def test_first_step_has_ratio_one_and_kl_zero_then_updates_see_ratios_and_clipping():

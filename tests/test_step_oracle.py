@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from rlzoo.data.synthetic import SyntheticConfig, SyntheticTask, first_error, step_oracle
+from rlzoo.data.synthetic import SyntheticConfig, SyntheticTask
+from rlzoo.data.synthetic import step_oracle as oracle
 from rlzoo.interface import Example
+from rlzoo.reward_models.steps import first_error, split_steps
+
+
+def step_oracle(example, completion, rule="line"):
+    """The oracle's verdicts on the steps ``rule`` splits ``completion`` into."""
+    return oracle(example, split_steps(completion, rule))
+
 
 # "Ann has 8 apples. Ann gives away 6 apples. The number of apples grows 3 times."
 # 8 - 6 = 2, then 2 * 3 = 6: the answer is 6
@@ -77,7 +85,7 @@ def test_every_gold_solution_of_the_task_is_right_at_every_step_and_a_slip_is_ca
 
 def test_an_example_without_the_problem_is_refused():
     with pytest.raises(ValueError, match=r"needs a synthetic example \(meta\['start'\] and meta\['steps'\]\)"):
-        step_oracle(Example("Q", "1", meta={"source": "gsm8k"}), " 1 + 0 = 1.")
+        oracle(Example("Q", "1", meta={"source": "gsm8k"}), ["1 + 0 = 1."])
 
 
 def test_doctests():

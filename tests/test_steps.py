@@ -8,7 +8,7 @@ import torch
 from rlzoo.errors import RegistryError
 from rlzoo.interface import Example, RolloutBatch
 from rlzoo.runtime.generation import GenerationConfig, encode_pairs, sample
-from rlzoo.steps import (
+from rlzoo.reward_models.steps import (
     STEP_RULES, decode_with_offsets, first_error, split_steps, step_end_mask, step_end_tokens, step_spans,
 )
 
@@ -248,7 +248,7 @@ def test_step_ends_count_the_steps_of_the_decoded_text(tiny_model, tokenizer, ta
 def test_doctests():
     import doctest
 
-    import rlzoo.steps
+    import rlzoo.reward_models.steps as steps_module
 
-    result = doctest.testmod(rlzoo.steps)
+    result = doctest.testmod(steps_module)
     assert result.failed == 0 and result.attempted > 0

@@ -224,7 +224,7 @@ def test_evaluation_runs_the_code_of_tool_integrated_answers_with_eval_tool_roun
     # eval.tool_rounds the evaluation runs the block (prints 5), appends the real output, and the
     # policy goes on to its answer, which the tool reward grades. Without tool rounds it makes the
     # output up, its made-up answer is read and graded wrong.
-    from rlzoo.evaluation import evaluate
+    from rlzoo.run.evaluation import evaluate
     from rlzoo.rewards import make_reward
 
     scripts = {P1: ["Let me compute.\n" + CODE + HALLUCINATED + "So \\boxed{999}.", "The answer is \\boxed{5}."]}

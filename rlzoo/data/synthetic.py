@@ -39,7 +39,6 @@ from typing import Callable, Iterator
 from rlzoo.config import SyntheticConfig
 from rlzoo.errors import ConfigError
 from rlzoo.interface import Example
-from rlzoo.steps import first_error, split_steps  # noqa: F401  (first_error: the oracle's first wrong step)
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jo", "Kim", "Leo", "Mia", "Ned", "Ola", "Pam"]
 ITEMS = ["apples", "books", "coins", "stamps", "shells", "cards", "marbles", "pens", "cookies", "stickers"]
@@ -78,11 +77,12 @@ _EQUATION_STEP = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*\.?")
 _ANSWER_STEP = re.compile(r"The answer is \\boxed\{\s*(-?\d+)\s*\}\s*\.?")
 
 
-def step_oracle(example: Example, completion: str, rule: str = "line") -> list[bool]:
-    """Whether each step of a chain-of-thought ``completion`` is correct, graded exactly.
+def step_oracle(example: Example, steps: list[str]) -> list[bool]:
+    """Whether each step of a chain-of-thought completion is correct, graded exactly.
 
-    The completion is split into steps by ``rule`` (:mod:`rlzoo.steps`; ``line`` and
-    ``sentence`` give the task's one-equation steps). Walking the problem in ``example.meta``
+    ``steps`` are the completion's step texts, as a step rule splits them
+    (:func:`rlzoo.reward_models.steps.split_steps`; ``line`` and ``sentence`` give the task's
+    one-equation steps). Walking the problem in ``example.meta``
     (``start``, ``steps``) with a running value v (at first ``start``):
 
     * an equation step ``x op b = y.`` is correct iff it is the problem's next operation applied
@@ -98,21 +98,22 @@ def step_oracle(example: Example, completion: str, rule: str = "line") -> list[b
     trained on Math-Shepherd labels estimates (the chance that a correct answer can still be
     reached from this prefix) and what first-error benchmarks (PRM800K, ProcessBench) grade.
     So a correct equation after a wrong one, e.g. a right product of a wrong difference, is
-    labelled wrong. The first wrong step is ``first_error(labels)``.
+    labelled wrong. The first wrong step is the first False
+    (:func:`rlzoo.reward_models.steps.first_error`).
 
     >>> ex = Example("Q", "6", meta={"start": 8, "steps": [("-", 6, 2), ("*", 3, 6)], "ops": 2})
-    >>> step_oracle(ex, " 8 - 6 = 2.\\n2 * 3 = 6.\\nThe answer is \\\\boxed{6}.")
+    >>> step_oracle(ex, ["8 - 6 = 2.", "2 * 3 = 6.", "The answer is \\\\boxed{6}."])
     [True, True, True]
-    >>> step_oracle(ex, " 8 - 6 = 3.\\n3 * 3 = 9.\\nThe answer is \\\\boxed{9}.")  # wrong from the first step
+    >>> step_oracle(ex, ["8 - 6 = 3.", "3 * 3 = 9.", "The answer is \\\\boxed{9}."])  # wrong from the first step
     [False, False, False]
-    >>> step_oracle(ex, " 8 - 6 = 2.\\nThe answer is \\\\boxed{2}.")  # an operation skipped
+    >>> step_oracle(ex, ["8 - 6 = 2.", "The answer is \\\\boxed{2}."])  # an operation skipped
     [True, False]
     """
     if "start" not in example.meta or "steps" not in example.meta:
         raise ValueError("step_oracle needs a synthetic example (meta['start'] and meta['steps'])")
     value, todo = example.meta["start"], list(example.meta["steps"])
     labels, on_path, answered = [], True, False
-    for step in split_steps(completion, rule):
+    for step in steps:
         equation, answer = _EQUATION_STEP.fullmatch(step), _ANSWER_STEP.fullmatch(step)
         if not on_path or answered:
             on_path = False

@@ -73,7 +73,7 @@ class RewardFunction:
 
     @property
     def needs_batch(self) -> bool:
-        """A reward that reads the batch's tokens itself (a reward model, :mod:`rlzoo.rewards.model`)."""
+        """A reward that reads the batch's tokens itself (a reward model, :mod:`rlzoo.reward_models.reward`)."""
         return getattr(self.fn, "needs_batch", False)
 
     @property
@@ -175,11 +175,23 @@ class Reward:
         values, events, _, _ = self._score(examples, completions, completion_ids, answers, batch)
         return values, events
 
-    def score_batch(self, batch) -> tuple[list[float | None], dict[str, float], "Tensor | None", "Tensor | None"]:
-        """:meth:`score` of a RolloutBatch, with its step rewards and step ends [N, T] when the
-        reward includes a process reward model (else None): the weighted sum of every function's
-        step rewards, where an outcome function's value counts as a reward on the last step."""
-        return self._score(batch.examples, batch.completions, batch.completion_ids(), None, batch)
+    def score_batch(self, batch) -> dict[str, float]:
+        """Score a RolloutBatch in place; its reward diagnostics.
+
+        Fills ``batch.rewards`` [N] (NaN where the completion is skipped: every function said
+        None) and, when the reward includes a process reward model, ``batch.step_rewards`` and
+        ``batch.step_ends`` [N, T]: the weighted sum of every function's step rewards, where an
+        outcome function's value counts as a reward on the last step. Returns the share of
+        completions that counted each event (``reward/<event>_frac``, ``reward/skipped_frac``
+        included): this process's rows; the run reduces them over processes.
+        """
+        import torch
+
+        values, events, batch.step_rewards, batch.step_ends = self._score(batch.examples, batch.completions,
+                                                                          batch.completion_ids(), None, batch)
+        batch.rewards = torch.tensor([float("nan") if v is None else v for v in values], device=batch.input_ids.device,
+                                     dtype=torch.float)  # [N]
+        return {f"reward/{e}_frac": frac for e, frac in events.items()}
 
     def _score(self, examples, completions, completion_ids, answers, batch):
         from rlzoo.rewards.builtin import reward_events
@@ -256,7 +268,7 @@ class Reward:
 def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None) -> RewardFunction:
     """The reward function registered as ``name`` (or ``file.py:function`` / ``module:function``).
 
-    A registered class (a reward model, :mod:`rlzoo.rewards.model`) is built once, with the
+    A registered class (a reward model, :mod:`rlzoo.reward_models.reward`) is built once, with the
     ``kwargs``; a function gets them at every call."""
     from rlzoo.registry import REWARDS
 

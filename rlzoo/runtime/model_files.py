@@ -1,7 +1,7 @@
 """Checks of a model folder's files that read headers only, never weights.
 
 :func:`check_model_folder` is what ``rlzoo train`` checks of ``model.path`` and each stage's
-``init`` before any work (:func:`rlzoo.train.validate`); :func:`damaged_safetensors` names the
+``init`` before any work (:func:`rlzoo.run.validate.validate`); :func:`damaged_safetensors` names the
 damaged file when loading a folder fails anyway (:func:`rlzoo.runtime.models.load_pretrained`).
 """
 

@@ -172,28 +172,6 @@ class Stage:
         return lm
 
 
-class NonfiniteGuard:
-    """Stops a stage whose updates keep being skipped for a non-finite gradient: after ``limit``
-    steps in a row (``optim.max_nonfinite_steps``; 0 = never) a :class:`TrainingStopped` names the
-    stage, the step and its last good checkpoint in ``stage_dir`` (a stage without step checkpoints:
-    ``checkpoints=False``)."""
-
-    def __init__(self, name: str, limit: int, stage_dir, *, checkpoints: bool = True) -> None:
-        self.name, self.limit, self.stage_dir, self.in_a_row = name, limit, stage_dir, 0
-        self.hint = " (save_every)" if checkpoints else ""
-
-    def update(self, step: int, skipped: bool) -> None:
-        from rlzoo.errors import TrainingStopped
-        from rlzoo.runtime.checkpoint import checkpoints
-
-        self.in_a_row = self.in_a_row + 1 if skipped else 0
-        if self.limit and self.in_a_row >= self.limit:
-            saved = checkpoints(self.stage_dir)
-            keep = f"the last good checkpoint is {saved[-1][1]}" if saved else f"no checkpoint was written{self.hint}"
-            raise TrainingStopped(f"stage {self.name} stopped at step {step}: {self.in_a_row} steps in a row had a "
-                                  f"non-finite gradient and were skipped (learning rate too high?); {keep}")
-
-
 def make_optimizer(param_groups: list[dict], ocfg, steps: int):
     """AdamW over ``param_groups`` (each with its ``lr``) and its learning-rate schedule (``optim``:
     warm-up from 0, then constant, linear or cosine over ``steps``). The schedule is stepped once
@@ -208,12 +186,14 @@ def make_optimizer(param_groups: list[dict], ocfg, steps: int):
 
 
 def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
-                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, score) -> Stage:
-    """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``.
+                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward) -> Stage:
+    """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``
+    and scoring samples with ``reward`` (anything with ``score_batch(batch) -> metrics``, e.g. a
+    :class:`rlzoo.rewards.Reward`).
 
     ``seed`` seeds the data source's and the minibatches' shuffling, ``sample_seed`` the rollouts
     (a row's seed is ``(sample_seed, its question's position, its sample index)``)."""
-    from rlzoo.data.sources import SourceContext
+    from rlzoo.runtime.sources import SourceContext
     from rlzoo.runtime.generation import encode_pairs, sample
 
     from accelerate.utils import set_seed
@@ -248,21 +228,21 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
             policy, optimizer = accelerator.prepare(policy, optimizer)
     if reference is not None:
         reference.to(accelerator.device)  # not prepared: frozen, no DDP, not in checkpoints; the Runtime gives it the policy's autocast
+    source_name = stage_cfg.data.source or algorithm.data_source
     rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist,
-                 reference_is_base="reference" in algorithm.needs and reference is None)
+                 reference_is_base="reference" in algorithm.needs and reference is None, data_source=source_name)
     device = accelerator.device
     ctx = SourceContext(
         prompts=prompts,
         settings=stage_cfg.data,
         encode=lambda exs, comps, keys: encode_pairs(tokenizer, exs, comps, device, group_ids=keys),
         sample=lambda exs, keys, n: st.autocast(sample, policy, tokenizer, exs, n, stage_cfg.generation, seed=sample_seed, keys=keys),
-        score=lambda batch: score(reward, batch),
+        reward=reward,
         seed=seed,
         dist=dist,
         pad_token_id=tokenizer.pad_token_id,
     )
-    algorithm.data_source = stage_cfg.data.source or algorithm.data_source  # the instance sees the source it runs on
-    source = DATA_SOURCES.get(algorithm.data_source)(ctx)
+    source = DATA_SOURCES.get(source_name)(ctx)
     st = Stage(
         name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
         scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
@@ -317,7 +297,7 @@ def train_step(st: Stage) -> dict[str, float]:
     with timed(local, "time/old_logprobs"):
         ocfg = st.cfg.optim
         used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
-        if "old_logprobs" in algo.needs and (not used_once or getattr(algo, "old_logprobs_in_prepare", False)):
+        if "old_logprobs" in algo.needs and not used_once:
             batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
         # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
     with timed(local, "time/prepare"):

@@ -20,6 +20,7 @@ import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -46,6 +47,7 @@ class Runtime:
     micro_batch_size: int = 64
     dist: Dist | None = None
     reference_is_base: bool = False  # a LoRA policy: the reference is the policy with its adapters off (no copy)
+    data_source: str = "dataset"  # the stage's data source (RuntimeView.data_source)
 
     def __post_init__(self) -> None:
         if self.dist is None:
@@ -150,7 +152,7 @@ def split_groups(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
 
 def resolve_loss_agg(algorithm, configured: str | None) -> str:
     """The aggregation mode: the algorithm's pinned one, else the configured one, else the paper's."""
-    pinned = getattr(algorithm, "loss_agg", None)
+    pinned = algorithm.loss_agg
     if pinned is not None and configured is not None and configured != pinned:
         raise ValueError(f"optim.loss_agg={configured} conflicts with the algorithm, whose coefficients are derived for '{pinned}'")
     mode = pinned or configured or "seq-mean-token-mean"
@@ -232,31 +234,27 @@ def train_on_batch(
                 continue  # an empty minibatch on every rank (more minibatches than rows)
             totals = {"num_seqs": num_seqs, "num_tokens": num_tokens, "constant": agg_constant}
             optimizer.zero_grad(set_to_none=True)
-            # every rank runs as many micro-batches as the busiest one (zero losses past its own), so
-            # that the DDP collectives of the policy and the value model come in the same order everywhere
-            rounds = max(c[2] for c in counts)
-            for i in range(rounds):
-                with rt.sync_gradients(i == rounds - 1):
-                    if i >= len(micros):
-                        rt.zero_backward()
-                        continue
-                    micro = micros[i]
-                    logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
-                    if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
-                        micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
-                    coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
-                    loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
-                    acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
-                    extra, extra_metrics = algorithm.extra_loss(micro, rt)  # [n, T] or None
-                    if extra is not None:
-                        extra = aggregate(extra, micro.loss_mask, "token-mean", num_tokens=num_tokens)
-                        acc.backward(extra * dist.world)
-                        has_extra = True
-                        losses[1] += float(extra.detach())
-                    elif rt.value_model is not None:
-                        rt.zero_backward(rt.value_model)  # the value model's all-reduce still takes place
+
+            def backward(micro: RolloutBatch) -> None:
+                nonlocal has_extra
+                logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
+                if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
+                    micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
+                coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
+                loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
+                acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
+                extra, extra_metrics = algorithm.extra_loss(micro, rt)  # [n, T] or None
+                if extra is not None:
+                    extra = aggregate(extra, micro.loss_mask, "token-mean", num_tokens=num_tokens)
+                    acc.backward(extra * dist.world)
+                    has_extra = True
+                    losses[1] += float(extra.detach())
+                elif rt.value_model is not None:
+                    rt.zero_backward(rt.value_model)  # the value model's all-reduce still takes place
                 losses[0] += float(loss.detach())
                 meter.add({**metrics, **extra_metrics}, len(micro))
+
+            accumulate(micros, max(c[2] for c in counts), rt.sync_gradients, rt.zero_backward, backward)
             group_norms = clip_param_groups(acc, optimizer, optim_cfg.grad_clip)
             for k, v in group_norms.items():
                 norms[k].append(v)
@@ -271,10 +269,26 @@ def train_on_batch(
         shared["loss/policy"] = total[0] / steps
         if total[2]:
             shared["loss/extra"] = total[1] / steps
+    shared["train/optimizer_steps"] = float(steps)
     shared["train/skipped_nonfinite"] = float(skipped)
     if getattr(acc, "scaler", None) is not None:
         shared["optim/fp16_overflow_steps"] = float(overflows)
     return meter.means(), float(len(batch)), shared
+
+
+def accumulate(micros: list, rounds: int, sync: Callable[[bool], ContextManager], zero_backward: Callable[[], None],
+               backward: Callable[[Any], None]) -> None:
+    """Gradient accumulation over this rank's ``micros`` in ``rounds`` rounds, the same number on
+    every rank (the busiest rank's count): round i runs ``backward(micros[i])``, or, past this
+    rank's own micro-batches, ``zero_backward()`` (a zero loss through every trained model), so
+    that the DDP collectives come in the same order everywhere; gradients are all-reduced in the
+    last round only (``sync(last)`` is the context of a round)."""
+    for i in range(rounds):
+        with sync(i == rounds - 1):
+            if i < len(micros):
+                backward(micros[i])
+            else:
+                zero_backward()
 
 
 def optimizer_step(acc, optimizer: torch.optim.Optimizer, norms: dict[str, float]) -> str:

@@ -39,10 +39,10 @@ def _stage_config(cfg: DictConfig, stage: str, overrides: dict[str, Any]) -> Dic
 
 
 def _validate(config: DictConfig, what: str) -> None:
-    """What ``rlzoo train`` will check of ``config`` (:func:`rlzoo.train.validate`), before the
+    """What ``rlzoo train`` will check of ``config`` (:func:`rlzoo.run.validate.validate`), before the
     comparison trains anything; a user error names ``what`` (the SFT stage, or an entry)."""
     from rlzoo.config import RunConfig, merge_section
-    from rlzoo.train import validate
+    from rlzoo.run.validate import validate
 
     try:
         validate(merge_section(RunConfig, [config], ""))
@@ -167,7 +167,7 @@ def _metric(runs: list[dict], key: str) -> list[float]:
 def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results: dict, curves: dict, seconds: float) -> None:
     """The Markdown report and its two plots."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    from rlzoo.evaluation import shown_metrics
+    from rlzoo.run.evaluation import shown_metrics
 
     keys = [k for k in shown_metrics([sft["eval"]] + [r["eval"] for runs in results.values() for r in runs if "eval" in r]) if k in sft["eval"]]
     rl = cfg.stages[cfg.compare.rl_stage]

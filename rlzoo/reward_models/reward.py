@@ -1,10 +1,10 @@
 """Learned reward models as rewards: ``reward.name: orm`` or ``prm`` (DeepSeekMath Sec. 4.1.2-4.1.3).
 
-A reward model (:mod:`rlzoo.reward_models`) scores the batch's own token ids, in micro-batches
+A reward model (:mod:`rlzoo.reward_models.model`) scores the batch's own token ids, in micro-batches
 without gradients, on the device the batch is on; it is loaded once, on first use, per stage.
 
 * ``orm``: the probability (sigmoid of the score) at each completion's last token.
-* ``prm``: the probability at the end of every reasoning step (``step_rule``, :mod:`rlzoo.steps`):
+* ``prm``: the probability at the end of every reasoning step (``step_rule``, :mod:`rlzoo.reward_models.steps`):
   these are the batch's step rewards (``batch.step_rewards`` at ``batch.step_ends``), which GRPO
   with ``supervision: process`` and PPO with ``supervision: process`` train on; the completion's
   own reward (for outcome supervision, logging and weighted sums) is their ``aggregate``: ``min``
@@ -52,7 +52,7 @@ class _ModelReward:
 
     def _load(self, device) -> None:
         if self._model is None:
-            from rlzoo.reward_models import load_reward_model
+            from rlzoo.reward_models.model import load_reward_model
             from rlzoo.runtime.models import load_pretrained
 
             self._model = load_reward_model(self.path, self.dtype).to(device).eval()
@@ -60,7 +60,7 @@ class _ModelReward:
 
     def token_probs(self, batch) -> torch.Tensor:
         """[N, T] sigmoid of the reward model's score at every token, in micro-batches."""
-        from rlzoo.reward_models import token_probs
+        from rlzoo.reward_models.model import token_probs
 
         self._load(batch.input_ids.device)
         return token_probs(self._model, batch.input_ids, batch.attention_mask, self.batch_size)
@@ -71,7 +71,7 @@ class OutcomeModelReward(_ModelReward):
     """An outcome reward model: the probability it gives each completion at its last token."""
 
     def __call__(self, batch) -> ModelScores:
-        from rlzoo.reward_models import outcome_scores
+        from rlzoo.reward_models.model import outcome_scores
 
         return ModelScores(outcome_scores(self.token_probs(batch), batch.attention_mask).tolist())
 
@@ -85,7 +85,7 @@ class ProcessModelReward(_ModelReward):
     def __init__(self, model: str, step_rule: str = "line", aggregate: str = "min", batch_size: int = 32,
                  dtype: str = "float32") -> None:
         from rlzoo.errors import ConfigError
-        from rlzoo.steps import STEP_RULES
+        from rlzoo.reward_models.steps import STEP_RULES
 
         super().__init__(model, batch_size, dtype)
         if aggregate not in AGGREGATES:
@@ -94,8 +94,8 @@ class ProcessModelReward(_ModelReward):
         self.step_rule, self.aggregate = step_rule, aggregate
 
     def __call__(self, batch) -> ModelScores:
-        from rlzoo.reward_models import per_step, step_scores
-        from rlzoo.steps import step_end_mask
+        from rlzoo.reward_models.model import per_step, step_scores
+        from rlzoo.reward_models.steps import step_end_mask
 
         probs = self.token_probs(batch)  # [N, T]
         ends = step_end_mask(batch, self._tokenizer, self.step_rule).to(probs.device)  # [N, T]

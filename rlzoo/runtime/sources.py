@@ -42,7 +42,8 @@ class SourceContext:
     encode    (examples, completions, group ids) -> RolloutBatch of given texts
     sample    (examples, group ids, n) -> RolloutBatch of n outputs per question from the current
               policy, each row seeded by its question's group id and its sample index
-    score     fills ``batch.rewards`` in place and returns reward diagnostics
+    reward    the stage's reward: ``reward.score_batch(batch)`` fills ``batch.rewards`` (and, for a
+              process reward, ``step_rewards`` and ``step_ends``) and returns reward diagnostics
     seed      seed for the source's own shuffling (the same on every rank)
     dist      this rank and the collectives (:class:`~rlzoo.runtime.distributed.Dist`)
     pad_token_id  for gathering batches of different widths
@@ -52,7 +53,7 @@ class SourceContext:
     settings: object
     encode: Callable[[list[Example], list[str], list[int]], RolloutBatch]
     sample: Callable[[list[Example], list[int], int], RolloutBatch]
-    score: Callable[[RolloutBatch], dict[str, float]]
+    reward: Any
     seed: int = 0
     dist: Dist = field(default_factory=Dist)
     pad_token_id: int = 0
@@ -74,12 +75,24 @@ def sample_and_score(ctx: SourceContext, examples: list[Example], keys: list[int
     t0 = time.perf_counter()
     batch = ctx.sample(examples, keys, n)
     t1 = time.perf_counter()
-    metrics = ctx.score(batch) if len(batch) else {}
-    lengths = batch.completion_lengths.float()  # [N]
+    metrics = ctx.reward.score_batch(batch) if len(batch) else {}
     metrics.update({"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1})
     if len(batch):
+        lengths = batch.completion_lengths.float()  # [N]
         metrics.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max())})
+        metrics.update(tool_metrics(batch))
     return batch, metrics
+
+
+def tool_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Of tool-integrated rollouts (none otherwise): ``tools/calls`` per sequence, ``tools/fail_frac``
+    per call and ``time/tools``, the seconds the programs ran."""
+    if "tool_calls" not in batch.extras:
+        return {}
+    calls = float(batch.extras["tool_calls"].sum())
+    return {"tools/calls": calls / max(len(batch), 1),
+            "tools/fail_frac": float(batch.extras["tool_failures"].sum()) / calls if calls else 0.0,
+            "time/tools": float(batch.extras["tool_seconds"].sum())}
 
 
 @register_data_source("dataset")

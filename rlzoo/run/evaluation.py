@@ -150,3 +150,27 @@ def shown_metrics(evals: list[dict]) -> list[str]:
     """
     keys = list(dict.fromkeys(k for e in evals for k in e if k != "num_examples"))
     return [k for k in keys if not k.endswith("_frac") or any(e.get(k) for e in evals)]
+
+
+def run_eval(cfg, model, tokenizer, examples: list[Example], reward, dist: Dist | None = None) -> dict[str, float]:
+    """The held-out evaluation of ``cfg.eval`` on ``examples`` (sharded over the ranks of ``dist``)."""
+    from rlzoo.run.factories import held_out
+    from rlzoo.runtime.sampling import mix_seed
+
+    e = cfg.eval
+    return evaluate(
+        model, tokenizer, held_out(cfg, examples, tokenizer, e.num_examples), reward, samples=e.samples, ks=list(e.ks),
+        temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+        tool_rounds=e.tool_rounds, tool_timeout_s=e.tool_timeout_s, seed=mix_seed(cfg.seed, "eval"), dist=dist,
+    )
+
+
+def evaluate_stage(cfg, lm, tokenizer, examples: list[Example], dist: Dist) -> dict[str, float]:
+    """The held-out evaluation of a stage's final weights, under the run's autocast."""
+    from rlzoo.run.factories import make_eval_reward
+    from rlzoo.runtime.stage import make_accelerator
+
+    accelerator = make_accelerator(cfg.mixed_precision)
+    lm.to(accelerator.device).eval()
+    with accelerator.autocast():
+        return run_eval(cfg, lm, tokenizer, examples, make_eval_reward(cfg), dist)

@@ -1,41 +1,36 @@
-"""Reward models: outcome (ORM) and process (PRM) reward models, their losses, metrics and labels.
+"""Reward models: outcome (ORM) and process (PRM) reward models, their scores, losses and metrics.
 
 DeepSeekMath (Shao et al. 2024, Sec. 4.1.2-4.1.3) trains GRPO with a learned reward: an outcome
 reward model scores a whole output, a process reward model scores the end of every reasoning step.
 Both are here the same standard Hugging Face model: a causal LM backbone with a scalar head on
 every token, ``AutoModelForTokenClassification`` with ``num_labels = 1`` (``LlamaForTokenClassification``
 for a Llama policy). Its logit at token t is the model's log-odds that the solution up to t is
-correct; an ORM reads it at the last token, a PRM at every step end (:mod:`rlzoo.steps`). A reward
+correct; an ORM reads it at the last token, a PRM at every step end (:mod:`rlzoo.reward_models.steps`). A reward
 model is saved and loaded with ``save_pretrained`` / ``from_pretrained`` like any model: a folder
 with ``config.json`` (architecture ``*ForTokenClassification``, ``num_labels: 1``) and weights.
 
 * models: :func:`reward_model_from_lm` (from a policy, head at zero), :func:`load_reward_model`;
 * scores: :func:`token_scores` [N, T] (:func:`token_probs`: their sigmoid, in micro-batches), read by :func:`outcome_scores` [N] and :func:`step_scores` [N, T];
 * losses: :func:`outcome_loss`, :func:`process_loss` (binary cross-entropy with logits, soft labels);
-* metrics: :func:`roc_auc`, :func:`accuracy`, :func:`step_accuracy`, :func:`first_error_accuracy`;
-* labels: :func:`math_shepherd_labels` (Wang et al. 2024, Math-Shepherd): a step's label is whether
-  (hard) or how often (soft) completions rolled out from its prefix reach the gold answer.
+* metrics: :func:`roc_auc`, :func:`accuracy`, :func:`step_accuracy`, :func:`first_error_accuracy`.
+
+What the labels are is :mod:`rlzoo.reward_models.labels`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rlzoo.errors import ModelLoadError
-from rlzoo.interface import Example, RolloutBatch
 from rlzoo.runtime.logprobs import backbone, position_ids_from_mask
-from rlzoo.steps import decode_with_offsets
 
-Sampler = Callable[[list[Example], int], RolloutBatch]
-Grader = Callable[[list[Example], list[str]], list[float]]
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -221,7 +216,7 @@ def step_accuracy(pred_probs: Sequence[Sequence[float]], oracle_labels: Sequence
     """:func:`accuracy` over every step of every solution: the share of steps whose prediction
     (probability >= 0.5: on a correct path) equals the oracle's label. Per solution, one
     probability per step (e.g. ``per_step(torch.sigmoid(scores), step_ends)``) and one label per
-    step (e.g. :func:`rlzoo.data.synthetic.step_oracle`); their counts must match.
+    step (e.g. :func:`rlzoo.reward_models.labels.oracle_labels`); their counts must match.
 
     >>> step_accuracy([[0.9, 0.3], [0.8]], [[True, True], [True]])
     0.6666666666666666
@@ -234,7 +229,7 @@ def step_accuracy(pred_probs: Sequence[Sequence[float]], oracle_labels: Sequence
 def first_error_accuracy(pred_first_errors: Sequence[int | None], oracle_first_errors: Sequence[int | None]) -> float:
     """The share of solutions whose predicted first error step equals the oracle's (None = no
     error; a right solution predicted right counts as a match). A prediction's first error is the
-    first step with probability < 0.5: ``rlzoo.steps.first_error([p >= 0.5 for p in probs])``.
+    first step with probability < 0.5: ``rlzoo.reward_models.steps.first_error([p >= 0.5 for p in probs])``.
 
     >>> first_error_accuracy([1, None, 0, None], [1, None, 2, 0])
     0.5
@@ -253,82 +248,3 @@ def per_step(values: Tensor, step_ends: Tensor) -> list[list[float]]:
     [[0.75, 0.25], [1.0]]
     """
     return [row[ends > 0].tolist() for row, ends in zip(values, step_ends)]
-
-
-# -- Math-Shepherd labels -------------------------------------------------------------------------
-
-
-def math_shepherd_labels(
-    batch: RolloutBatch,
-    step_ends: Tensor,
-    sampler: Sampler,
-    grader: Grader,
-    n: int,
-    mode: str = "hard",
-    *,
-    tokenizer,
-) -> Tensor:
-    """[N, T] step labels estimated by rollouts (Math-Shepherd), at every step end; 0 elsewhere.
-
-    For the step ending at token t of row i, the prefix is the row's completion up to and
-    including t (decoded with ``tokenizer``, tool output included). ``sampler`` completes it
-    ``n`` times from an :class:`~rlzoo.interface.Example` whose prompt is the row's prompt followed
-    by that prefix; ``grader`` grades each full solution (prefix + continuation) against the row's
-    example (its gold answer). A solution reaches the gold answer when its grade is >= 0.5
-    (``rule`` gives 1 or 0). With c of the n reaching it:
-
-        hard label = 1 if c > 0 else 0            soft label = c / n
-
-    The last step of a row is labelled by grading the row itself (its whole solution is already
-    there: 1 if it reaches the answer, else 0, in both modes), with no rollout. Every prefix of
-    every row goes to ``sampler`` in one call (``len(prefixes) * n`` rows, the n continuations of
-    a prefix adjacent, as :func:`rlzoo.runtime.generation.sample` returns them), and every
-    solution to ``grader`` in one call per kind (the rows, the rollouts).
-
-    batch      the sampled solutions (prompt left-padded, completion after it; ``examples`` set)
-    step_ends  [N, T] 1.0 at each step's last token (:func:`rlzoo.steps.step_end_mask`)
-    sampler    ``(examples, n) -> RolloutBatch``: n completions of each example's prompt
-    grader     ``(examples, completions) -> list[float]``: the grade of each full solution
-    mode       ``hard`` or ``soft``
-    """
-    if mode not in ("hard", "soft"):
-        raise ValueError(f"math_shepherd_labels: mode must be 'hard' or 'soft'; got '{mode}'")
-    if n < 1:
-        raise ValueError("math_shepherd_labels: n must be >= 1")
-    if len(batch.examples) != len(batch):
-        raise ValueError("math_shepherd_labels needs the batch's examples (batch.examples)")
-    labels = torch.zeros(step_ends.shape, dtype=torch.float32, device=step_ends.device)  # [N, T]
-    ends = (step_ends > 0).cpu()  # [N, T]
-    trained = (batch.loss_mask > 0).cpu()  # [N, T]
-    real = (batch.attention_mask > 0).cpu()  # [N, T]
-    ids = batch.input_ids.cpu()  # [N, T]
-    prefixes: list[tuple[int, int, str]] = []  # (row, column, completion prefix) of every step but the last
-    finals: list[tuple[int, int, str]] = []  # (row, column, whole completion) of every last step
-    for i in range(len(batch)):
-        columns = ends[i].nonzero().flatten().tolist()
-        if not columns:
-            continue
-        first, last = int(trained[i].nonzero()[0]), int(real[i].nonzero()[-1])
-        text, char_ends = decode_with_offsets(tokenizer, ids[i, first : last + 1].tolist())
-        prefixes += [(i, c, text[: char_ends[c - first]]) for c in columns[:-1]]
-        finals.append((i, columns[-1], text))
-
-    def reached(rows: list[int], solutions: list[str]) -> Tensor:
-        grades = grader([batch.examples[i] for i in rows], solutions)
-        return torch.tensor([float(g) >= 0.5 for g in grades], dtype=torch.float32)  # [len(rows)]
-
-    if finals:
-        rows, cols, texts = zip(*finals)
-        labels[list(rows), list(cols)] = reached(list(rows), list(texts)).to(labels.device)
-    if prefixes:
-        rows, cols, texts = zip(*prefixes)
-        queries = [replace(batch.examples[i], prompt=batch.examples[i].prompt + text, solution=None) for i, _, text in prefixes]
-        rollouts = sampler(queries, n)
-        if len(rollouts.completions) != len(queries) * n:
-            raise ValueError(f"math_shepherd_labels: the sampler returned {len(rollouts.completions)} completions for "
-                             f"{len(queries)} prefixes x {n}")
-        solutions = [text + rollouts.completions[p * n + j] for p, text in enumerate(texts) for j in range(n)]
-        hits = reached([i for i in rows for _ in range(n)], solutions).view(len(queries), n)  # [P, n]
-        value = (hits.sum(-1) > 0).float() if mode == "hard" else hits.mean(-1)  # [P]
-        labels[list(rows), list(cols)] = value.to(labels.device)
-    return labels

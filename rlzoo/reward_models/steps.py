@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import bisect
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from rlzoo.registry import Registry
 
-if TYPE_CHECKING:  # keep `import rlzoo.steps` free of torch at import time
+if TYPE_CHECKING:  # keep `import rlzoo.reward_models.steps` free of torch at import time
     from torch import Tensor
 
     from rlzoo.interface import RolloutBatch
@@ -165,7 +166,18 @@ def _common_prefix(a: str, b: str) -> str:
 
 
 def step_end_tokens(spans: Sequence[Span], char_ends: Sequence[int], generated: Sequence[bool]) -> list[int]:
-    """Token indices of the step ends of one completion.
+    """Token indices of the step ends of one completion (:func:`step_ends` without which spans
+    each end closes).
+
+    >>> # " 1.\\n2." as tokens ' ', '1', '.', '\\n', '2', '.', EOS; all generated
+    >>> step_end_tokens([(1, 3), (4, 6)], [1, 2, 3, 4, 5, 6, 6], [True] * 7)
+    [2, 6]
+    """
+    return [k for k, _ in step_ends(spans, char_ends, generated)]
+
+
+def step_ends(spans: Sequence[Span], char_ends: Sequence[int], generated: Sequence[bool]) -> list[tuple[int, int]]:
+    """The step ends of one completion: ``(token index, index of the last span it closes)``.
 
     spans      the steps' character spans in the completion text (:func:`step_spans`)
     char_ends  per completion token, the characters complete once it is read (:func:`decode_with_offsets`)
@@ -173,31 +185,93 @@ def step_end_tokens(spans: Sequence[Span], char_ends: Sequence[int], generated: 
 
     A step's tokens run from the token that completes its first character to the one that
     completes its last. The step ends at the last generated token among them (its last token,
-    unless that is tool output); a step with no generated token (a line of a tool's output block)
-    has no end of its own: it merges into the step before it. The last step always ends at the
-    last generated token (its EOS when it has one), which also gathers any text after it; a
-    completion with generated tokens but no step (blank text, or only EOS) is one step ending
-    there. Sorted, without repeats; empty when nothing was generated.
+    unless that is tool output); a step with no generated token (a line of a tool's output block),
+    or one whose last generated token already ends the step before it, has no end of its own: it
+    merges into the step before it, and that end closes both (its span index is the later one).
+    The last step always ends at the last generated token (its EOS when it has one), which also
+    gathers any text after it; a completion with generated tokens but no step (blank text, or
+    only EOS) is one step ending there, closing no span (index -1). Sorted, without repeats;
+    empty when nothing was generated. A label per span (an exact oracle's) is therefore read at
+    an end as the label of the last span it closes: the solution so far, up to that span.
 
-    >>> # " 1.\\n2." as tokens ' ', '1', '.', '\\n', '2', '.', EOS; all generated
-    >>> step_end_tokens([(1, 3), (4, 6)], [1, 2, 3, 4, 5, 6, 6], [True] * 7)
-    [2, 6]
+    >>> step_ends([(1, 3), (4, 6)], [1, 2, 3, 4, 5, 6, 6], [True] * 7)
+    [(2, 0), (6, 1)]
+    >>> step_ends([(1, 3), (4, 6)], [1, 2, 3, 4, 5, 6, 6], [True, True, True, False, False, False, True])  # line 2 is tool output
+    [(6, 1)]
+    >>> step_ends([], [0, 0], [True, True])  # only EOS: one step, closing no span
+    [(1, -1)]
     """
     gen = [k for k, g in enumerate(generated) if g]
     if not gen:
         return []
-    ends: list[int] = []
-    for start, end in spans:
+    ends: list[list[int]] = []
+    for index, (start, end) in enumerate(spans):
         first = bisect.bisect_right(char_ends, start)  # the token completing character `start`
         last = min(bisect.bisect_left(char_ends, end), len(char_ends) - 1)  # ... character `end - 1`
         k = next((k for k in range(last, first - 1, -1) if generated[k]), None)
-        if k is not None and (not ends or k > ends[-1]):
-            ends.append(k)
+        if k is not None and (not ends or k > ends[-1][0]):
+            ends.append([k, index])
+        elif ends:
+            ends[-1][1] = index  # merged into the step before it
     if ends:
-        ends[-1] = gen[-1]
+        ends[-1] = [gen[-1], len(spans) - 1]
     else:
-        ends = [gen[-1]]
-    return ends
+        ends = [[gen[-1], len(spans) - 1]]
+    return [(k, index) for k, index in ends]
+
+
+@dataclass
+class RowSteps:
+    """The reasoning steps of one row of a batch.
+
+    first  the column of the row's first completion token
+    text   the decoded completion (tool output included, special tokens skipped)
+    spans  the steps' character spans in ``text``
+    ends   ``(column, last span index)`` of each step end (:func:`step_ends`, columns of the batch)
+    """
+
+    first: int
+    text: str
+    spans: list[Span]
+    ends: list[tuple[int, int]]
+
+
+def batch_steps(batch: "RolloutBatch", tokenizer, rule: str = "line") -> list[RowSteps | None]:
+    """Each row's :class:`RowSteps` (None for a row with no generated token).
+
+    A row's completion runs from its first trained token (loss_mask 1; the prompt before it is
+    left-padded) to its last real token (attention_mask 1; padding after it). Its text is the
+    decoded completion, split by ``rule``; each step is put on a token by :func:`step_ends`,
+    which keeps every step end on a generated token (loss_mask 1) and ends the last step at the
+    last generated token.
+    """
+    spans_of = STEP_RULES.get(rule)
+    generated = (batch.loss_mask > 0).cpu()  # [N, T]
+    real = (batch.attention_mask > 0).cpu()  # [N, T]
+    ids = batch.input_ids.cpu()  # [N, T]
+    rows: list[RowSteps | None] = []
+    for i in range(len(batch)):
+        trained = generated[i].nonzero().flatten()
+        if len(trained) == 0:
+            rows.append(None)
+            continue
+        first, last = int(trained[0]), int(real[i].nonzero().flatten()[-1])
+        text, char_ends = decode_with_offsets(tokenizer, ids[i, first : last + 1].tolist())
+        spans = spans_of(text)
+        ends = step_ends(spans, char_ends, generated[i, first : last + 1].tolist())
+        rows.append(RowSteps(first, text, spans, [(first + k, index) for k, index in ends]))
+    return rows
+
+
+def end_mask(batch: "RolloutBatch", rows: list[RowSteps | None]) -> "Tensor":
+    """[N, T] float: 1.0 at every step end of ``rows`` (:func:`batch_steps`)."""
+    import torch
+
+    mask = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)  # [N, T]
+    for i, row in enumerate(rows):
+        for column, _ in row.ends if row is not None else ():
+            mask[i, column] = 1.0
+    return mask
 
 
 def step_end_mask(batch: "RolloutBatch", tokenizer, rule: str = "line") -> "Tensor":
@@ -215,19 +289,4 @@ def step_end_mask(batch: "RolloutBatch", tokenizer, rule: str = "line") -> "Tens
         completion  ' 8 - 6 = 2.\\n2 * 3 = 6.\\nThe answer is \\\\boxed{6}.' EOS
         step ends   the '.' of line 1, the '.' of line 2, and EOS (the last step ends there)
     """
-    import torch
-
-    spans_of = STEP_RULES.get(rule)
-    mask = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)  # [N, T]
-    generated = (batch.loss_mask > 0).cpu()  # [N, T]
-    real = (batch.attention_mask > 0).cpu()  # [N, T]
-    ids = batch.input_ids.cpu()  # [N, T]
-    for i in range(len(batch)):
-        trained = generated[i].nonzero().flatten()
-        if len(trained) == 0:
-            continue
-        first, last = int(trained[0]), int(real[i].nonzero().flatten()[-1])
-        text, char_ends = decode_with_offsets(tokenizer, ids[i, first : last + 1].tolist())
-        for k in step_end_tokens(spans_of(text), char_ends, generated[i, first : last + 1].tolist()):
-            mask[i, first + k] = 1.0
-    return mask
+    return end_mask(batch, batch_steps(batch, tokenizer, rule))
