@@ -222,6 +222,40 @@ def test_math_shepherd_labels_from_real_rollouts(tiny_model, tokenizer, task):
     assert len(values - {0.0, 1.0}) > 0 and 0.0 in values
 
 
+def test_each_step_label_comes_from_the_rollouts_of_its_own_prefix(tokenizer, task):
+    # a scripted sampler: the n continuations of a prefix reach the gold answer in (number of
+    # lines of the prefix) of them, capped at n, so every prefix has its own share c / n; labels
+    # taken from another prefix's rollouts (a shifted or shuffled row) would differ
+    from rlzoo.interface import RolloutBatch
+
+    exs = task.eval_examples()[:5]
+    batch = encode_pairs(tokenizer, exs, [e.solution for e in exs], "cpu")
+    ends = step_end_mask(batch, tokenizer)
+    n, seen = 4, []
+
+    def sampler(queries, k):
+        seen.extend(q.prompt for q in queries)
+        completions = []
+        for q in queries:
+            lines = q.prompt.split("Answer:", 1)[1].count("\n") + 1  # lines of the prefix (the prompt ends "Answer:")
+            completions += [f"\nThe answer is \\boxed{{{q.answer if j < lines else -1}}}." for j in range(k)]
+        return RolloutBatch(torch.zeros(len(completions), 1, dtype=torch.long), torch.ones(len(completions), 1),
+                            torch.ones(len(completions), 1), torch.zeros(len(completions)), torch.zeros(len(completions)),
+                            completions=completions)
+
+    def grader(examples, solutions):  # the last boxed number against the gold answer
+        return [float(s.rsplit("\\boxed{", 1)[-1].split("}")[0] == e.answer) for e, s in zip(examples, solutions)]
+
+    soft = math_shepherd_labels(batch, ends, sampler, grader, n, "soft", tokenizer=tokenizer)
+    for i, ex in enumerate(exs):
+        labels = soft[i][ends[i] > 0].tolist()
+        steps = ex.meta["ops"] + 1  # one line per operation, then the answer line
+        assert len(labels) == steps
+        # step j's prefix holds lines 1..j: j of the 4 rollouts reach the answer; the last step is the row's own grade
+        assert labels == [min(j, n) / n for j in range(1, steps)] + [1.0], (i, labels)
+    assert len(seen) == sum(e.meta["ops"] for e in exs)  # one query per step but the last
+
+
 def test_math_shepherd_needs_a_known_mode(tiny_model, tokenizer, task):
     batch = gold_batch(tokenizer, task, 1)
     with pytest.raises(ValueError, match="mode must be 'hard' or 'soft'; got 'mean'"):

@@ -139,7 +139,20 @@ def test_grpo_with_process_supervision_trains_on_a_prm_through_the_runtime(tmp_p
     summary = train(load_config(config(tmp_path, stages), [f"output_dir={tmp_path / 'run'}"]))
     prm = summary["stages"][1]
     assert {"rm/step_accuracy", "rm/oracle_step_accuracy", "rm/first_error_accuracy"} <= set(prm["eval"])
-    assert prm["eval"]["rm/label_oracle_agreement"] == 1.0  # oracle labels: the labels are the oracle
+    # the saved labels, read at the step ends, are the oracle's verdicts on each step's own text,
+    # computed here again from the completions (a label moved to another step would differ)
+    from rlzoo.data.synthetic import step_oracle
+    from rlzoo.reward_models.steps import split_steps
+
+    data = torch.load(tmp_path / "run" / "prm" / "data.pt", weights_only=False)["train"]
+    checked = 0
+    for i in range(len(data)):
+        labels = data.extras["rm_labels"][i][data.step_ends[i] > 0].tolist()
+        verdicts = [float(v) for v in step_oracle(data.examples[i], split_steps(data.completions[i], "sentence"))]
+        if len(verdicts) == len(labels):  # no step merged into another (tokens shared across a step boundary)
+            assert labels == verdicts, (data.completions[i], labels, verdicts)
+            checked += 1
+    assert checked >= 0.9 * len(data)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in rows if r["stage"] == "grpo" and "loss/policy" in r]
     assert len(grpo) == 2 and all(r["grpo/steps_mean"] >= 1 for r in grpo) and any(r["grpo/adv_abs_mean"] > 0 for r in grpo)
@@ -158,6 +171,37 @@ def test_process_supervision_without_a_process_reward_is_refused(tmp_path):
     gsm8k = load_config(config(tmp_path, {"prm": rm_stage("prm", **{"reward_model.labels": "oracle"})}), ["task.name=gsm8k"])
     with pytest.raises(ConfigError, match="oracle step labels exist for the embedded task only"):
         validate(gsm8k)
+    tools = load_config(config(tmp_path, {"prm": rm_stage("prm", **{"reward_model.labels": "oracle", "generation.tool_rounds": 1})}))
+    with pytest.raises(ConfigError, match=r"stages.prm.reward_model.labels: oracle step labels grade reasoning steps, and with "
+                                          r"generation.tool_rounds=1 a completion holds tool output"):
+        validate(tools)
+
+
+def test_oracle_labels_are_read_at_the_end_of_the_steps_each_end_closes(tokenizer):
+    # a tool's output block has no generated token: its lines merge into the step before them,
+    # so the first step end closes four lines; every end takes the verdict of the last line it closes
+    from rlzoo.interface import Example
+    from rlzoo.reward_models.labels import oracle_labels
+    from rlzoo.reward_models.steps import batch_steps, decode_with_offsets
+    from rlzoo.runtime.generation import encode_pairs
+
+    completion = " 8 - 6 = 2.\n```output\n2\n```\n2 * 3 = 6.\nThe answer is 6."
+    output = (completion.index("```output"), completion.index("2 * 3"))  # the characters of the output block
+    batch = encode_pairs(tokenizer, [Example("Q", "6")], [completion], "cpu")
+    first = int(batch.loss_mask[0].nonzero()[0])
+    _, char_ends = decode_with_offsets(tokenizer, batch.input_ids[0, first:].tolist())
+    starts = [0] + char_ends[:-1]
+    for k, (a, b) in enumerate(zip(starts, char_ends)):
+        if a >= output[0] and b <= output[1]:
+            batch.loss_mask[0, first + k] = 0.0  # tool output is not trained on
+    rows = batch_steps(batch, tokenizer, "line")
+    texts = [rows[0].text[a:b] for a, b in rows[0].spans]
+    assert texts == ["8 - 6 = 2.", "```output", "2", "```", "2 * 3 = 6.", "The answer is 6."]
+    assert [span for _, span in rows[0].ends] == [3, 4, 5]  # line 1 closes lines 1-4 (the output block)
+    verdicts = [True, False, True, False, True, False]  # any verdicts: each end must get the one of its last line
+    labels = oracle_labels(batch, rows, lambda ex, steps: verdicts[: len(steps)])
+    assert [labels[0, column].item() for column, _ in rows[0].ends] == [0.0, 1.0, 0.0]
+    assert float(labels.sum()) == 1.0  # nothing anywhere else
 
 
 def test_iterative_rl_expands_into_alternating_rl_and_reward_model_stages(tmp_path):
@@ -210,6 +254,15 @@ def test_iterative_rl_runs_and_a_reward_model_stage_killed_mid_training_resumes_
     assert (out / "prm" / "data.pt").stat().st_mtime_ns == data_stamp  # the sampling was not redone
     from safetensors.torch import load_file
 
+    # each RL stage starts from the current policy and resets its reference to it (its KL at the
+    # first step is exactly 0); each reward-model stage samples the current policy
+    checks = {s["name"]: s["checksum"] for s in summary}
+    assert checks["prm"]["policy"] == checks["sft"]["final"] == checks["ppo"]["start"]
+    assert checks["prm_it1"]["policy"] == checks["ppo"]["final"] == checks["ppo_it2"]["start"] != checks["ppo"]["start"]
+    assert checks["prm_it2"]["policy"] == checks["ppo_it2"]["final"]
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    first = {r["stage"]: r for r in rows if r.get("step") == 1 and "kl/reward_kl" in r}
+    assert first["ppo"]["kl/reward_kl"] == 0.0 and first["ppo_it2"]["kl/reward_kl"] == 0.0
     for name in ("prm", "ppo", "prm_it1", "ppo_it2", "prm_it2"):
         file = "adapter_model.safetensors" if (tmp_path / "whole" / name / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
         a, b = load_file(tmp_path / "whole" / name / "final" / file), load_file(out / name / "final" / file)

@@ -25,7 +25,7 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
                      global_step: int, checkpoint: Path | None) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``lm`` for the stage at ``index`` (from its step ``checkpoint`` if given); returns the
     stage's summary entry and the trained LM. ``global_step``: the run's steps before the stage."""
-    from rlzoo.runtime.models import save_model
+    from rlzoo.runtime.models import checksum, save_model
     from rlzoo.runtime.sampling import mix_seed
     from rlzoo.runtime.stage import build_stage, peak_memory_mb, train_step
 
@@ -33,6 +33,7 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     reward = make_reward(stage, out, ctx.names)
+    start = checksum(lm)
     st = build_stage(name, stage, algo, lm, tokenizer, stage_prompts(cfg, name, index, stage, ctx.task, tokenizer),
                      model_cfg=cfg.model, mixed_precision=cfg.mixed_precision, seed=cfg.seed + index,
                      sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=reward)
@@ -57,4 +58,5 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
                 {"stage": name, "step": st.step, "global_step": st.global_step, "result": result})
     evaluation = evaluate()
     ctx.log_eval(name, stage.steps, evaluation, st.global_step)
-    return {**result, "eval": evaluation}, st.close()
+    trained = st.close()  # a LoRA policy merged: the weights the next stage starts from
+    return {**result, "eval": evaluation, "checksum": {"start": start, "final": checksum(trained)}}, trained

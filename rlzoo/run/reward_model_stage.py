@@ -30,7 +30,7 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     from rlzoo.reward_models.model import load_reward_model, reward_model_from_lm
     from rlzoo.reward_models.stage import RewardModelTrainer, held_out_metrics, replayed
     from rlzoo.runtime.checkpoint import atomic_write
-    from rlzoo.runtime.models import load_stage_result
+    from rlzoo.runtime.models import checksum, load_stage_result
     from rlzoo.runtime.sampling import mix_seed
     from rlzoo.runtime.stage import make_accelerator, make_optimizer, peak_memory_mb
 
@@ -43,6 +43,7 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     stage_dir = out / name
     policy = lm if rm_cfg.policy is None else load_stage_result(ctx.resolve(rm_cfg.policy), cfg.model.dtype)[0]
     policy.to(accelerator.device).eval()
+    sampled = checksum(policy)  # the weights the labelled samples come from
     data_file = stage_dir / "data.pt"
     if data_file.is_file():  # a restart: the labelled data of the stopped session
         data = torch.load(data_file, weights_only=False)
@@ -80,6 +81,7 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     result = {"name": name, "kind": "reward_model", "type": rm_cfg.type, "algorithm": f"{rm_cfg.type} ({rm_cfg.labels})",
               "steps": stage.steps, "wall_seconds": round(time.perf_counter() - t0, 2),
               "sampling_seconds": round(sampled_seconds, 2), "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+              "checksum": {"policy": sampled},
               "data": {"train": len(data["train"]), "replayed": 0 if replay is None else len(replay), "held_out": len(data["eval"]),
                        **({"steps_mean": float(data["train"].step_ends.sum(-1).mean())} if prm else {})},
               "eval": evaluation}

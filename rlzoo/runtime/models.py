@@ -106,6 +106,13 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
 BASE_FILE = "rlzoo_base.json"  # in a LoRA stage's final folder: where the weights the adapter was trained on are
 
 
+def checksum(model: nn.Module) -> float:
+    """The sum of every weight of ``model`` in float64: the same number for the same weights, so a
+    run's summary can show which weights a stage started from and which a reward-model stage sampled."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
 def is_lora(model: nn.Module) -> bool:
     """Whether ``model`` is a peft model carrying LoRA adapters."""
     return hasattr(model, "peft_config")
