@@ -50,8 +50,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlzoo.config import AT_LEAST_1, FINITE, POSITIVE, Range, check_hyperparameters
-from rlzoo.errors import ConfigError
+from rlzoo.config import AT_LEAST_1, FINITE, POSITIVE, Range, allowed
 from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
@@ -86,11 +85,11 @@ class DPO(NoExtras):
     class Config:
         """DPO hyperparameters (samples per question are ``data.samples_per_prompt``)."""
 
-        beta: float = 0.1  # inverse temperature of the implicit reward beta * log-ratio
-        normalize: str = "length"  # log-ratio of an output: "length" (per-token mean, the paper) or "sum" (original DPO)
-        pairs_per_prompt: int = 1  # (o+, o-) pairs formed per question (at most |o+| * |o-|)
-        threshold: float = 0.5  # an output is correct (o+) when its reward is > threshold, wrong when <=
-        label_smoothing: float = 0.0  # conservative DPO's eps: probability that a pair's label is flipped
+        beta: float = allowed(0.1, POSITIVE)  # inverse temperature of the implicit reward beta * log-ratio
+        normalize: str = allowed("length", choices=tuple(LOSS_AGG))  # log-ratio of an output: "length" (per-token mean, the paper) or "sum" (original DPO)
+        pairs_per_prompt: int = allowed(1, AT_LEAST_1)  # (o+, o-) pairs formed per question (at most |o+| * |o-|)
+        threshold: float = allowed(0.5, FINITE)  # an output is correct (o+) when its reward is > threshold, wrong when <=
+        label_smoothing: float = allowed(0.0, Range(0, 0.5, hi_open=True))  # conservative DPO's eps: probability that a pair's label is flipped
 
     data_source = "offline"
     needs: frozenset[str] = frozenset({"reference"})
@@ -98,10 +97,6 @@ class DPO(NoExtras):
     min_samples_per_prompt = 2  # a pair needs a correct and a wrong output of one question
 
     def __init__(self, cfg: Config) -> None:
-        check_hyperparameters("dpo", cfg, {"beta": POSITIVE, "threshold": FINITE, "pairs_per_prompt": AT_LEAST_1,
-                                           "label_smoothing": Range(0, 0.5, hi_open=True)})
-        if cfg.normalize not in LOSS_AGG:
-            raise ConfigError(f"algorithms.dpo.normalize: unknown '{cfg.normalize}'; known: {', '.join(LOSS_AGG)}")
         self.cfg = cfg
         self.loss_agg = LOSS_AGG[cfg.normalize]  # the mode GC is derived for (see the module docstring)
 

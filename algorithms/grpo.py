@@ -46,7 +46,7 @@ from typing import Optional
 
 import torch
 
-from rlzoo.config import AT_LEAST_0, check_hyperparameters
+from rlzoo.config import AT_LEAST_0, allowed
 from rlzoo.errors import ConfigError
 from rlzoo.functional import check_clip, clipped_ratio_coefficient, group_sum, masked_mean
 from rlzoo.interface import NoExtras, RolloutBatch
@@ -112,12 +112,12 @@ class GRPO(NoExtras):
     class Config:
         """GRPO hyperparameters (the group size G is ``data.samples_per_prompt``)."""
 
-        beta: float = 0.04  # weight of the k3 KL to the reference, in the loss (paper: 0.04)
+        beta: float = allowed(0.04, AT_LEAST_0)  # weight of the k3 KL to the reference, in the loss (paper: 0.04)
         clip_eps: float = 0.2  # PPO-style ratio clip epsilon (active only when updates_per_batch > 1)
         clip_eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher); None = clip_eps
         scale_rewards: bool = True  # divide by the group std (false = Dr. GRPO)
-        std_eps: float = 1e-4  # added to the std
-        supervision: str = "outcome"  # "outcome": one reward per output; "process": per-step rewards of a PRM
+        std_eps: float = allowed(1e-4, AT_LEAST_0)  # added to the std
+        supervision: str = allowed("outcome", choices=SUPERVISION)  # "outcome": one reward per output; "process": per-step rewards of a PRM
 
     data_source = "online"
     loss_agg = None
@@ -125,10 +125,7 @@ class GRPO(NoExtras):
     min_samples_per_prompt = 2  # one output per question is its own group mean: every advantage is 0
 
     def __init__(self, cfg: Config) -> None:
-        check_hyperparameters("grpo", cfg, {"beta": AT_LEAST_0, "std_eps": AT_LEAST_0})
         check_clip("grpo", cfg.clip_eps, cfg.clip_eps_high)
-        if cfg.supervision not in SUPERVISION:
-            raise ConfigError(f"algorithms.grpo.supervision: unknown '{cfg.supervision}'; known: {', '.join(SUPERVISION)}")
         self.cfg = cfg
         needs = {"old_logprobs"} | ({"reference"} if cfg.beta > 0 else set())
         self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards

@@ -64,8 +64,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, check_hyperparameters
-from rlzoo.errors import ConfigError
+from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, allowed
 from rlzoo.functional import check_clip, clipped_ratio_coefficient, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
@@ -132,15 +131,15 @@ class PPO:
     class Config:
         """PPO hyperparameters (epochs and minibatches are ``optim.updates_per_batch`` / ``optim.minibatches``)."""
 
-        beta: float = 0.04  # KL penalty coefficient in the per-token reward (Eq. 2); 0 = no reference model
-        gamma: float = 1.0  # discount of GAE
-        lam: float = 0.95  # GAE lambda (1 = Monte Carlo returns minus values)
+        beta: float = allowed(0.04, AT_LEAST_0)  # KL penalty coefficient in the per-token reward (Eq. 2); 0 = no reference model
+        gamma: float = allowed(1.0, UNIT)  # discount of GAE
+        lam: float = allowed(0.95, UNIT)  # GAE lambda (1 = Monte Carlo returns minus values)
         clip_eps: float = 0.2  # ratio clip epsilon of the policy surrogate
         clip_eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher); None = clip_eps
-        value_clip_eps: float = 0.2  # clip of the value prediction around the old value
-        vf_coef: float = 0.1  # weight of the value loss in the total loss
+        value_clip_eps: float = allowed(0.2, POSITIVE)  # clip of the value prediction around the old value
+        vf_coef: float = allowed(0.1, AT_LEAST_0)  # weight of the value loss in the total loss
         whiten_advantages: bool = True  # normalise advantages by their masked mean/std over the batch
-        supervision: str = "outcome"  # outcome: the reward on the last token; process: a PRM's step rewards on each step's last token
+        supervision: str = allowed("outcome", choices=("outcome", "process"))  # outcome: the reward on the last token; process: a PRM's step rewards on each step's last token
 
     data_source = "online"
     loss_agg = None
@@ -148,11 +147,7 @@ class PPO:
     min_samples_per_prompt = 1
 
     def __init__(self, cfg: Config) -> None:
-        check_hyperparameters("ppo", cfg, {"beta": AT_LEAST_0, "gamma": UNIT, "lam": UNIT, "value_clip_eps": POSITIVE,
-                                           "vf_coef": AT_LEAST_0})
         check_clip("ppo", cfg.clip_eps, cfg.clip_eps_high)
-        if cfg.supervision not in ("outcome", "process"):
-            raise ConfigError(f"algorithms.ppo.supervision: unknown '{cfg.supervision}'; known: outcome, process")
         self.cfg = cfg
         needs = {"old_logprobs", "value_model"} | ({"reference"} if cfg.beta > 0 else set())
         self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards

@@ -38,7 +38,7 @@ from typing import Optional
 
 import torch
 
-from rlzoo.config import FINITE, check_hyperparameters
+from rlzoo.config import FINITE, allowed
 from rlzoo.functional import group_sum
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
@@ -69,7 +69,7 @@ class RFT(NoExtras):
     class Config:
         """RFT hyperparameters (k is ``data.samples_per_prompt``, the pool ``data.pool_prompts``)."""
 
-        threshold: float = 0.5  # an output is correct when its reward is > threshold (rule reward: 1 / 0)
+        threshold: float = allowed(0.5, FINITE)  # an output is correct when its reward is > threshold (rule reward: 1 / 0)
         dedupe: Optional[bool] = None  # keep one copy of identical correct outputs per question; None = on for offline
         drop_rejected: bool = True  # drop outputs with GC 0 in prepare (false: keep them, the normaliser counts them)
 
@@ -79,7 +79,6 @@ class RFT(NoExtras):
     group_coupled = False
 
     def __init__(self, cfg: Config) -> None:
-        check_hyperparameters("rft", cfg, {"threshold": FINITE})
         self.cfg = cfg
 
     def dedupe(self, source: str) -> bool:

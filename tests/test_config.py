@@ -132,3 +132,37 @@ def test_stage_task_override_is_validated():
     cfg = load_config(Path("configs/quickstart.yaml"), ["sft.task={synthetic: {max_opps: 1}}"])
     with pytest.raises(ConfigError, match=r"unknown config key 'stages.sft.task.synthetic.max_opps'"):
         stage_task_config(cfg, "sft", cfg.stages.sft)
+
+
+def test_a_plugin_algorithms_declared_ranges_are_checked_like_the_built_in_ones(tmp_path):
+    # a user's algorithm declares allowed values beside its fields (rlzoo.config.allowed); the run
+    # checks them before building it, naming the key the value came from
+    from rlzoo.errors import ConfigError
+    from rlzoo.run.factories import make_algorithm
+
+    plugin = tmp_path / "my_algo.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "from rlzoo.config import POSITIVE, allowed\n"
+        "from rlzoo.interface import NoExtras\n"
+        "from rlzoo.registry import register_algorithm\n\n"
+        "@register_algorithm('ranged_plugin')\n"
+        "class Ranged(NoExtras):\n"
+        "    @dataclass\n"
+        "    class Config:\n"
+        "        clip_eps_low: float = allowed(0.2, POSITIVE)  # lower clip\n"
+        "        mode: str = allowed('a', choices=('a', 'b'))  # a choice\n"
+        "    data_source, needs, loss_agg, group_coupled = 'online', frozenset(), None, False\n"
+        "    def __init__(self, cfg):\n"
+        "        self.cfg = cfg\n"
+        "    def coefficients(self, batch, logp):\n"
+        "        return logp * 0, {}\n")
+    from rlzoo.registry import load_plugin
+
+    load_plugin(str(plugin))  # as validate does for the config's plugins
+    base = ["stages.rl.algorithm=ranged_plugin"]
+    assert make_algorithm(load_config(None, base), "ranged_plugin", "rl").cfg.clip_eps_low == 0.2
+    with pytest.raises(ConfigError, match=r"^algorithms.ranged_plugin.clip_eps_low=-0.5 is out of range: it must be > 0$"):
+        make_algorithm(load_config(None, [*base, "algorithms.ranged_plugin.clip_eps_low=-0.5"]), "ranged_plugin", "rl")
+    with pytest.raises(ConfigError, match=r"^stages.rl.algorithm_args.mode: unknown 'c'; known: a, b$"):
+        make_algorithm(load_config(None, [*base, "stages.rl.algorithm_args.mode=c"]), "ranged_plugin", "rl")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rlzoo.algorithms.dpo import DPO, LOSS_AGG, pair_indices, sequence_logratio
-from rlzoo.config import ConfigError, load_config
+from rlzoo.config import ConfigError, check_hyperparameters, load_config
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import surrogate_loss
 from rlzoo.registry import register_reward
@@ -199,8 +199,8 @@ def test_declarations_and_config_errors():
     with pytest.raises(ValueError, match="conflicts"):
         resolve_loss_agg(algo, "token-mean")
     for bad in ({"normalize": "mean"}, {"pairs_per_prompt": 0}, {"label_smoothing": 0.5}):
-        with pytest.raises(ConfigError):
-            DPO(DPO.Config(**bad))
+        with pytest.raises(ConfigError, match=f"algorithms.dpo.{next(iter(bad))}"):
+            check_hyperparameters("dpo", DPO.Config(**bad))  # what the run checks before building it
 
 
 

@@ -205,8 +205,10 @@ def test_prepare_with_process_supervision_logs_and_masks():
 
 
 def test_process_supervision_needs_step_rewards_and_a_known_name():
+    from rlzoo.config import check_hyperparameters
+
     with pytest.raises(ConfigError, match=r"^algorithms.grpo.supervision: unknown 'steps'; known: outcome, process$"):
-        GRPO(GRPO.Config(supervision="steps"))
+        check_hyperparameters("grpo", GRPO.Config(supervision="steps"))  # what the run checks before building it
     with pytest.raises(ConfigError, match=r"supervision: process needs step rewards: use a process reward model \(reward.name: prm\)$"):
         GRPO(GRPO.Config(supervision="process")).prepare(make_batch(), None)
 

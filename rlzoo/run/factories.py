@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, merge_section
+from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, check_hyperparameters, merge_section
 from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, check_algorithm
 from rlzoo.registry import ALGORITHMS
@@ -145,8 +145,9 @@ def make_algorithm(cfg: DictConfig, name: str, stage: str | None = None) -> Algo
     args = (cfg.stages[stage].algorithm_args or {}) if stage is not None else {}
     token = HYPERPARAMETER_KEYS.set({key: f"stages.{stage}.algorithm_args.{key}" for key in args})
     try:
-        config_cls = check_algorithm(name, cls)
-        algo = cls(algorithm_config(cfg, name, config_cls, stage))
+        config = algorithm_config(cfg, name, check_algorithm(name, cls), stage)
+        check_hyperparameters(name, config)  # the allowed values its Config declares, a plugin's too
+        algo = cls(config)
     finally:
         HYPERPARAMETER_KEYS.reset(token)
     check_algorithm(name, algo)
