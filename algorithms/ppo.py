@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, check_hyperparameters
 from rlzoo.errors import ConfigError
-from rlzoo.functional import check_clip, clipped_ratio_coefficient, masked_mean
+from rlzoo.functional import check_clip, clipped_ratio_coefficient, drop_unscored, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -160,9 +160,7 @@ class PPO:
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
-        scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the batch
-        if not bool(scored.all()):
-            batch = batch.select(scored.nonzero().squeeze(-1))
+        batch = drop_unscored(batch)  # a skipped completion (reward None) leaves the batch
         mask = batch.loss_mask  # [N, T]
         with torch.no_grad():
             values = state_values(runtime.values(batch)).float() * mask  # [N, T] V(s_t)

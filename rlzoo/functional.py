@@ -1,6 +1,7 @@
 """Building blocks that several algorithms' coefficients share, written once.
 
 * :func:`masked_mean` for diagnostics over trained tokens;
+* :func:`drop_unscored`, the rows of a batch whose reward was skipped (NaN) removed;
 * :func:`group_sum`, the one group reduction (GRPO's group statistics, DPO's pairs, RFT's solved
   questions);
 * :func:`clipped_ratio_coefficient`, the derivative of PPO's clipped surrogate with respect to
@@ -17,6 +18,13 @@ from torch import Tensor
 def masked_mean(x: Tensor, mask: Tensor) -> float:
     """Mean of ``x`` [N, T] over the entries where ``mask`` [N, T] is 1 (0 when there are none)."""
     return float((x * mask).sum() / mask.sum().clamp(min=1))
+
+
+def drop_unscored(batch):
+    """``batch`` without the rows whose reward is NaN (a skipped completion: the reward returned
+    None), which then leave the group statistics and the loss; the batch itself when none is."""
+    scored = ~torch.isnan(batch.rewards)  # [N]
+    return batch if bool(scored.all()) else batch.select(scored.nonzero().squeeze(-1))
 
 
 def group_sum(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
