@@ -47,9 +47,13 @@ head (rlzoo.runtime.models.ValueModel) trained with ``optim.value_lr``.
 Departures from the paper:
 - The KL penalty is the single-sample estimate log(pi_old / pi_ref) with pi_old the sampling-time
   policy (= pi_theta when the sample was drawn), computed once per batch as is standard.
-- The reward is the rule reward by default (``reward.name``); rlzoo ships no reward model yet.
+- The reward is the rule reward by default (``reward.name``); a learned outcome or process reward
+  model (``reward.name: orm`` or ``prm``, trained in a reward-model stage, :mod:`rlzoo.reward_models`)
+  plugs in the same way. With ``supervision: process`` each step's PRM reward sits on the step's
+  last token in place of the outcome score on the last token.
 - The value model starts from the policy's weights with a zero-initialised head (the paper does
-  not say how its critic is initialised; with a rule reward there is no reward model to copy).
+  not say how its critic is initialised; it is not copied from a reward model, which a rule
+  reward would not have).
 - Advantages are whitened (masked mean/std over the batch) unless ``whiten_advantages=false``;
   value-loss clipping (``value_clip_eps``) is an implementation detail of PPO codebases, not in the
   paper. Neither is in Eq. 1-2.
