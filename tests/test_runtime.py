@@ -50,10 +50,15 @@ def test_left_padding_does_not_change_logprobs(tiny_model, task, tokenizer):
         torch.testing.assert_close(alone[0, 1:], together[i, keep_cols][1:], rtol=1e-4, atol=1e-5)
 
 
-def test_completion_mask_stops_after_eos():
-    eos, pad = 2, 0
-    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
-    assert completion_mask(ids, eos, pad).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+def test_completion_mask_stops_after_eos_and_at_the_generated_length():
+    # eos 2, pad 0. Row 0 stops at its EOS (then generate's padding); row 1 at its first EOS; row 2
+    # samples the pad id twice before its EOS: generated tokens, kept; row 3 came from a generate
+    # call 3 tokens wide (its chunk), right-padded to 5 to join the batch: the padding is out.
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [0, 6, 0, 2, 0], [5, 6, 7, 0, 0]])
+    lengths = torch.tensor([5, 5, 5, 3])
+    assert completion_mask(ids, eos, lengths).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    assert completion_mask(ids[:2], eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]  # lengths default to L
 
 
 def test_sample_shapes_and_groups(tiny_model, task, tokenizer):

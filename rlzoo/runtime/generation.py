@@ -4,7 +4,8 @@ Prompts are left-padded so every row's completion starts at the same column; Hug
 ``generate`` samples G completions per prompt with the KV cache, temperature and top-p, and stops
 each row at EOS (later positions are padding). Each row is sampled with its own seed
 (:mod:`rlzoo.runtime.sampling`), so its tokens do not depend on the other rows. The returned batch
-has ``loss_mask`` = 1 on the generated tokens up to and including EOS, ``rewards`` = NaN (the data
+has ``loss_mask`` = 1 on the generated tokens up to and including EOS (a pad id sampled before EOS
+included: padding is found by position, :func:`completion_mask`), ``rewards`` = NaN (the data
 source scores them), ``sample_logprobs`` the sampler's log-probs and ``temperature`` the
 temperature every later log-prob of these tokens is taken at.
 
@@ -30,13 +31,26 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """[N, L] 1 on generated tokens up to and including the first EOS (0 after it)."""
+def completion_mask(completion_ids: torch.Tensor, eos_id: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, L] 1 on generated tokens up to and including the first EOS (0 after it) and before the
+    row's generated length ``lengths`` [N] (default L: the right padding that joins chunks of
+    different widths is not generated).
+
+    Padding is found by position, never by token id: a pad id sampled before EOS is a real token
+    of the completion (with real tokenizers pad is often EOS itself, or an ordinary token such as
+    Qwen's ``<|endoftext|>``). It stays in the loss and in attention, as ``generate`` attended it
+    when it sampled the tokens after it; Hugging Face ``generate`` pads a row only after its EOS.
+
+    >>> completion_mask(torch.tensor([[5, 0, 2, 0], [5, 6, 7, 0]]), eos_id=2, lengths=torch.tensor([4, 3]))
+    tensor([[1, 1, 1, 0],
+            [1, 1, 1, 0]])
+    """
     is_eos = completion_ids == eos_id  # [N, L]
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [N, L] strictly after the first EOS
-    mask = ~after_eos
-    if pad_id != eos_id:
-        mask &= completion_ids != pad_id
+    mask = ~after_eos  # [N, L]
+    if lengths is not None:
+        positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [L]
+        mask &= positions[None, :] < lengths.to(completion_ids.device)[:, None]  # [N, L]
     return mask.long()  # [N, L]
 
 
@@ -84,8 +98,8 @@ def sample(
 
             completion, comp_mask, gen_mask, logprobs, extras = generate_with_tools(lm, tokenizer, rep_prompt, rep_pmask, cfg, seeds)
         else:
-            completion, logprobs = _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds)
-            comp_mask = gen_mask = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)  # [N, L]
+            completion, lengths, logprobs = _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds)
+            comp_mask = gen_mask = completion_mask(completion, tokenizer.eos_token_id, lengths)  # [N, L]
             extras = {}
     finally:
         lm.train(was_training)
@@ -107,8 +121,8 @@ def sample(
 
 
 def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds):
-    """(completion ids [N, L] right-padded, sampling-time log-probs [N, L] or None), in chunks of
-    at most ``cfg.batch_size`` rows (whole prompts)."""
+    """(completion ids [N, L] right-padded, each row's generated width [N], sampling-time log-probs
+    [N, L] or None), in chunks of at most ``cfg.batch_size`` rows (whole prompts)."""
     rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
     prompts_per_call = max(1, rows_per_call // num_samples)
     pieces, logprobs = [], []
@@ -123,9 +137,10 @@ def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, se
     width = max(p.shape[1] for p in pieces)
     pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
     completion = torch.cat([pad(p, tokenizer.pad_token_id) for p in pieces])  # [N, L]
+    lengths = torch.tensor([p.shape[1] for p in pieces for _ in range(len(p))], device=completion.device)  # [N]
     if any(lp is None for lp in logprobs):
-        return completion, None
-    return completion, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
+        return completion, lengths, None
+    return completion, lengths, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
 
 
 def encode_pairs(tokenizer, examples: list[Example], completions: list[str], device, group_ids: list[int] | None = None) -> RolloutBatch:
