@@ -10,6 +10,8 @@
   the same numbers, and only the main process writes files (one metrics line per step).
 * The same with LoRA adapters, and for reward-model stages (their sampling, Math-Shepherd rollouts
   and training sharded over the processes) followed by GRPO with process supervision.
+* A process may hold no question: with one question per step (GRPO, tool-integrated sampling) and
+  an offline pool of one question (RFT), rank 1 samples nothing, and the run still equals 1 process.
 """
 
 from __future__ import annotations
@@ -171,3 +173,35 @@ def test_reward_model_stages_and_process_supervision_on_two_processes_equal_one_
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in rows if "rm/loss" in r] == [(s, i) for s in ("prm", "orm") for i in (1, 2, 3)]
     assert all(r["dist/replica_max_diff"] == 0.0 for r in rows if "loss/policy" in r)
+
+
+def test_a_rank_with_no_question_takes_part_and_two_processes_equal_one(tmp_path):
+    """One question per step on 2 processes: rank 1 holds none, samples an empty batch (plain and
+    tool-integrated sampling, online and offline sources, held-out evaluation of one question)
+    and still takes part in every collective; the weights are those of 1 process."""
+    import yaml
+    from safetensors.torch import load_file
+
+    one_question = {"prompts_per_step": 1, "samples_per_prompt": 4}
+    stage = {"steps": 2, "generation": {"max_new_tokens": 10}, "reward": {"name": "test_length_parity"},
+             "optim": {"lr": 1e-3, "micro_batch_size": 4}}
+    cfg = {
+        "name": "one_question", "logging": {"progress": False}, "plugins": ["tests/plugins/dp_plugin.py"],
+        "task": {"synthetic": {"eval_size": 1}}, "eval": {"samples": 0, "max_new_tokens": 8},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+        "stages": {
+            "grpo": {**stage, "algorithm": "grpo", "data": one_question, "generation": {"max_new_tokens": 10, "tool_rounds": 1}},
+            "rft": {**stage, "algorithm": "rft", "data": {**one_question, "source": "offline", "pool_prompts": 1}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    launch(1, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'two'}")
+    for name in ("grpo", "rft"):
+        a, b = (load_file(tmp_path / d / name / "final" / "model.safetensors") for d in ("one", "two"))
+        assert max_diff(a, b) < 1e-5, name
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "loss/policy" in r]
+    assert [(r["stage"], r["step"]) for r in trained] == [("grpo", 1), ("grpo", 2), ("rft", 1), ("rft", 2)]
+    assert all(r["train/num_sequences"] > 0 and r["dist/replica_max_diff"] == 0.0 for r in trained)

@@ -7,6 +7,7 @@ import torch
 
 from rlzoo.algorithms.grpo import GRPO
 from rlzoo.algorithms.sft import SFT
+from rlzoo.interface import RolloutBatch
 from rlzoo.runtime.generation import GenerationConfig, completion_mask, encode_pairs, sample
 from rlzoo.runtime.logprobs import token_logprobs
 from rlzoo.runtime.trainer import split_groups, train_on_batch
@@ -71,6 +72,37 @@ def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
     prompt_len = batch.input_ids.shape[1] - 8
     assert batch.loss_mask[:, :prompt_len].sum() == 0
     assert len(batch.completions) == 12 and all(isinstance(c, str) for c in batch.completions)
+
+
+def assert_same_fields(empty, full):
+    """``empty`` has every optional field and extra that ``full`` has, with the same dtype and rank."""
+    from dataclasses import fields
+
+    for f in fields(full):
+        a, b = getattr(empty, f.name), getattr(full, f.name)
+        assert (a is None) == (b is None), f.name
+        if isinstance(b, torch.Tensor):
+            assert (a.dtype, a.dim()) == (b.dtype, b.dim()), f.name
+    assert empty.extras.keys() == full.extras.keys()
+    for k, v in full.extras.items():
+        assert (empty.extras[k].dtype, empty.extras[k].shape[0]) == (v.dtype, 0), k
+
+
+@pytest.mark.parametrize("tool_rounds", [0, 1])
+def test_sample_of_no_prompt_is_an_empty_batch(tiny_model, task, tokenizer, tool_rounds):
+    # a rank may hold no question (one question per step on two processes): sampling nothing gives
+    # a batch of 0 rows with the fields and extras a batch of sampled rows has (it used to raise
+    # IndexError in the tokenizer), which gathers and concatenates with the other ranks' batches
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, tool_rounds=tool_rounds)
+    empty = sample(tiny_model, tokenizer, [], 3, cfg, seed=1, keys=[])
+    full = sample(tiny_model, tokenizer, task.eval_examples()[:1], 3, cfg, seed=1, keys=[7])
+    assert len(empty) == 0 and empty.input_ids.shape == (0, 0) and empty.completions == [] and empty.examples == []
+    assert_same_fields(empty, full)
+    joined = RolloutBatch.concat([empty, full], tokenizer.pad_token_id)
+    assert torch.equal(joined.input_ids, full.input_ids) and joined.group_ids.tolist() == [7, 7, 7]
+    pairs = encode_pairs(tokenizer, [], [], "cpu", group_ids=[])
+    assert len(pairs) == 0 and pairs.group_ids.dtype == torch.long
+    assert_same_fields(pairs, _batch(task, tokenizer, 2))
 
 
 def _grads_after(model, algo, batch, micro, mode):

@@ -25,10 +25,19 @@ from rlzoo.runtime.sampling import generate, row_seeds
 
 
 
+def encode_texts(tokenizer, texts: list[str], device, padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded token ids and attention mask of ``texts``, [P, L] each ([0, 0] for no text: a rank
+    may hold no question)."""
+    if not texts:
+        empty = torch.zeros(0, 0, dtype=torch.long, device=device)
+        return empty, empty.clone()
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side, add_special_tokens=False)
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and mask, [P, Lp] each."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    return enc.input_ids.to(device), enc.attention_mask.to(device)
+    return encode_texts(tokenizer, prompts, device, "left")
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,7 +119,7 @@ def sample(
         input_ids=torch.cat([rep_prompt, completion], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([rep_pmask, comp_mask], dim=1),  # [N, Lp + L]
         loss_mask=torch.cat([zeros, gen_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.tensor(group_ids, device=device).repeat_interleave(num_samples),  # [N]
+        group_ids=torch.tensor(group_ids, dtype=torch.long, device=device).repeat_interleave(num_samples),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
         sample_logprobs=None if logprobs is None else torch.cat([zeros.float(), logprobs * gen_mask], dim=1),  # [N, Lp + L]
         extras=extras,
@@ -125,7 +134,7 @@ def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, se
     [N, L] or None), in chunks of at most ``cfg.batch_size`` rows (whole prompts)."""
     rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
     prompts_per_call = max(1, rows_per_call // num_samples)
-    pieces, logprobs = [], []
+    pieces, logprobs = [prompt_ids[:0, :0]], [torch.zeros(0, 0, device=prompt_ids.device)]  # [0, 0]: no prompt, no row
     for start in range(0, len(prompt_ids), prompts_per_call):
         stop = min(start + prompts_per_call, len(prompt_ids))
         new, lp = generate(
@@ -137,7 +146,7 @@ def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, se
     width = max(p.shape[1] for p in pieces)
     pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
     completion = torch.cat([pad(p, tokenizer.pad_token_id) for p in pieces])  # [N, L]
-    lengths = torch.tensor([p.shape[1] for p in pieces for _ in range(len(p))], device=completion.device)  # [N]
+    lengths = torch.tensor([p.shape[1] for p in pieces for _ in range(len(p))], dtype=torch.long, device=completion.device)  # [N]
     if any(lp is None for lp in logprobs):
         return completion, lengths, None
     return completion, lengths, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
@@ -148,20 +157,13 @@ def encode_pairs(tokenizer, examples: list[Example], completions: list[str], dev
 
     Each row is its own group (``group_ids``, default 0, 1, ...)."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [ex.prompt for ex in examples], device)  # [N, Lp]
-    enc = tokenizer(
-        [c + tokenizer.eos_token for c in completions],
-        return_tensors="pt",
-        padding=True,
-        padding_side="right",
-        add_special_tokens=False,
-    )
-    comp_ids, comp_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # [N, L]
+    comp_ids, comp_mask = encode_texts(tokenizer, [c + tokenizer.eos_token for c in completions], device, "right")  # [N, L]
     n = len(examples)
     return RolloutBatch(
         input_ids=torch.cat([prompt_ids, comp_ids], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([prompt_mask, comp_mask], dim=1),  # [N, Lp + L]
         loss_mask=torch.cat([torch.zeros_like(prompt_mask), comp_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.arange(n, device=device) if group_ids is None else torch.tensor(group_ids, device=device),  # [N]
+        group_ids=torch.arange(n, device=device) if group_ids is None else torch.tensor(group_ids, dtype=torch.long, device=device),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
         completions=list(completions),
         examples=list(examples),
