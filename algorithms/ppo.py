@@ -40,8 +40,8 @@ Value loss (a separate named term, ``extra_loss``), the clipped form of PPO impl
 
     L_V = vf_coef * mean_t 0.5 * max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2)
 
-masked mean over the micro-batch's completion tokens (the runtime weighs micro-batches by their
-share of sequences). The value model is a separate copy of the policy's backbone with a scalar
+a mean over the completion tokens of the whole minibatch (every micro-batch's, every rank's: the
+runtime aggregates the per-token term). The value model is a separate copy of the policy's backbone with a scalar
 head (rlzoo.runtime.models.ValueModel) trained with ``optim.value_lr``.
 
 Departures from the paper:

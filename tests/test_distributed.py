@@ -2,7 +2,8 @@
 
 * ``train_on_batch`` on one fixed batch whose questions are split 5 + 1 or 6 + 0 over 2 ranks
   ends with the weights of 1 process holding the whole batch (GRPO with shuffled minibatches,
-  DPO with pairs kept whole, PPO with a value model and whitening over the global batch).
+  DPO with pairs kept whole, PPO with a value model and whitening over the global batch), and
+  logs the same metrics (token means weighted by tokens over micro-batches and ranks).
 * A run of four stages (SFT, GRPO with 2 updates x 2 minibatches, PPO, DPO from an offline pool)
   launched as 2 processes ends every stage with the weights of the 1-process run, to 1e-5. Rollouts
   are row-seeded, so both runs sample the same completions (their reward means agree at every
@@ -59,6 +60,16 @@ def test_updates_on_a_split_batch_equal_one_process(one_process_updates, tmp_pat
         assert max_diff(one, two) < 1e-5, algorithm
         start = torch.load(one_process_updates / "start.pt")  # the updates really moved the weights
         assert max_diff({k: one[k] for k in start}, start) > 1e-4, algorithm
+        # every logged mean is the same: a mean over tokens (kl/k3, policy/clip_frac, loss/value...)
+        # is weighted by its tokens over micro-batches and ranks, not by rows (5 + 1 rows hold
+        # different token counts); value/explained_var is a ratio of each micro-batch's
+        # variances, not a mean, and depends on the split
+        metrics_one, metrics_two = (json.loads((d / f"{algorithm}_metrics.json").read_text())
+                                    for d in (one_process_updates, tmp_path))
+        assert metrics_one.keys() == metrics_two.keys()
+        for key in metrics_one.keys() - {"value/explained_var"}:
+            assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-5, abs=1e-6), (algorithm, key)
+    assert json.loads((tmp_path / "grpo_metrics.json").read_text())["kl/k3"] > 0.01
 
 
 def stage_overrides(name: str, algorithm: str, **kw) -> list[str]:

@@ -272,6 +272,34 @@ def test_prepare_with_process_supervision_logs_and_masks():
     assert metrics["grpo/adv_abs_mean"] > 0
 
 
+def test_process_adv_abs_mean_is_a_token_mean_over_every_rank():
+    # Under process supervision grpo/adv_abs_mean is a mean over trained tokens. Two processes
+    # holding groups 0 and 1 log it with their rows as weight (4 each); a row-weighted average of
+    # their token means, (m_0 + m_1) / 2, is not the mean over the n_0 + n_1 tokens of the batch,
+    # (n_0 m_0 + n_1 m_1) / (n_0 + n_1). The reduction weights a token mean by its tokens.
+    from rlzoo.runtime.distributed import MetricsReducer
+
+    batch = with_steps(make_batch(seed=4), seed=4)
+    batch.loss_mask[4:, 3:] = 0  # group 1's outputs are shorter: the ranks hold different token counts
+    algo = GRPO(GRPO.Config(supervision="process"))
+    whole, metrics = algo.prepare(batch, None)
+    expected = float(whole.advantages.abs().sum() / whole.loss_mask.sum())
+    assert metrics["grpo/adv_abs_mean"] == pytest.approx(expected)
+    reducers = []
+    for rows in (list(range(4)), list(range(4, 8))):
+        reducer = MetricsReducer()
+        reducer.add(algo.prepare(batch.select(rows), None)[1], len(rows))
+        reducers.append(reducer)
+    parts = [r.values["grpo/adv_abs_mean"][0][0] for r in reducers]
+    assert abs((parts[0] + parts[1]) / 2 - expected) > 1e-3  # a row weighting would be off
+
+    class TwoRanks:
+        def gather(self, obj):
+            return [dict(r.values) for r in reducers]
+
+    assert reducers[0].reduce(TwoRanks())["grpo/adv_abs_mean"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_process_supervision_needs_step_rewards_and_a_known_name():
     with pytest.raises(ConfigError, match=r"^algorithms.grpo.supervision: unknown 'steps'; known: outcome, process$"):
         GRPO(GRPO.Config(supervision="steps"))

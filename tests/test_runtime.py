@@ -170,3 +170,61 @@ def test_final_model_folder_loads_back_the_same_model(tiny_model, tokenizer, tmp
     ids = torch.tensor([[1, 5, 6, 7]])
     torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits, rtol=0, atol=0)
     assert tok.padding_side == "left" and tok.pad_token_id == tokenizer.pad_token_id
+
+
+class _Ranks:
+    """A stand-in for Dist whose ``gather`` returns each simulated rank's reducer values, in rank order."""
+
+    def __init__(self, reducers):
+        self.reducers = reducers
+
+    def gather(self, obj):
+        return [dict(r.values) for r in self.reducers]
+
+
+def test_token_means_do_not_depend_on_micro_batches_or_processes(tiny_model, task, tokenizer):
+    # kl/k3 is a mean over trained tokens. Rows of very different lengths (1 to 12 completion
+    # tokens) make a row-weighted average of per-micro-batch means differ from it: micro-batches
+    # of 4 + 2 rows with token counts a, b and means m_a, m_b give (4 m_a + 2 m_b) / 6 instead of
+    # (a m_a + b m_b) / (a + b). Expected: sum over trained tokens of
+    #     k3 = pi_ref / pi_theta - log(pi_ref / pi_theta) - 1
+    # divided by their number, from one full-batch pass.
+    from rlzoo.runtime.distributed import MetricsReducer
+    from rlzoo.runtime.models import frozen_copy
+
+    examples = task.eval_examples()[:6]
+    completions = ["1", "12 + 3 = 15 so the answer is 15", "7", "2 * 4", "a long answer: 9 - 2 = 7 and 7 + 1 = 8", "3"]
+    batch = encode_pairs(tokenizer, examples, completions, "cpu", group_ids=[0, 0, 0, 1, 1, 1])
+    lengths = batch.loss_mask.sum(-1)
+    assert float(lengths.max()) >= 4 * float(lengths.min())
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 0.5])
+    reference = frozen_copy(tiny_model)
+    with torch.no_grad():  # the policy away from its reference: k3 > 0 and different on every token
+        for p in tiny_model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    algo = GRPO(GRPO.Config(beta=0.04))
+    rt = make_runtime(tiny_model, reference=reference)
+    batch.ref_logprobs = rt.reference_logprobs(batch)
+    batch, _ = algo.prepare(batch, None)
+    with torch.no_grad():
+        log_r = batch.ref_logprobs - rt.policy_logprobs(batch)  # [N, T] log pi_ref / pi_theta
+    k3 = (log_r.exp() - log_r - 1) * batch.loss_mask
+    expected = float(k3.sum() / batch.loss_mask.sum())
+    per_row = k3.sum(-1) / lengths
+    assert abs(float(per_row.mean()) - expected) > 1e-3 * expected  # the row mean would be visibly off
+
+    def train_metrics(part, micro):
+        cfg = optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+        means, rows, _ = train_on_batch(make_runtime(tiny_model, reference=reference), algo, part,
+                                        torch.optim.SGD(tiny_model.parameters(), lr=0.0), cfg, "seq-mean-token-mean", None,
+                                        torch.Generator().manual_seed(0))
+        return means, rows
+
+    for micro in (6, 4, 1):  # one micro-batch; 4 + 2 rows; one row each
+        means, _ = train_metrics(batch, micro)
+        assert means["kl/k3"] == pytest.approx(expected, rel=1e-5), micro
+    # two processes holding rows 0-1 and 2-5: the reduction over ranks weights by tokens, not rows
+    reducers = [MetricsReducer(), MetricsReducer()]
+    for reducer, rows in zip(reducers, ([0, 1], [2, 3, 4, 5])):
+        reducer.add(*train_metrics(batch.select(rows), 3))
+    assert reducers[0].reduce(_Ranks(reducers))["kl/k3"] == pytest.approx(expected, rel=1e-5)
