@@ -196,6 +196,25 @@ def test_whitened_advantages_have_zero_mean_unit_std_on_the_mask():
     assert torch.all(w[batch.loss_mask == 0] == 0)
 
 
+def test_whitening_equal_advantages_gives_exactly_zero():
+    # 7 rows x 5 tokens of 0.7 (the first step of a batch whose scores are all 0.7, with V = 0,
+    # lam = gamma = 1 and no KL yet: A_t = 0.7 on every token). On paper mean 0.7, std 0 and
+    # (A - mean) / (std + 1e-8) = 0; in float32 the mean is off by one ulp and the std ~6e-8, which
+    # gave every token about +-0.85, all of one sign. Exactly 0 now (also for 0.1, 2.7).
+    for value in (0.7, 0.1, 2.7):
+        x = torch.full((7, 5), value)
+        mask = torch.ones(7, 5)
+        mask[0, 3:] = 0
+        assert torch.all(whiten(x * mask, mask) == 0), value
+    # through prepare: scores 0.7 on every row, V = 0, beta = 0, lam = 1 -> A = 0 after whitening
+    batch, _ = make_batch(lengths=(3, 5, 2, 4, 5, 1, 3))
+    batch.rewards = torch.full((7,), 0.7)
+    batch.old_logprobs = batch.ref_logprobs.clone()
+    algo = PPO(PPO.Config(beta=0.0, gamma=1.0, lam=1.0))
+    batch, _ = algo.prepare(batch, _ValueRuntime(torch.zeros(batch.loss_mask.shape)))
+    assert torch.all(batch.advantages == 0)
+
+
 def native_ppo_objective(logp, old, adv, eps):
     """Eq. 1 per token (to maximise): min(rho A, clip(rho, 1 - eps, 1 + eps) A)."""
     ratio = torch.exp(logp - old)
