@@ -35,8 +35,9 @@ step's reward.
 
 Departures from the paper: std is the unbiased sample std (as TRL and verl compute it) plus
 ``std_eps``; ``scale_rewards=false`` drops the division (Dr. GRPO). A group whose rewards are all
-equal (under process supervision: all its step rewards) has A = 0 and contributes no policy
-gradient (only the KL term); the fraction of such groups is logged as ``grpo/zero_adv_group_frac``.
+equal (max == min; under process supervision: all its step rewards) has A = 0 exactly and
+contributes no policy gradient (only the KL term); the fraction of such groups is logged as
+``grpo/zero_adv_group_frac``. A skipped reward (NaN) is left out of its group's statistics.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import torch
 
 from rlzoo.config import AT_LEAST_0, allowed
 from rlzoo.errors import ConfigError
-from rlzoo.functional import check_clip, clipped_ratio_coefficient, group_sum, masked_mean
+from rlzoo.functional import check_clip, clipped_ratio_coefficient, drop_unscored, group_sum, masked_mean
 from rlzoo.interface import NoExtras, RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -59,14 +60,31 @@ SUPERVISION = ("outcome", "process")
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool = True, eps: float = 1e-4):
     """(r - mean_group) / (std_group + eps) per sequence, and the per-sequence "group is constant" flag.
 
-    rewards [N], group_ids [N] -> advantages [N], degenerate [N] bool
+    rewards [N] (NaN = skipped), group_ids [N] -> advantages [N], degenerate [N] bool
+
+    A skipped reward (NaN: the reward returned None) is left out of its group's mean and std and
+    gets advantage 0. A group is constant when its scored rewards are all equal (max == min, not
+    std == 0: in floating point seven rewards of 0.1 have a std of about 8e-9, which the division
+    would blow up to advantages of about -0.93, all of one sign); a constant group, or one with a
+    single scored reward, gets exactly 0.
+
+    >>> # group 5: 0.1 x 3 (constant, std 0 only on paper) | group 6: 2, NaN, 0 -> mean 1, std sqrt(2)
+    >>> adv, constant = group_advantages(torch.tensor([.1, .1, .1, 2., float("nan"), 0.]), torch.tensor([5, 5, 5, 6, 6, 6]), eps=0)
+    >>> adv, constant
+    (tensor([ 0.0000,  0.0000,  0.0000,  0.7071,  0.0000, -0.7071]), tensor([ True,  True,  True, False, False, False]))
     """
-    counts, index = group_sum(torch.ones_like(rewards), group_ids)  # [G], [N]
-    mean = group_sum(rewards, group_ids)[0] / counts  # [G]
-    centred = rewards - mean[index]  # [N]
+    scored = ~torch.isnan(rewards)  # [N]
+    r = torch.where(scored, rewards, torch.zeros_like(rewards))  # [N] skipped rewards count for nothing
+    counts, index = group_sum(scored.to(r.dtype), group_ids)  # [G], [N] scored rewards per group
+    mean = group_sum(r, group_ids)[0] / counts.clamp(min=1)  # [G]
+    centred = torch.where(scored, r - mean[index], torch.zeros_like(r))  # [N]
     var = group_sum(centred**2, group_ids)[0] / (counts - 1).clamp(min=1)  # [G]
     std = var.sqrt()[index]  # [N]
-    degenerate = std == 0  # [N] every output of the group got the same reward
+    high = torch.where(scored, rewards, torch.full_like(rewards, -torch.inf))  # [N]
+    low = torch.where(scored, rewards, torch.full_like(rewards, torch.inf))  # [N]
+    top = torch.full_like(counts, -torch.inf).scatter_reduce_(0, index, high, "amax")  # [G]
+    bottom = torch.full_like(counts, torch.inf).scatter_reduce_(0, index, low, "amin")  # [G]
+    degenerate = ~(top > bottom)[index]  # [N] no two different scored rewards in the group
     adv = centred / (std + eps) if scale else centred  # [N]
     return torch.where(degenerate, torch.zeros_like(adv), adv), degenerate
 
@@ -131,9 +149,7 @@ class GRPO(NoExtras):
         self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
-        scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the group and the loss
-        if not bool(scored.all()):
-            batch = batch.select(scored.nonzero().squeeze(-1))
+        batch = drop_unscored(batch)  # a skipped completion (reward None) leaves the group and the loss
         cfg = self.cfg
         metrics = {}
         if cfg.supervision == "process":

@@ -40,16 +40,20 @@ Value loss (a separate named term, ``extra_loss``), the clipped form of PPO impl
 
     L_V = vf_coef * mean_t 0.5 * max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2)
 
-masked mean over the micro-batch's completion tokens (the runtime weighs micro-batches by their
-share of sequences). The value model is a separate copy of the policy's backbone with a scalar
+a mean over the completion tokens of the whole minibatch (every micro-batch's, every rank's: the
+runtime aggregates the per-token term). The value model is a separate copy of the policy's backbone with a scalar
 head (rlzoo.runtime.models.ValueModel) trained with ``optim.value_lr``.
 
 Departures from the paper:
 - The KL penalty is the single-sample estimate log(pi_old / pi_ref) with pi_old the sampling-time
   policy (= pi_theta when the sample was drawn), computed once per batch as is standard.
-- The reward is the rule reward by default (``reward.name``); rlzoo ships no reward model yet.
+- The reward is the rule reward by default (``reward.name``); a learned outcome or process reward
+  model (``reward.name: orm`` or ``prm``, trained in a reward-model stage, :mod:`rlzoo.reward_models`)
+  plugs in the same way. With ``supervision: process`` each step's PRM reward sits on the step's
+  last token in place of the outcome score on the last token.
 - The value model starts from the policy's weights with a zero-initialised head (the paper does
-  not say how its critic is initialised; with a rule reward there is no reward model to copy).
+  not say how its critic is initialised; it is not copied from a reward model, which a rule
+  reward would not have).
 - Advantages are whitened (masked mean/std over the batch) unless ``whiten_advantages=false``;
   value-loss clipping (``value_clip_eps``) is an implementation detail of PPO codebases, not in the
   paper. Neither is in Eq. 1-2.
@@ -65,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from rlzoo.config import AT_LEAST_0, POSITIVE, UNIT, allowed
-from rlzoo.functional import check_clip, clipped_ratio_coefficient, masked_mean
+from rlzoo.functional import check_clip, clipped_ratio_coefficient, drop_unscored, masked_mean
 from rlzoo.interface import RolloutBatch
 from rlzoo.registry import register_algorithm
 
@@ -114,13 +118,18 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, reduce_sum=No
     """(x - mean) / (std + eps) with mean and (unbiased) std over the masked entries; 0 off the mask.
 
     ``reduce_sum`` (``runtime.reduce_sum``) sums the statistics over every rank, so the whitening
-    uses the global batch's mean and std whatever the process count.
+    uses the global batch's mean and std whatever the process count. The statistics are taken in
+    float64, where the mean of equal float32 values is exact: a batch whose advantages are all
+    equal (equal scores, V = 0 and lam = 1 at the first step) whitens to exactly 0. In float32 the
+    mean of 35 values of 0.7 is one ulp off, the std is ~6e-8, and every token would get about
+    0.85 in size, all of one sign: a spurious gradient (GRPO's constant groups had the same defect).
     """
     reduce_sum = reduce_sum or (lambda t: t)
-    count, total = reduce_sum(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
+    x64, m64 = x.double(), mask.double()  # [N, T] each
+    count, total = reduce_sum(torch.stack([m64.sum(), (x64 * m64).sum()])).unbind()
     mean = total / count.clamp(min=1.0)
-    var = reduce_sum((((x - mean) * mask) ** 2).sum()) / (count - 1).clamp(min=1.0)
-    return (x - mean) / (var.sqrt() + eps) * mask  # [N, T]
+    var = reduce_sum((((x64 - mean) * m64) ** 2).sum()) / (count - 1).clamp(min=1.0)
+    return ((x64 - mean) / (var.sqrt() + eps) * m64).to(x.dtype)  # [N, T]
 
 
 @register_algorithm("ppo")
@@ -154,9 +163,7 @@ class PPO:
 
     def prepare(self, batch: RolloutBatch, runtime) -> tuple[RolloutBatch, dict[str, float]]:
         cfg = self.cfg
-        scored = ~torch.isnan(batch.rewards)  # [N] a skipped completion (reward None) leaves the batch
-        if not bool(scored.all()):
-            batch = batch.select(scored.nonzero().squeeze(-1))
+        batch = drop_unscored(batch)  # a skipped completion (reward None) leaves the batch
         if batch.old_logprobs is None:  # the KL-shaped rewards read log pi_old now, before any update
             batch.old_logprobs = runtime.policy_logprobs(batch)  # [N, T]
         mask = batch.loss_mask  # [N, T]

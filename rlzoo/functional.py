@@ -1,6 +1,9 @@
 """Building blocks that several algorithms' coefficients share, written once.
 
-* :func:`masked_mean` for diagnostics over trained tokens;
+* :func:`masked_mean` for diagnostics over trained tokens: a :class:`TokenMean`, which carries its
+  token count, so that every reduction of it (over micro-batches, over processes) weights it by
+  tokens;
+* :func:`drop_unscored`, the rows of a batch whose reward was skipped (NaN) removed;
 * :func:`group_sum`, the one group reduction (GRPO's group statistics, DPO's pairs, RFT's solved
   questions);
 * :func:`clipped_ratio_coefficient`, the derivative of PPO's clipped surrogate with respect to
@@ -14,9 +17,43 @@ import torch
 from torch import Tensor
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> float:
-    """Mean of ``x`` [N, T] over the entries where ``mask`` [N, T] is 1 (0 when there are none)."""
-    return float((x * mask).sum() / mask.sum().clamp(min=1))
+class TokenMean(float):
+    """A mean over tokens that carries the number of tokens it averages (``tokens``).
+
+    It is a float everywhere a float is read (logs, arithmetic: the result of arithmetic is a
+    plain float). The reductions of diagnostics (the trainer's over micro-batches,
+    :class:`~rlzoo.runtime.distributed.MetricsReducer`'s over processes) weight a TokenMean by
+    its ``tokens`` instead of by rows, so a mean over tokens is the same whatever the split of
+    the batch into micro-batches and processes.
+
+    >>> m = TokenMean(0.5, 4.0)
+    >>> m == 0.5, m.tokens
+    (True, 4.0)
+    """
+
+    tokens: float
+
+    def __new__(cls, value: float, tokens: float) -> "TokenMean":
+        out = super().__new__(cls, value)
+        out.tokens = float(tokens)
+        return out
+
+    def __reduce__(self):  # pickled (gathered over processes) with its token count
+        return TokenMean, (float(self), self.tokens)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> TokenMean:
+    """Mean of ``x`` [N, T] over the entries where ``mask`` [N, T] is 1 (0 when there are none),
+    carrying the number of those entries (:class:`TokenMean`)."""
+    tokens = mask.sum()
+    return TokenMean(float((x * mask).sum() / tokens.clamp(min=1)), float(tokens))
+
+
+def drop_unscored(batch):
+    """``batch`` without the rows whose reward is NaN (a skipped completion: the reward returned
+    None), which then leave the group statistics and the loss; the batch itself when none is."""
+    scored = ~torch.isnan(batch.rewards)  # [N]
+    return batch if bool(scored.all()) else batch.select(scored.nonzero().squeeze(-1))
 
 
 def group_sum(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -87,6 +87,10 @@ class ExecResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Limits:
+    """The limits of one sandboxed run. Their defaults here are the only place they are written:
+    :func:`run_python`, :func:`run_many` and the rewards that run programs read them from
+    :data:`DEFAULT_LIMITS`."""
+
     timeout_s: float = 10.0
     memory_mb: int = 512
     max_output_bytes: int = 64_000
@@ -117,15 +121,18 @@ class _Limits:
 # --------------------------------------------------------------------------------------
 
 
+DEFAULT_LIMITS = _Limits()  # the default of every limit (the paper allows a program 10 s)
+
+
 def run_python(
     code: str,
-    timeout_s: float = 10.0,
+    timeout_s: float = DEFAULT_LIMITS.timeout_s,
     *,
-    memory_mb: int = 512,
-    max_output_bytes: int = 64_000,
-    max_file_mb: int = 16,
-    max_processes: int = 16,
-    site_packages: bool = False,
+    memory_mb: int = DEFAULT_LIMITS.memory_mb,
+    max_output_bytes: int = DEFAULT_LIMITS.max_output_bytes,
+    max_file_mb: int = DEFAULT_LIMITS.max_file_mb,
+    max_processes: int = DEFAULT_LIMITS.max_processes,
+    site_packages: bool = DEFAULT_LIMITS.site_packages,
 ) -> ExecResult:
     """Run ``code`` in a sandboxed child interpreter and return what it printed.
 
@@ -135,34 +142,29 @@ def run_python(
     ``max_processes`` caps tasks (processes and threads). ``site_packages=True`` drops ``-S``
     so installed packages such as sympy can be imported; the standard library is always there.
     """
-    limits = _Limits(
-        timeout_s=timeout_s,
-        memory_mb=memory_mb,
-        max_output_bytes=max_output_bytes,
-        max_file_mb=max_file_mb,
-        max_processes=max_processes,
-        site_packages=site_packages,
-    )
-    return _execute(code, limits)
+    return run_many([code], timeout_s, 1, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
+                    max_file_mb=max_file_mb, max_processes=max_processes, site_packages=site_packages)[0]
 
 
 def run_many(
     codes: Sequence[str],
-    timeout_s: float = 10.0,
+    timeout_s: float = DEFAULT_LIMITS.timeout_s,
     max_workers: int = 2,
     *,
-    memory_mb: int = 512,
-    max_output_bytes: int = 64_000,
-    max_file_mb: int = 16,
-    max_processes: int = 16,
-    site_packages: bool = False,
+    memory_mb: int = DEFAULT_LIMITS.memory_mb,
+    max_output_bytes: int = DEFAULT_LIMITS.max_output_bytes,
+    max_file_mb: int = DEFAULT_LIMITS.max_file_mb,
+    max_processes: int = DEFAULT_LIMITS.max_processes,
+    site_packages: bool = DEFAULT_LIMITS.site_packages,
 ) -> list[ExecResult]:
-    """Run many programs with at most ``max_workers`` children alive; results in input order."""
+    """Run many programs with at most ``max_workers`` children alive; results in input order
+    (the limits are :func:`run_python`'s, for each program)."""
     from concurrent.futures import ThreadPoolExecutor
 
     if max_workers < 1:
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-    limits = _Limits(
+    limits = dataclasses.replace(
+        DEFAULT_LIMITS,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
         max_output_bytes=max_output_bytes,
@@ -171,8 +173,8 @@ def run_many(
         site_packages=site_packages,
     )
     limits.validate()
-    if not codes:
-        return []
+    if len(codes) <= 1:  # run_python: in this thread
+        return [_execute(code, limits) for code in codes]
     with ThreadPoolExecutor(max_workers=min(max_workers, len(codes))) as pool:
         return list(pool.map(lambda code: _execute(code, limits), codes))
 
@@ -187,7 +189,7 @@ def sandbox_layers(site_packages: bool = False) -> frozenset[str]:
     Empty when the probe itself failed.
     """
     probe = "import sys\nprint(' '.join(sys._rlzoo_sandbox_layers))\n"
-    result = _execute(probe, _Limits(timeout_s=10.0, site_packages=site_packages))
+    result = _execute(probe, dataclasses.replace(DEFAULT_LIMITS, site_packages=site_packages))
     return frozenset(result.stdout.split()) if result.ok else frozenset()
 
 

@@ -7,11 +7,13 @@ process), gives rank r the questions of ``SPLIT`` (``even``: 3 + 3; ``uneven``: 
 6 + 0), and runs GRPO (rows shuffled into minibatches), DPO (pairs kept whole) and PPO (a value
 model, whitening over the global batch), each for 2 updates x 3 minibatches x micro-batches of 2
 rows, through ``train_on_batch`` with a real Accelerator. Rank 0 saves the final weights of each
-to ``OUT/<algorithm>.pt``. On one process every split is the whole batch.
+to ``OUT/<algorithm>.pt`` and the step's metrics, reduced over ranks as a stage reduces them, to
+``OUT/<algorithm>_metrics.json``. On one process every split is the whole batch.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
     from rlzoo.runtime.models import LogProbModel, ValueModel, build_tiny_model, frozen_copy
     from rlzoo.runtime.stage import make_accelerator
     from rlzoo.runtime.trainer import Runtime, train_on_batch
-    from rlzoo.runtime.distributed import Dist
+    from rlzoo.runtime.distributed import Dist, MetricsReducer
 
     accelerator = make_accelerator("no")
     dist = Dist(accelerator.device)
@@ -86,11 +88,20 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
     batch = batch.select(list(range(2 * start, 2 * (start + sizes[dist.rank]))))
     batch.ref_logprobs = rt.reference_logprobs(batch)
     batch.old_logprobs = rt.policy_logprobs(batch)
-    batch, _ = algo.prepare(batch, rt)
+    rows = len(batch)
+    batch, prep_metrics = algo.prepare(batch, rt)
     cfg = OptimConfig(updates_per_batch=2, minibatches=3, micro_batch_size=2, grad_clip=1.0)
-    train_on_batch(rt, algo, batch, optimizer, cfg, "seq-mean-token-mean" if algo.loss_agg is None else algo.loss_agg,
-                   None, torch.Generator().manual_seed(1))
+    means, weight, shared = train_on_batch(rt, algo, batch, optimizer, cfg,
+                                           "seq-mean-token-mean" if algo.loss_agg is None else algo.loss_agg,
+                                           None, torch.Generator().manual_seed(1))
+    reducer = MetricsReducer()  # as a stage step reduces them
+    if rows:
+        reducer.add(prep_metrics, rows)
+    if weight:
+        reducer.add(means, weight)
+    metrics = {**reducer.reduce(dist), **shared}
     if dist.is_main:
+        (out / f"{algorithm_name}_metrics.json").write_text(json.dumps(metrics))
         state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(policy).state_dict().items()}
         if value is not None:
             state.update({f"value.{k}": v.detach().clone() for k, v in accelerator.unwrap_model(value).state_dict().items()})

@@ -2,7 +2,8 @@
 
 * ``train_on_batch`` on one fixed batch whose questions are split 5 + 1 or 6 + 0 over 2 ranks
   ends with the weights of 1 process holding the whole batch (GRPO with shuffled minibatches,
-  DPO with pairs kept whole, PPO with a value model and whitening over the global batch).
+  DPO with pairs kept whole, PPO with a value model and whitening over the global batch), and
+  logs the same metrics (token means weighted by tokens over micro-batches and ranks).
 * A run of four stages (SFT, GRPO with 2 updates x 2 minibatches, PPO, DPO from an offline pool)
   launched as 2 processes ends every stage with the weights of the 1-process run, to 1e-5. Rollouts
   are row-seeded, so both runs sample the same completions (their reward means agree at every
@@ -10,6 +11,8 @@
   the same numbers, and only the main process writes files (one metrics line per step).
 * The same with LoRA adapters, and for reward-model stages (their sampling, Math-Shepherd rollouts
   and training sharded over the processes) followed by GRPO with process supervision.
+* A process may hold no question: with one question per step (GRPO, tool-integrated sampling) and
+  an offline pool of one question (RFT), rank 1 samples nothing, and the run still equals 1 process.
 """
 
 from __future__ import annotations
@@ -57,6 +60,16 @@ def test_updates_on_a_split_batch_equal_one_process(one_process_updates, tmp_pat
         assert max_diff(one, two) < 1e-5, algorithm
         start = torch.load(one_process_updates / "start.pt")  # the updates really moved the weights
         assert max_diff({k: one[k] for k in start}, start) > 1e-4, algorithm
+        # every logged mean is the same: a mean over tokens (kl/k3, policy/clip_frac, loss/value...)
+        # is weighted by its tokens over micro-batches and ranks, not by rows (5 + 1 rows hold
+        # different token counts); value/explained_var is a ratio of each micro-batch's
+        # variances, not a mean, and depends on the split
+        metrics_one, metrics_two = (json.loads((d / f"{algorithm}_metrics.json").read_text())
+                                    for d in (one_process_updates, tmp_path))
+        assert metrics_one.keys() == metrics_two.keys()
+        for key in metrics_one.keys() - {"value/explained_var"}:
+            assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-5, abs=1e-6), (algorithm, key)
+    assert json.loads((tmp_path / "grpo_metrics.json").read_text())["kl/k3"] > 0.01
 
 
 def stage_overrides(name: str, algorithm: str, **kw) -> list[str]:
@@ -171,3 +184,35 @@ def test_reward_model_stages_and_process_supervision_on_two_processes_equal_one_
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in rows if "rm/loss" in r] == [(s, i) for s in ("prm", "orm") for i in (1, 2, 3)]
     assert all(r["dist/replica_max_diff"] == 0.0 for r in rows if "loss/policy" in r)
+
+
+def test_a_rank_with_no_question_takes_part_and_two_processes_equal_one(tmp_path):
+    """One question per step on 2 processes: rank 1 holds none, samples an empty batch (plain and
+    tool-integrated sampling, online and offline sources, held-out evaluation of one question)
+    and still takes part in every collective; the weights are those of 1 process."""
+    import yaml
+    from safetensors.torch import load_file
+
+    one_question = {"prompts_per_step": 1, "samples_per_prompt": 4}
+    stage = {"steps": 2, "generation": {"max_new_tokens": 10}, "reward": {"name": "test_length_parity"},
+             "optim": {"lr": 1e-3, "micro_batch_size": 4}}
+    cfg = {
+        "name": "one_question", "logging": {"progress": False}, "plugins": ["tests/plugins/dp_plugin.py"],
+        "task": {"synthetic": {"eval_size": 1}}, "eval": {"samples": 0, "max_new_tokens": 8},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+        "stages": {
+            "grpo": {**stage, "algorithm": "grpo", "data": one_question, "generation": {"max_new_tokens": 10, "tool_rounds": 1}},
+            "rft": {**stage, "algorithm": "rft", "data": {**one_question, "source": "offline", "pool_prompts": 1}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    launch(1, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'two'}")
+    for name in ("grpo", "rft"):
+        a, b = (load_file(tmp_path / d / name / "final" / "model.safetensors") for d in ("one", "two"))
+        assert max_diff(a, b) < 1e-5, name
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "loss/policy" in r]
+    assert [(r["stage"], r["step"]) for r in trained] == [("grpo", 1), ("grpo", 2), ("rft", 1), ("rft", 2)]
+    assert all(r["train/num_sequences"] > 0 and r["dist/replica_max_diff"] == 0.0 for r in trained)

@@ -125,6 +125,74 @@ def test_constant_groups_give_no_policy_gradient_and_are_counted():
     assert torch.all(coef[:4] == 0) and torch.any(coef[4:] != 0)
 
 
+def rows_batch(rewards, group_ids, t=4):
+    """A batch of len(rewards) rows of t tokens, tokens 1.. trained, with the given rewards and groups."""
+    n = len(rewards)
+    mask = torch.ones(n, t)
+    mask[:, 0] = 0
+    return RolloutBatch(input_ids=torch.zeros(n, t, dtype=torch.long), attention_mask=torch.ones(n, t, dtype=torch.long),
+                        loss_mask=mask, group_ids=torch.tensor(group_ids), rewards=torch.tensor(rewards),
+                        old_logprobs=torch.full((n, t), -1.0), ref_logprobs=torch.full((n, t), -1.0))
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-4])
+def test_constant_groups_of_non_binary_rewards_get_exactly_zero(eps):
+    # group 3: seven rewards of 0.1. On paper mean 0.1, std 0, A = 0; in float32 the mean is off by
+    # one ulp, the std is ~8e-9, and (r - mean) / std would be -0.93 for all seven (one sign: a
+    # spurious push), or ~-7e-5 with eps 1e-4. They must be exactly 0 and the group counted.
+    # group 8: 0.2, 0.5, 0.5, 0.8: mean 0.5, deviations -0.3, 0, 0, 0.3, unbiased var
+    # (0.09 + 0.09) / 3 = 0.06, so A = -0.3 / (sqrt(0.06) + eps), 0, 0, +0.3 / (sqrt(0.06) + eps)
+    # (= -+1.2247 with eps 0).
+    rewards = [0.1] * 7 + [0.2, 0.5, 0.5, 0.8]
+    groups = [3] * 7 + [8] * 4
+    adv, degenerate = group_advantages(torch.tensor(rewards), torch.tensor(groups), eps=eps)
+    a = 0.3 / (math.sqrt(0.06) + eps)
+    torch.testing.assert_close(adv, torch.tensor([0.0] * 7 + [-a, 0.0, 0.0, a]))
+    assert torch.all(adv[:7] == 0)  # exactly, not about
+    assert degenerate.tolist() == [True] * 7 + [False] * 4
+    batch, metrics = GRPO(GRPO.Config(beta=0.0, std_eps=eps)).prepare(rows_batch(rewards, groups), None)
+    assert metrics["grpo/zero_adv_group_frac"] == 0.5  # one group of two
+    assert torch.all(batch.advantages[:7] == 0)
+    coef, _ = GRPO(GRPO.Config(beta=0.0, std_eps=eps)).coefficients(batch, batch.old_logprobs)
+    assert torch.all(coef[:7] == 0) and torch.all(coef[[7, 10], 1:] != 0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-4])
+def test_process_groups_of_equal_non_binary_step_rewards_get_exactly_zero(eps):
+    # Group 1: 3 outputs x 3 steps (ending at tokens 1, 2, 3), all nine step rewards 0.7. In float32
+    # their std is ~6e-8 and each normalised step reward ~+0.94, so the first token of each output
+    # (three steps at or after it) would get ~+2.8. It must be exactly 0 everywhere.
+    # Group 2: 2 outputs, steps ending at token 3 (reward 0.2) and token 3 (reward 0.6):
+    # R = {0.2, 0.6}, mean 0.4, unbiased std sqrt(0.08) = 0.2828, r~ = -+0.2 / (0.2828 + eps)
+    # (= -+0.7071 with eps 0) on tokens 1-3 (one step each, ending at the last token).
+    ends = torch.tensor([[0, 1, 1, 1]] * 3 + [[0, 0, 0, 1]] * 2, dtype=torch.float)
+    step_rewards = torch.cat([0.7 * ends[:3], torch.tensor([[0, 0, 0, 0.2], [0, 0, 0, 0.6]])])
+    batch = rows_batch([0.7, 0.7, 0.7, 0.2, 0.6], [1, 1, 1, 2, 2])
+    batch.step_ends, batch.step_rewards = ends, step_rewards
+    adv, degenerate = process_advantages(step_rewards, ends, batch.group_ids, batch.loss_mask, eps=eps)
+    a = 0.2 / (math.sqrt(0.08) + eps)
+    assert torch.all(adv[:3] == 0)
+    torch.testing.assert_close(adv[3:], torch.tensor([[0, -a, -a, -a], [0, a, a, a]]))
+    assert degenerate.tolist() == [True, True, True, False, False]
+    _, metrics = GRPO(GRPO.Config(std_eps=eps, supervision="process")).prepare(batch, None)
+    assert metrics["grpo/zero_adv_group_frac"] == 0.5
+
+
+def test_skipped_rewards_leave_the_group_statistics():
+    # group 0: 1, NaN, 0, 0.5 -> the scored 1, 0, 0.5: mean 0.5, unbiased std
+    # sqrt((0.25 + 0.25 + 0) / 2) = 0.5, A = 1, -1, 0; the skipped row gets 0.
+    # group 1: 0.3, NaN -> one scored reward, its own mean: a constant group, A = 0.
+    adv, degenerate = group_advantages(torch.tensor([1.0, float("nan"), 0.0, 0.5, 0.3, float("nan")]),
+                                       torch.tensor([0, 0, 0, 0, 1, 1]), eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0]))
+    assert degenerate.tolist() == [False] * 4 + [True] * 2
+    # prepare drops the skipped rows and normalises the rest the same way
+    batch, metrics = GRPO(GRPO.Config(beta=0.0, std_eps=0.0)).prepare(
+        rows_batch([1.0, float("nan"), 0.0, 0.5, 0.3, float("nan")], [0, 0, 0, 0, 1, 1]), None)
+    torch.testing.assert_close(batch.advantages[:, 1], torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    assert metrics["grpo/zero_adv_group_frac"] == 0.5
+
+
 def test_reference_needed_only_with_kl():
     assert "reference" in GRPO(GRPO.Config(beta=0.04)).needs
     assert "reference" not in GRPO(GRPO.Config(beta=0.0)).needs
@@ -202,6 +270,34 @@ def test_prepare_with_process_supervision_logs_and_masks():
     assert metrics["grpo/zero_adv_group_frac"] == 0.5
     assert metrics["grpo/steps_mean"] == pytest.approx(float(batch.step_ends.sum(-1).mean()))
     assert metrics["grpo/adv_abs_mean"] > 0
+
+
+def test_process_adv_abs_mean_is_a_token_mean_over_every_rank():
+    # Under process supervision grpo/adv_abs_mean is a mean over trained tokens. Two processes
+    # holding groups 0 and 1 log it with their rows as weight (4 each); a row-weighted average of
+    # their token means, (m_0 + m_1) / 2, is not the mean over the n_0 + n_1 tokens of the batch,
+    # (n_0 m_0 + n_1 m_1) / (n_0 + n_1). The reduction weights a token mean by its tokens.
+    from rlzoo.runtime.distributed import MetricsReducer
+
+    batch = with_steps(make_batch(seed=4), seed=4)
+    batch.loss_mask[4:, 3:] = 0  # group 1's outputs are shorter: the ranks hold different token counts
+    algo = GRPO(GRPO.Config(supervision="process"))
+    whole, metrics = algo.prepare(batch, None)
+    expected = float(whole.advantages.abs().sum() / whole.loss_mask.sum())
+    assert metrics["grpo/adv_abs_mean"] == pytest.approx(expected)
+    reducers = []
+    for rows in (list(range(4)), list(range(4, 8))):
+        reducer = MetricsReducer()
+        reducer.add(algo.prepare(batch.select(rows), None)[1], len(rows))
+        reducers.append(reducer)
+    parts = [r.values["grpo/adv_abs_mean"][0][0] for r in reducers]
+    assert abs((parts[0] + parts[1]) / 2 - expected) > 1e-3  # a row weighting would be off
+
+    class TwoRanks:
+        def gather(self, obj):
+            return [dict(r.values) for r in reducers]
+
+    assert reducers[0].reduce(TwoRanks())["grpo/adv_abs_mean"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_process_supervision_needs_step_rewards_and_a_known_name():

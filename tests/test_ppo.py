@@ -122,6 +122,67 @@ def test_prepare_aligns_values_and_folds_kl():
     assert metrics["kl/reward_kl"] == pytest.approx(0.0) and metrics["reward/score_mean"] == 1.0
 
 
+def test_prepare_with_process_supervision_by_hand():
+    # PPO with a PRM's step rewards (supervision: process), beta = 0.1, gamma = lam = 1, no whitening.
+    # Each step's reward sits on its last token, the KL penalty -beta * (log pi_old - log pi_ref) on
+    # every trained token; the outcome score (5.0, 7.0 here) is not used. With gamma = lam = 1,
+    # A_t = sum_{k >= t} r_k - V(s_t) and R_t = A_t + V(s_t).
+    # row 0: trained tokens 1-3, steps end at 1 (reward 0.5) and 3 (reward 1.0);
+    #        log pi_old - log pi_ref = (0.2, -0.1, 0.3) -> r = (0.5 - 0.02, 0.01, 1.0 - 0.03) = (0.48, 0.01, 0.97)
+    #        raw values (0.4, 0.2, 0.6, 9, 9) -> V(s_1..3) = (0.4, 0.2, 0.6)
+    #        R = (1.46, 0.98, 0.97), A = (1.46 - 0.4, 0.98 - 0.2, 0.97 - 0.6) = (1.06, 0.78, 0.37)
+    # row 1: trained tokens 1-4, steps end at 2 (reward 0.2) and 4 (reward 0.8);
+    #        log pi_old - log pi_ref = (0.1, 0.1, -0.2, 0) -> r = (-0.01, 0.2 - 0.01, 0.02, 0.8) = (-0.01, 0.19, 0.02, 0.8)
+    #        raw values (0.1, 0.3, 0.5, 0.2, 7) -> V(s_1..4) = (0.1, 0.3, 0.5, 0.2)
+    #        R = (1.0, 1.01, 0.82, 0.8), A = (0.9, 0.71, 0.32, 0.6)
+    loss_mask = torch.tensor([[0.0, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
+    ref = torch.full((2, 5), -1.0)
+    batch = RolloutBatch(
+        input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
+        loss_mask=loss_mask, group_ids=torch.tensor([0, 1]), rewards=torch.tensor([5.0, 7.0]), ref_logprobs=ref,
+        step_ends=torch.tensor([[0.0, 1, 0, 1, 0], [0, 0, 1, 0, 1]]),
+        step_rewards=torch.tensor([[0.0, 0.5, 0, 1.0, 0], [0, 0, 0.2, 0, 0.8]]),
+    )
+    batch.old_logprobs = ref + torch.tensor([[0.0, 0.2, -0.1, 0.3, 0], [0, 0.1, 0.1, -0.2, 0]])
+    raw = torch.tensor([[0.4, 0.2, 0.6, 9, 9], [0.1, 0.3, 0.5, 0.2, 7]])
+    algo = PPO(PPO.Config(beta=0.1, gamma=1.0, lam=1.0, whiten_advantages=False, supervision="process"))
+    batch, metrics = algo.prepare(batch, _ValueRuntime(raw))
+    torch.testing.assert_close(batch.extras["values"], torch.tensor([[0.0, 0.4, 0.2, 0.6, 0], [0, 0.1, 0.3, 0.5, 0.2]]))
+    torch.testing.assert_close(batch.extras["returns"], torch.tensor([[0.0, 1.46, 0.98, 0.97, 0], [0, 1.0, 1.01, 0.82, 0.8]]))
+    torch.testing.assert_close(batch.advantages, torch.tensor([[0.0, 1.06, 0.78, 0.37, 0], [0, 0.9, 0.71, 0.32, 0.6]]))
+    # total per-token reward per row: 1.46 and 1.0, mean 1.23
+    assert metrics["reward/total_mean"] == pytest.approx(1.23)
+    # the coefficient on the first update (pi_theta = pi_old) is A_t itself
+    coef, _ = algo.coefficients(batch, batch.old_logprobs)
+    torch.testing.assert_close(coef, batch.advantages)
+
+
+def test_approx_kl_by_hand():
+    # ppo/approx_kl is the k3 estimate of KL(pi_old || pi_theta) per trained token, with
+    # x = log pi_theta - log pi_old: k3 = e^x - 1 - x. Two trained tokens, x = 0.1 and -0.2:
+    #   e^0.1 - 1.1 = 0.0051709,  e^-0.2 - 0.8 = 0.0187308;  mean 0.0119508
+    # (the untrained token, x = 3, is left out).
+    batch = RolloutBatch(
+        input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long),
+        loss_mask=torch.tensor([[0.0, 1, 1, 0]]), group_ids=torch.tensor([0]), rewards=torch.tensor([1.0]),
+        old_logprobs=torch.tensor([[-1.0, -1, -1, -1]]), advantages=torch.tensor([[0.0, 1, 1, 0]]),
+    )
+    _, metrics = PPO(PPO.Config()).coefficients(batch, torch.tensor([[-1.0, -0.9, -1.2, 2.0]]))
+    assert metrics["ppo/approx_kl"] == pytest.approx((math.exp(0.1) - 1.1 + math.exp(-0.2) - 0.8) / 2, rel=1e-5)
+    assert metrics["ppo/approx_kl"] == pytest.approx(0.0119508, abs=1e-7)
+
+
+def test_docstring_names_the_reward_models_rlzoo_ships():
+    # the module docstring once said "rlzoo ships no reward model yet"; it names orm and prm, both registered
+    import rlzoo.algorithms.ppo as ppo
+    from rlzoo.registry import REWARDS
+
+    assert "no reward model" not in ppo.__doc__
+    assert "``reward.name: orm`` or ``prm``" in ppo.__doc__
+    for name in ("orm", "prm"):
+        REWARDS.get(name)
+
+
 def test_state_values_shift_right_by_one():
     torch.testing.assert_close(state_values(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[0.0, 1.0, 2.0]]))
 
@@ -133,6 +194,25 @@ def test_whitened_advantages_have_zero_mean_unit_std_on_the_mask():
     on = w[batch.loss_mask > 0]
     assert abs(float(on.mean())) < 1e-5 and abs(float(on.std()) - 1) < 1e-4
     assert torch.all(w[batch.loss_mask == 0] == 0)
+
+
+def test_whitening_equal_advantages_gives_exactly_zero():
+    # 7 rows x 5 tokens of 0.7 (the first step of a batch whose scores are all 0.7, with V = 0,
+    # lam = gamma = 1 and no KL yet: A_t = 0.7 on every token). On paper mean 0.7, std 0 and
+    # (A - mean) / (std + 1e-8) = 0; in float32 the mean is off by one ulp and the std ~6e-8, which
+    # gave every token about +-0.85, all of one sign. Exactly 0 now (also for 0.1, 2.7).
+    for value in (0.7, 0.1, 2.7):
+        x = torch.full((7, 5), value)
+        mask = torch.ones(7, 5)
+        mask[0, 3:] = 0
+        assert torch.all(whiten(x * mask, mask) == 0), value
+    # through prepare: scores 0.7 on every row, V = 0, beta = 0, lam = 1 -> A = 0 after whitening
+    batch, _ = make_batch(lengths=(3, 5, 2, 4, 5, 1, 3))
+    batch.rewards = torch.full((7,), 0.7)
+    batch.old_logprobs = batch.ref_logprobs.clone()
+    algo = PPO(PPO.Config(beta=0.0, gamma=1.0, lam=1.0))
+    batch, _ = algo.prepare(batch, _ValueRuntime(torch.zeros(batch.loss_mask.shape)))
+    assert torch.all(batch.advantages == 0)
 
 
 def native_ppo_objective(logp, old, adv, eps):
@@ -229,5 +309,7 @@ def test_few_steps_through_the_runtime(tmp_path):
         for key in ("loss/policy", "loss/value", "loss/extra", "value/mean", "ppo/approx_kl", "kl/reward_kl",
                     "reward/score_mean"):
             assert r[key] is not None and math.isfinite(r[key]), key
-        assert 0 <= r["policy/clip_frac"] <= 1 and r["ppo/approx_kl"] >= 0
+        # 2 updates x 2 minibatches: every minibatch after the first sees a moved policy, so the
+        # mean k3 of KL(pi_old || pi_theta) is strictly positive (test_approx_kl_by_hand: its value)
+        assert 0 <= r["policy/clip_frac"] <= 1 and r["ppo/approx_kl"] > 0
     assert_every_weight_moved(tmp_path / "sft" / "final", tmp_path / "grpo" / "final")

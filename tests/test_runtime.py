@@ -7,6 +7,7 @@ import torch
 
 from rlzoo.algorithms.grpo import GRPO
 from rlzoo.algorithms.sft import SFT
+from rlzoo.interface import RolloutBatch
 from rlzoo.runtime.generation import GenerationConfig, completion_mask, encode_pairs, sample
 from rlzoo.runtime.logprobs import token_logprobs
 from rlzoo.runtime.trainer import split_groups, train_on_batch
@@ -50,10 +51,15 @@ def test_left_padding_does_not_change_logprobs(tiny_model, task, tokenizer):
         torch.testing.assert_close(alone[0, 1:], together[i, keep_cols][1:], rtol=1e-4, atol=1e-5)
 
 
-def test_completion_mask_stops_after_eos():
-    eos, pad = 2, 0
-    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
-    assert completion_mask(ids, eos, pad).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+def test_completion_mask_stops_after_eos_and_at_the_generated_length():
+    # eos 2, pad 0. Row 0 stops at its EOS (then generate's padding); row 1 at its first EOS; row 2
+    # samples the pad id twice before its EOS: generated tokens, kept; row 3 came from a generate
+    # call 3 tokens wide (its chunk), right-padded to 5 to join the batch: the padding is out.
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [0, 6, 0, 2, 0], [5, 6, 7, 0, 0]])
+    lengths = torch.tensor([5, 5, 5, 3])
+    assert completion_mask(ids, eos, lengths).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    assert completion_mask(ids[:2], eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]  # lengths default to L
 
 
 def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
@@ -66,6 +72,37 @@ def test_sample_shapes_and_groups(tiny_model, task, tokenizer):
     prompt_len = batch.input_ids.shape[1] - 8
     assert batch.loss_mask[:, :prompt_len].sum() == 0
     assert len(batch.completions) == 12 and all(isinstance(c, str) for c in batch.completions)
+
+
+def assert_same_fields(empty, full):
+    """``empty`` has every optional field and extra that ``full`` has, with the same dtype and rank."""
+    from dataclasses import fields
+
+    for f in fields(full):
+        a, b = getattr(empty, f.name), getattr(full, f.name)
+        assert (a is None) == (b is None), f.name
+        if isinstance(b, torch.Tensor):
+            assert (a.dtype, a.dim()) == (b.dtype, b.dim()), f.name
+    assert empty.extras.keys() == full.extras.keys()
+    for k, v in full.extras.items():
+        assert (empty.extras[k].dtype, empty.extras[k].shape[0]) == (v.dtype, 0), k
+
+
+@pytest.mark.parametrize("tool_rounds", [0, 1])
+def test_sample_of_no_prompt_is_an_empty_batch(tiny_model, task, tokenizer, tool_rounds):
+    # a rank may hold no question (one question per step on two processes): sampling nothing gives
+    # a batch of 0 rows with the fields and extras a batch of sampled rows has (it used to raise
+    # IndexError in the tokenizer), which gathers and concatenates with the other ranks' batches
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, tool_rounds=tool_rounds)
+    empty = sample(tiny_model, tokenizer, [], 3, cfg, seed=1, keys=[])
+    full = sample(tiny_model, tokenizer, task.eval_examples()[:1], 3, cfg, seed=1, keys=[7])
+    assert len(empty) == 0 and empty.input_ids.shape == (0, 0) and empty.completions == [] and empty.examples == []
+    assert_same_fields(empty, full)
+    joined = RolloutBatch.concat([empty, full], tokenizer.pad_token_id)
+    assert torch.equal(joined.input_ids, full.input_ids) and joined.group_ids.tolist() == [7, 7, 7]
+    pairs = encode_pairs(tokenizer, [], [], "cpu", group_ids=[])
+    assert len(pairs) == 0 and pairs.group_ids.dtype == torch.long
+    assert_same_fields(pairs, _batch(task, tokenizer, 2))
 
 
 def _grads_after(model, algo, batch, micro, mode):
@@ -133,3 +170,61 @@ def test_final_model_folder_loads_back_the_same_model(tiny_model, tokenizer, tmp
     ids = torch.tensor([[1, 5, 6, 7]])
     torch.testing.assert_close(model(ids).logits, tiny_model(ids).logits, rtol=0, atol=0)
     assert tok.padding_side == "left" and tok.pad_token_id == tokenizer.pad_token_id
+
+
+class _Ranks:
+    """A stand-in for Dist whose ``gather`` returns each simulated rank's reducer values, in rank order."""
+
+    def __init__(self, reducers):
+        self.reducers = reducers
+
+    def gather(self, obj):
+        return [dict(r.values) for r in self.reducers]
+
+
+def test_token_means_do_not_depend_on_micro_batches_or_processes(tiny_model, task, tokenizer):
+    # kl/k3 is a mean over trained tokens. Rows of very different lengths (1 to 12 completion
+    # tokens) make a row-weighted average of per-micro-batch means differ from it: micro-batches
+    # of 4 + 2 rows with token counts a, b and means m_a, m_b give (4 m_a + 2 m_b) / 6 instead of
+    # (a m_a + b m_b) / (a + b). Expected: sum over trained tokens of
+    #     k3 = pi_ref / pi_theta - log(pi_ref / pi_theta) - 1
+    # divided by their number, from one full-batch pass.
+    from rlzoo.runtime.distributed import MetricsReducer
+    from rlzoo.runtime.models import frozen_copy
+
+    examples = task.eval_examples()[:6]
+    completions = ["1", "12 + 3 = 15 so the answer is 15", "7", "2 * 4", "a long answer: 9 - 2 = 7 and 7 + 1 = 8", "3"]
+    batch = encode_pairs(tokenizer, examples, completions, "cpu", group_ids=[0, 0, 0, 1, 1, 1])
+    lengths = batch.loss_mask.sum(-1)
+    assert float(lengths.max()) >= 4 * float(lengths.min())
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 0.5])
+    reference = frozen_copy(tiny_model)
+    with torch.no_grad():  # the policy away from its reference: k3 > 0 and different on every token
+        for p in tiny_model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    algo = GRPO(GRPO.Config(beta=0.04))
+    rt = make_runtime(tiny_model, reference=reference)
+    batch.ref_logprobs = rt.reference_logprobs(batch)
+    batch, _ = algo.prepare(batch, None)
+    with torch.no_grad():
+        log_r = batch.ref_logprobs - rt.policy_logprobs(batch)  # [N, T] log pi_ref / pi_theta
+    k3 = (log_r.exp() - log_r - 1) * batch.loss_mask
+    expected = float(k3.sum() / batch.loss_mask.sum())
+    per_row = k3.sum(-1) / lengths
+    assert abs(float(per_row.mean()) - expected) > 1e-3 * expected  # the row mean would be visibly off
+
+    def train_metrics(part, micro):
+        cfg = optim(updates_per_batch=1, minibatches=1, micro_batch_size=micro, grad_clip=0.0)
+        means, rows, _ = train_on_batch(make_runtime(tiny_model, reference=reference), algo, part,
+                                        torch.optim.SGD(tiny_model.parameters(), lr=0.0), cfg, "seq-mean-token-mean", None,
+                                        torch.Generator().manual_seed(0))
+        return means, rows
+
+    for micro in (6, 4, 1):  # one micro-batch; 4 + 2 rows; one row each
+        means, _ = train_metrics(batch, micro)
+        assert means["kl/k3"] == pytest.approx(expected, rel=1e-5), micro
+    # two processes holding rows 0-1 and 2-5: the reduction over ranks weights by tokens, not rows
+    reducers = [MetricsReducer(), MetricsReducer()]
+    for reducer, rows in zip(reducers, ([0, 1], [2, 3, 4, 5])):
+        reducer.add(*train_metrics(batch.select(rows), 3))
+    assert reducers[0].reduce(_Ranks(reducers))["kl/k3"] == pytest.approx(expected, rel=1e-5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlzoo.config import GenerationConfig
-from rlzoo.runtime.generation import sample
+from rlzoo.runtime.generation import encode_prompts, sample
 from rlzoo.runtime.logprobs import token_logprobs
 from rlzoo.runtime.sampling import SeededSampler, mix_seed, row_seeds, uniforms
 
@@ -91,3 +91,50 @@ def test_greedy_batches_take_log_probs_at_temperature_one(tiny_model, task, toke
         recomputed = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask)
     torch.testing.assert_close(recomputed * batch.loss_mask, batch.sample_logprobs * batch.loss_mask, rtol=0, atol=1e-5)
     assert math.isfinite(float(batch.sample_logprobs.sum()))
+
+
+def with_output_bias(model, bias):
+    """``model`` with its output head given a bias [V] (both ``generate`` and the training
+    log-prob path read ``get_output_embeddings()``, so they see the same distribution)."""
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.copy_(bias)
+    model.set_output_embeddings(head)
+    return model
+
+
+def test_a_sampled_pad_token_stays_in_the_completion(tiny_model, task, tokenizer):
+    # The tiny tokenizer's pad (0) is not its EOS (2). A policy may sample the pad id (with real
+    # tokenizers pad is often an ordinary token): pad gets +3 on its logit, EOS +1.5, so rows hold
+    # pad ids before their EOS. Those tokens were generated and attended by generate; they must be
+    # in loss_mask and attention_mask, or every later token of the row shifts one position and its
+    # training log-prob is no longer the sampled one. Only what follows EOS, and the right padding
+    # that joins generate calls of different widths (batch_size 2: one prompt per call), is out.
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    assert pad != eos
+    bias = torch.zeros(len(tokenizer))
+    bias[pad], bias[eos] = 3.0, 1.5
+    model = with_output_bias(tiny_model, bias)
+    examples = task.eval_examples()[:4]
+    batch = sample(model, tokenizer, examples, 2, GenerationConfig(max_new_tokens=12, temperature=1.0, batch_size=2))
+    prompt_width = encode_prompts(tokenizer, [ex.prompt for ex in examples], "cpu")[0].shape[1]
+    completion = batch.input_ids[:, prompt_width:]  # [N, L] the generated columns
+    is_eos = completion == eos
+    before_eos = is_eos.long().cumsum(-1) - is_eos.long() == 0  # [N, L] up to and including the first EOS
+    real_after = torch.flip(torch.cummax(torch.flip((completion != pad).long(), [1]), 1).values, [1]) > 0  # [N, L] a non-pad token at or after
+    sampled_pads = (completion == pad) & before_eos & real_after  # [N, L] pad ids the policy generated mid-completion
+    assert sampled_pads.sum() >= 3, "the test needs pad ids sampled inside completions"
+    assert torch.all(batch.loss_mask[:, prompt_width:][sampled_pads] == 1)
+    assert torch.all(batch.attention_mask[:, prompt_width:][sampled_pads] == 1)
+    trained = batch.loss_mask > 0  # [N, T]
+    for row in range(len(batch)):
+        cols = trained[row].nonzero().squeeze(-1).tolist()
+        assert cols == list(range(prompt_width, prompt_width + len(cols)))  # one contiguous completion, from its start
+        assert eos not in batch.input_ids[row, cols].tolist()[:-1]  # nothing after the first EOS
+    stopped = [r for r in range(len(batch)) if batch.input_ids[r, trained[r]].tolist()[-1] == eos]
+    assert stopped and all(batch.attention_mask[r, trained[r].nonzero().max() + 1 :].sum() == 0 for r in stopped)
+    with torch.no_grad():
+        recomputed = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=1.0)
+    torch.testing.assert_close(recomputed * batch.loss_mask, batch.sample_logprobs * batch.loss_mask, rtol=0, atol=1e-5)

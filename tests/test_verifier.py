@@ -1,4 +1,4 @@
-"""Tests of the math answer verifier (rlzoo/rewards/verifier.py).
+"""Tests of the math answer verifier (the package rlzoo/rewards/verifier/).
 
 Cases are grouped by the equivalence rule they exercise; the rule is written above each group.
 Every case of ``tests/verifier_cases.jsonl`` (our own answer-equivalence set, scored by
@@ -8,6 +8,7 @@ shared by the tests (about a second); the whole file runs in well under 30 s on 
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from rlzoo.rewards import verifier as V
+from rlzoo.rewards.verifier import helper as H
 from rlzoo.rewards.verifier import answers_equivalent, extract_answer, normalize_answer, verifier_stats, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -440,9 +442,26 @@ def test_normalize_answer(raw: str, expected: str) -> None:
     assert normalize_answer(raw) == expected
 
 
+# the package's modules, lowest first: each may import only the ones before it (and no rlzoo module:
+# the helper process runs these files by path, see helper._BOOT)
+MODULES = ("extract", "normalize", "numeric", "structure", "symbolic", "compare", "helper")
+
+
 def test_doctests() -> None:
-    result = doctest.testmod(V, verbose=False)
-    assert result.failed == 0 and result.attempted >= 5
+    results = [doctest.testmod(m, verbose=False) for m in (V, *(getattr(V, name) for name in MODULES))]
+    assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) >= 15
+
+
+def test_modules_import_only_modules_below_them() -> None:
+    folder = REPO / "rlzoo" / "rewards" / "verifier"
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted([*MODULES, "__init__"])
+    for i, name in enumerate([*MODULES, "__init__"]):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        absolute = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        absolute |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert relative <= set(MODULES[:i]), (name, relative - set(MODULES[:i]))
+        assert not any(m.split(".")[0] == "rlzoo" for m in absolute if m), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,7 +561,7 @@ def test_timeout_is_wrong_logged_and_recovers(caplog: pytest.LogCaptureFixture) 
 
 def test_soft_timeout_still_works_after_math_verify() -> None:
     V.warm_up()
-    pid = V._helper.proc.pid  # type: ignore[union-attr]
+    pid = H._helper.proc.pid  # type: ignore[union-attr]
     starts = verifier_stats()["verify/helper_starts"]
     assert verify("\\boxed{[2, 3]}", "2 \\le t \\le 3") is True  # decided by Math-Verify in the helper
     before = verifier_stats()["verify/timeouts"]
@@ -551,30 +570,30 @@ def test_soft_timeout_still_works_after_math_verify() -> None:
     assert time.monotonic() - start < 5.0
     assert verifier_stats()["verify/timeouts"] == before + 1
     # the helper interrupted itself (soft timeout) and stayed alive: no kill, no restart
-    assert V._helper.proc.pid == pid and verifier_stats()["verify/helper_starts"] == starts  # type: ignore[union-attr]
+    assert H._helper.proc.pid == pid and verifier_stats()["verify/helper_starts"] == starts  # type: ignore[union-attr]
 
 
 def test_hard_timeout_kills_and_restarts_helper(monkeypatch: pytest.MonkeyPatch) -> None:
     V.warm_up()
-    old_pid = V._helper.proc.pid  # type: ignore[union-attr]
+    old_pid = H._helper.proc.pid  # type: ignore[union-attr]
     starts = verifier_stats()["verify/helper_starts"]
-    monkeypatch.setattr(V, "_SOFT_TIMEOUT_FRACTION", 100.0)  # the helper will not interrupt itself
+    monkeypatch.setattr(H, "_SOFT_TIMEOUT_FRACTION", 100.0)  # the helper will not interrupt itself
     start = time.monotonic()
     assert verify("\\boxed{8^{8^{9}}}", "5", timeout_s=0.5) is False
     assert time.monotonic() - start < 5.0
     assert _wait_gone(old_pid)
-    monkeypatch.setattr(V, "_SOFT_TIMEOUT_FRACTION", 0.8)
+    monkeypatch.setattr(H, "_SOFT_TIMEOUT_FRACTION", 0.8)
     assert verify("\\boxed{\\sqrt{64}}", "8") is True
     assert verifier_stats()["verify/helper_starts"] == starts + 1
-    assert V._helper.proc.pid != old_pid  # type: ignore[union-attr]
+    assert H._helper.proc.pid != old_pid  # type: ignore[union-attr]
 
 
 def test_helper_start_failure_is_wrong_not_fatal(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     V.shutdown()
-    V._cache.clear()  # the pairs below must reach the (failing) helper, not earlier verdicts
-    monkeypatch.setattr(V, "_helper_disabled_until", 0.0)
+    H._cache.clear()  # the pairs below must reach the (failing) helper, not earlier verdicts
+    monkeypatch.setattr(H, "_helper_disabled_until", 0.0)
     monkeypatch.setattr(sys, "executable", "/bin/false")  # the helper dies at once
     with caplog.at_level(logging.ERROR, logger="rlzoo.verifier"):
         assert verify("\\boxed{\\sqrt{9}}", "3") is False
@@ -621,8 +640,8 @@ def test_verify_from_non_main_threads() -> None:
 def _verify_in_worker(_: int) -> tuple[bool, bool, int]:
     right = verify("\\boxed{2\\sqrt{2}}", "\\sqrt{8}")
     wrong = verify("\\boxed{2\\sqrt{3}}", "\\sqrt{8}")
-    assert V._helper is not None and V._helper.proc is not None
-    return right, wrong, V._helper.proc.pid
+    assert H._helper is not None and H._helper.proc is not None
+    return right, wrong, H._helper.proc.pid
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -631,18 +650,19 @@ def test_verify_inside_daemonic_pool_worker() -> None:
     with mp.get_context("fork").Pool(1) as pool:
         right, wrong, helper_pid = pool.apply(_verify_in_worker, (0,))
     assert (right, wrong) == (True, False)
-    assert helper_pid != V._helper.proc.pid  # type: ignore[union-attr]
+    assert helper_pid != H._helper.proc.pid  # type: ignore[union-attr]
     assert _wait_gone(helper_pid)  # the worker's helper exits with the worker (pipe closed)
 
 
 def test_helper_does_not_outlive_interpreter() -> None:
-    path = REPO / "rlzoo" / "rewards" / "verifier.py"
+    folder = REPO / "rlzoo" / "rewards" / "verifier"  # loaded by path, as a package of another name
     code = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('v', {str(path)!r})\n"
-        "v = importlib.util.module_from_spec(spec); spec.loader.exec_module(v)\n"
+        f"spec = importlib.util.spec_from_file_location('v', {str(folder / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(folder)!r}])\n"
+        "v = importlib.util.module_from_spec(spec); sys.modules['v'] = v; spec.loader.exec_module(v)\n"
         "assert v.verify('\\\\sqrt{4}', '2')\n"
-        "print(v._helper.proc.pid)\n"
+        "print(v.helper._helper.proc.pid)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert _wait_gone(int(out.stdout.strip()))

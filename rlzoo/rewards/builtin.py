@@ -30,6 +30,10 @@ from typing import Callable
 
 from rlzoo.interface import Example
 from rlzoo.registry import register_reward
+from rlzoo.sandbox import DEFAULT_LIMITS
+
+TIMEOUT_S = 5.0  # seconds a reward gives each program by default (tool calls in generation: generation.tool_timeout_s)
+MEMORY_MB = DEFAULT_LIMITS.memory_mb  # the sandbox's address-space cap
 
 
 @register_reward("rule")
@@ -119,8 +123,8 @@ def program(
     *,
     correct: float = 1.0,
     wrong: float = 0.0,
-    timeout_s: float = 5.0,
-    memory_mb: int = 512,
+    timeout_s: float = TIMEOUT_S,
+    memory_mb: int = MEMORY_MB,
     site_packages: bool = False,
     bare_code: bool = False,
 ) -> float:
@@ -162,7 +166,7 @@ def _program_output(completion: str, timeout_s: float, memory_mb: int, site_pack
 
 
 def _program_answer(
-    prompt: str, completion: str, example: Example, *, timeout_s: float = 5.0, memory_mb: int = 512,
+    prompt: str, completion: str, example: Example, *, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB,
     site_packages: bool = False, bare_code: bool = False, **_: object,
 ) -> str | None:
     """The answer ``program`` grades: what the program prints last (memoised, so no second run)."""
@@ -232,8 +236,8 @@ def any_format(
     *,
     correct: float = 1.0,
     wrong: float = 0.0,
-    timeout_s: float = 5.0,
-    memory_mb: int = 512,
+    timeout_s: float = TIMEOUT_S,
+    memory_mb: int = MEMORY_MB,
 ) -> float:
     """Grades a completion in whichever format it is written: for models trained on a format mix.
 
@@ -259,7 +263,7 @@ def _grader(completion: str, timeout_s: float, memory_mb: int) -> tuple[str, Cal
     return fmt, {"cot": rule, "pot": program, "tir": tool}[fmt], kwargs
 
 
-def _any_format_answer(prompt: str, completion: str, example: Example, *, timeout_s: float = 5.0, memory_mb: int = 512, **_: object) -> str | None:
+def _any_format_answer(prompt: str, completion: str, example: Example, *, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB, **_: object) -> str | None:
     """The answer ``any_format`` grades: the answer of the reward of the completion's format."""
     _, grader, kwargs = _grader(completion, timeout_s, memory_mb)
     return grader.answer(prompt, completion, example, **kwargs)

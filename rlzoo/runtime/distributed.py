@@ -9,7 +9,10 @@ single process takes on the whole batch.
 
 Metrics are reduced before the main process logs them (:class:`MetricsReducer`): time by max over
 ranks, ``*_max`` / ``*_min`` by max / min, keys whose last part starts with ``num_`` by sum, and
-every other value as a mean weighted by the rows it was measured on.
+every other value as a weighted mean (:func:`metric_weight`): a mean over tokens (a
+:class:`~rlzoo.functional.TokenMean`, what ``masked_mean`` returns) weighted by its tokens, any
+other value by the rows it was measured on. So ``kl/k3`` or ``policy/clip_frac`` is the mean over
+every trained token of the batch, whatever its split into micro-batches and processes.
 
 On one process (no ``torch.distributed`` group) every operation is the identity.
 """
@@ -21,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+
+from rlzoo.functional import TokenMean
 
 
 class Dist:
@@ -89,10 +94,16 @@ def reduction(key: str) -> str:
     return "mean"
 
 
+def metric_weight(value: float, rows: float) -> float:
+    """The weight of one measurement of a metric in a mean: its tokens for a mean over tokens
+    (:class:`~rlzoo.functional.TokenMean`), else ``rows``, the rows it was measured on."""
+    return value.tokens if isinstance(value, TokenMean) else rows
+
+
 class MetricsReducer:
-    """Collects a step's metrics on each rank, weighted by the rows they were measured on, and
-    reduces them over ranks (:func:`reduction`). Non-finite values are kept (the non-finite guard
-    reads them); ``None`` is skipped."""
+    """Collects a step's metrics on each rank, with their weights (:func:`metric_weight`; ``weight``
+    is the rows they were measured on), and reduces them over ranks (:func:`reduction`).
+    Non-finite values are kept (the non-finite guard reads them); ``None`` is skipped."""
 
     def __init__(self) -> None:
         self.values: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -100,7 +111,7 @@ class MetricsReducer:
     def add(self, metrics: dict[str, float], weight: float = 1.0) -> None:
         for k, v in metrics.items():
             if v is not None:
-                self.values[k].append((float(v), float(weight)))
+                self.values[k].append((float(v), float(metric_weight(v, weight))))
 
     def reduce(self, dist: Dist) -> dict[str, float]:
         """The step's metrics over every rank (the same dict on every rank)."""

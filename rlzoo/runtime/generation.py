@@ -4,7 +4,8 @@ Prompts are left-padded so every row's completion starts at the same column; Hug
 ``generate`` samples G completions per prompt with the KV cache, temperature and top-p, and stops
 each row at EOS (later positions are padding). Each row is sampled with its own seed
 (:mod:`rlzoo.runtime.sampling`), so its tokens do not depend on the other rows. The returned batch
-has ``loss_mask`` = 1 on the generated tokens up to and including EOS, ``rewards`` = NaN (the data
+has ``loss_mask`` = 1 on the generated tokens up to and including EOS (a pad id sampled before EOS
+included: padding is found by position, :func:`completion_mask`), ``rewards`` = NaN (the data
 source scores them), ``sample_logprobs`` the sampler's log-probs and ``temperature`` the
 temperature every later log-prob of these tokens is taken at.
 
@@ -24,19 +25,41 @@ from rlzoo.runtime.sampling import generate, row_seeds
 
 
 
-def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids and mask, [P, Lp] each."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+def encode_texts(tokenizer, texts: list[str], device, padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded token ids and attention mask of ``texts``, [P, L] each ([0, 0] for no text: a rank
+    may hold no question)."""
+    if not texts:
+        empty = torch.zeros(0, 0, dtype=torch.long, device=device)
+        return empty, empty.clone()
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side, add_special_tokens=False)
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """[N, L] 1 on generated tokens up to and including the first EOS (0 after it)."""
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask, [P, Lp] each."""
+    return encode_texts(tokenizer, prompts, device, "left")
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, L] 1 on generated tokens up to and including the first EOS (0 after it) and before the
+    row's generated length ``lengths`` [N] (default L: the right padding that joins chunks of
+    different widths is not generated).
+
+    Padding is found by position, never by token id: a pad id sampled before EOS is a real token
+    of the completion (with real tokenizers pad is often EOS itself, or an ordinary token such as
+    Qwen's ``<|endoftext|>``). It stays in the loss and in attention, as ``generate`` attended it
+    when it sampled the tokens after it; Hugging Face ``generate`` pads a row only after its EOS.
+
+    >>> completion_mask(torch.tensor([[5, 0, 2, 0], [5, 6, 7, 0]]), eos_id=2, lengths=torch.tensor([4, 3]))
+    tensor([[1, 1, 1, 0],
+            [1, 1, 1, 0]])
+    """
     is_eos = completion_ids == eos_id  # [N, L]
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [N, L] strictly after the first EOS
-    mask = ~after_eos
-    if pad_id != eos_id:
-        mask &= completion_ids != pad_id
+    mask = ~after_eos  # [N, L]
+    if lengths is not None:
+        positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)  # [L]
+        mask &= positions[None, :] < lengths.to(completion_ids.device)[:, None]  # [N, L]
     return mask.long()  # [N, L]
 
 
@@ -84,8 +107,8 @@ def sample(
 
             completion, comp_mask, gen_mask, logprobs, extras = generate_with_tools(lm, tokenizer, rep_prompt, rep_pmask, cfg, seeds)
         else:
-            completion, logprobs = _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds)
-            comp_mask = gen_mask = completion_mask(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)  # [N, L]
+            completion, lengths, logprobs = _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds)
+            comp_mask = gen_mask = completion_mask(completion, tokenizer.eos_token_id, lengths)  # [N, L]
             extras = {}
     finally:
         lm.train(was_training)
@@ -96,7 +119,7 @@ def sample(
         input_ids=torch.cat([rep_prompt, completion], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([rep_pmask, comp_mask], dim=1),  # [N, Lp + L]
         loss_mask=torch.cat([zeros, gen_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.tensor(group_ids, device=device).repeat_interleave(num_samples),  # [N]
+        group_ids=torch.tensor(group_ids, dtype=torch.long, device=device).repeat_interleave(num_samples),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
         sample_logprobs=None if logprobs is None else torch.cat([zeros.float(), logprobs * gen_mask], dim=1),  # [N, Lp + L]
         extras=extras,
@@ -107,11 +130,11 @@ def sample(
 
 
 def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, seeds):
-    """(completion ids [N, L] right-padded, sampling-time log-probs [N, L] or None), in chunks of
-    at most ``cfg.batch_size`` rows (whole prompts)."""
+    """(completion ids [N, L] right-padded, each row's generated width [N], sampling-time log-probs
+    [N, L] or None), in chunks of at most ``cfg.batch_size`` rows (whole prompts)."""
     rows_per_call = max(num_samples, cfg.batch_size // num_samples * num_samples)
     prompts_per_call = max(1, rows_per_call // num_samples)
-    pieces, logprobs = [], []
+    pieces, logprobs = [prompt_ids[:0, :0]], [torch.zeros(0, 0, device=prompt_ids.device)]  # [0, 0]: no prompt, no row
     for start in range(0, len(prompt_ids), prompts_per_call):
         stop = min(start + prompts_per_call, len(prompt_ids))
         new, lp = generate(
@@ -123,9 +146,10 @@ def _generate_plain(lm, tokenizer, prompt_ids, prompt_mask, num_samples, cfg, se
     width = max(p.shape[1] for p in pieces)
     pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
     completion = torch.cat([pad(p, tokenizer.pad_token_id) for p in pieces])  # [N, L]
+    lengths = torch.tensor([p.shape[1] for p in pieces for _ in range(len(p))], dtype=torch.long, device=completion.device)  # [N]
     if any(lp is None for lp in logprobs):
-        return completion, None
-    return completion, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
+        return completion, lengths, None
+    return completion, lengths, torch.cat([pad(lp, 0.0) for lp in logprobs])  # [N, L]
 
 
 def encode_pairs(tokenizer, examples: list[Example], completions: list[str], device, group_ids: list[int] | None = None) -> RolloutBatch:
@@ -133,20 +157,13 @@ def encode_pairs(tokenizer, examples: list[Example], completions: list[str], dev
 
     Each row is its own group (``group_ids``, default 0, 1, ...)."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [ex.prompt for ex in examples], device)  # [N, Lp]
-    enc = tokenizer(
-        [c + tokenizer.eos_token for c in completions],
-        return_tensors="pt",
-        padding=True,
-        padding_side="right",
-        add_special_tokens=False,
-    )
-    comp_ids, comp_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # [N, L]
+    comp_ids, comp_mask = encode_texts(tokenizer, [c + tokenizer.eos_token for c in completions], device, "right")  # [N, L]
     n = len(examples)
     return RolloutBatch(
         input_ids=torch.cat([prompt_ids, comp_ids], dim=1),  # [N, Lp + L]
         attention_mask=torch.cat([prompt_mask, comp_mask], dim=1),  # [N, Lp + L]
         loss_mask=torch.cat([torch.zeros_like(prompt_mask), comp_mask], dim=1).float(),  # [N, Lp + L]
-        group_ids=torch.arange(n, device=device) if group_ids is None else torch.tensor(group_ids, device=device),  # [N]
+        group_ids=torch.arange(n, device=device) if group_ids is None else torch.tensor(group_ids, dtype=torch.long, device=device),  # [N]
         rewards=torch.full((n,), float("nan"), device=device),  # [N]
         completions=list(completions),
         examples=list(examples),

@@ -17,7 +17,10 @@ are ``-inf`` everywhere but there, so ``generate`` runs in greedy mode and takes
 records, at sampling time, the log-prob of every chosen token under ``softmax(logits / T)``: the
 distribution sampled from, before top-p truncation, which is what the training log-prob path
 computes (``RolloutBatch.sample_logprobs``). With ``top_p < 1`` the sampled distribution is the
-truncated one: that gap is documented in docs/distributed.md.
+truncated one: that gap is documented in docs/distributed.md. Every token of the vocabulary can
+be drawn, the pad id included (with real tokenizers it is often EOS or an ordinary token);
+:func:`rlzoo.runtime.generation.completion_mask` finds padding by position, not by id, so a
+sampled pad stays in the completion.
 
 Processors a model's own ``generation_config`` could add (a repetition penalty, n-gram bans) would
 make the sampled distribution differ from ``logits / T``; :func:`generate` switches the common

@@ -211,15 +211,16 @@ def generate_with_tools(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask:
     width = max([len(r.tokens) for r in rows] + [0])
 
     def padded(values: list[list], pad_value, dtype=torch.long) -> torch.Tensor:
-        return torch.tensor([v + [pad_value] * (width - len(v)) for v in values], dtype=dtype, device=device)  # [N, L]
+        rows = [v + [pad_value] * (width - len(v)) for v in values]
+        return torch.tensor(rows, dtype=dtype, device=device).reshape(len(rows), width)  # [N, L] ([0, 0] for no row)
 
     completion = padded([r.tokens for r in rows], tokenizer.pad_token_id)  # [N, L]
     attention = padded([[1] * len(r.tokens) for r in rows], 0)  # [N, L]
     generated = padded([r.generated for r in rows], 0)  # [N, L]
     logprobs = padded([r.logprobs for r in rows], 0.0, torch.float)  # [N, L]
     extras = {
-        "tool_calls": torch.tensor([r.calls for r in rows], device=device),  # [N]
-        "tool_failures": torch.tensor([r.failures for r in rows], device=device),  # [N]
+        "tool_calls": torch.tensor([r.calls for r in rows], dtype=torch.long, device=device),  # [N]
+        "tool_failures": torch.tensor([r.failures for r in rows], dtype=torch.long, device=device),  # [N]
         "tool_seconds": torch.tensor([r.seconds for r in rows], dtype=torch.float, device=device),  # [N]
     }
     return completion, attention, generated, logprobs, extras

@@ -24,9 +24,10 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
+from rlzoo.functional import TokenMean
 from rlzoo.interface import RolloutBatch
 from rlzoo.losses import AGG_MODES, aggregate, surrogate_loss
-from rlzoo.runtime.distributed import Dist
+from rlzoo.runtime.distributed import Dist, metric_weight
 
 
 @dataclass
@@ -185,21 +186,34 @@ def minibatch_rows(batch: RolloutBatch, minibatches: int, group_coupled: bool, g
     return [sorted(canonical[j][2] for j in c.tolist() if canonical[j][1] == dist.rank) for c in chunks]
 
 
-class _RowMeans:
-    """Row-weighted sums of per-micro-batch diagnostics on this rank."""
+class _Means:
+    """Weighted sums of per-micro-batch diagnostics on this rank: a mean over tokens
+    (:class:`~rlzoo.functional.TokenMean`) weighted by its tokens, any other value by the rows of
+    its micro-batch (:func:`~rlzoo.runtime.distributed.metric_weight`). Non-finite values are left out."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
         self.weights: dict[str, float] = defaultdict(float)
+        self.token_means: set[str] = set()
 
-    def add(self, metrics: dict[str, float], weight: float) -> None:
+    def add(self, metrics: dict[str, float], rows: float) -> None:
         for k, v in metrics.items():
             if v is not None and math.isfinite(v):
-                self.sums[k] += v * weight
+                weight = metric_weight(v, rows)
+                self.sums[k] += float(v) * weight
                 self.weights[k] += weight
+                if isinstance(v, TokenMean):
+                    self.token_means.add(k)
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        """Each metric's mean; a mean over tokens stays a TokenMean of all its tokens, so that the
+        reduction over processes weights it by them too."""
+        out = {}
+        for k, total in self.sums.items():
+            if self.weights[k] > 0:
+                mean = total / self.weights[k]
+                out[k] = TokenMean(mean, self.weights[k]) if k in self.token_means else mean
+        return out
 
 
 def train_on_batch(
@@ -214,12 +228,15 @@ def train_on_batch(
 ) -> tuple[dict[str, float], float, dict[str, float]]:
     """All policy updates on one prepared batch (this rank's rows of it).
 
-    Returns (row-weighted means of this rank's diagnostics, the rows they weigh, global metrics
-    that are already the same on every rank: losses, gradient norms, skipped steps).
+    Returns (means of this rank's diagnostics, the rows they weigh, global metrics that are
+    already the same on every rank: losses, gradient norms, skipped steps). A diagnostic that is a
+    mean over tokens (``masked_mean``) is averaged over micro-batches by tokens and returned as a
+    :class:`~rlzoo.functional.TokenMean` of all of them (the rows do not weigh it), so it is the
+    same whatever the micro-batch size and the process count.
     """
     acc, dist = rt.accelerator, rt.dist
     splitter = split_groups if algorithm.group_coupled else split_rows
-    meter = _RowMeans()
+    meter = _Means()
     losses = torch.zeros(3, dtype=torch.float64)  # this rank's share of the policy and extra losses, summed over steps; has-extra
     norms: dict[str, list[float]] = defaultdict(list)
     steps = skipped = overflows = 0
