@@ -62,6 +62,7 @@ LEARNING_RATE = Range(0, 1, lo_open=True)  # above 1 AdamW moves every weight by
 FORMATS = ("cot", "pot", "tir")  # solution formats (rlzoo.data.templates.FORMATS)
 # optim.schedule -> the transformers.get_scheduler name (each warms up from 0 over warmup_steps)
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+TOOL_TIMEOUT_S = 10.0  # default limit of a program run by a tool call, in training and evaluation (the paper's 10 s)
 
 
 def allowed(default: Any, rule: Optional[Range] = None, choices: Optional[tuple] = None) -> Any:
@@ -132,7 +133,7 @@ class GenerationConfig:
     top_p: float = allowed(1.0, NUCLEUS)  # nucleus sampling mass
     batch_size: int = allowed(256, AT_LEAST_1)  # sequences generated at once (prompts * samples); bounds memory
     tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated rollouts: code blocks run per completion, at most (0 = off; see rlzoo.runtime.tools)
-    tool_timeout_s: float = allowed(10.0, POSITIVE)  # wall-clock limit of each program run by a tool call (the paper's 10 s)
+    tool_timeout_s: float = allowed(TOOL_TIMEOUT_S, POSITIVE)  # wall-clock limit of each program run by a tool call
     tool_output_max_chars: int = allowed(512, AT_LEAST_1)  # a tool output longer than this is cut (then "..."); tokens also count in max_new_tokens
 
 
@@ -274,7 +275,7 @@ class EvalConfig:
     batch_size: int = allowed(256, AT_LEAST_1)  # sequences generated at once
     reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
     tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
-    tool_timeout_s: float = allowed(10.0, POSITIVE)  # wall-clock limit of each program run by a tool call
+    tool_timeout_s: float = allowed(TOOL_TIMEOUT_S, POSITIVE)  # wall-clock limit of each program run by a tool call
 
 
 @dataclass

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,15 +71,29 @@ def rlzoo_grader() -> Grader:
 
 
 def revision_grader(rev: str) -> tuple[Grader, Callable[[], None]]:
-    """``verify`` of ``rlzoo/rewards/verifier.py`` as it was at git revision ``rev``."""
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:rlzoo/rewards/verifier.py"],
+    """``verify`` of the verifier as it was at git revision ``rev``.
+
+    The package ``rlzoo/rewards/verifier/`` (or, before it was split, the file ``verifier.py``) is
+    written to a temporary folder and loaded by path under a name of its own.
+    """
+    tmp = tempfile.mkdtemp(prefix="verifier_at_")
+    name = f"verifier_at_{re.sub(r'[^0-9A-Za-z_]', '_', rev)}"
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", rev, "rlzoo/rewards/verifier/"],
         capture_output=True, text=True, check=True,
-    ).stdout
-    tmp = tempfile.NamedTemporaryFile("w", suffix="_verifier.py", delete=False)
-    tmp.write(source)
-    tmp.close()
-    spec = importlib.util.spec_from_file_location(f"verifier_at_{rev.replace('~', '_')}", tmp.name)
+    ).stdout.split()
+    paths = [p for p in listed if p.endswith(".py")] or ["rlzoo/rewards/verifier.py"]
+    for path in paths:
+        source = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True
+        ).stdout
+        Path(tmp, os.path.basename(path)).write_text(source)
+    if paths == ["rlzoo/rewards/verifier.py"]:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(tmp, "verifier.py"))
+    else:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(tmp, "__init__.py"), submodule_search_locations=[tmp]
+        )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -86,7 +101,7 @@ def revision_grader(rev: str) -> tuple[Grader, Callable[[], None]]:
 
     def cleanup() -> None:
         module.shutdown()
-        os.unlink(tmp.name)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     return (lambda pred, gold: module.verify(pred, gold)), cleanup
 
