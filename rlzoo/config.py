@@ -48,7 +48,7 @@ class NoiseConfig:
     are drawn does not depend on these settings."""
 
     rate: float = 0.0  # share of eligible training cot solutions that are corrupted (0 = clean demonstrations)
-    kinds: dict[str, float] = field(default_factory=lambda: {"skip_last": 1.0, "wrong_box": 1.0, "slip": 1.0})  # corruptions by weight: skip_last, wrong_box, slip
+    kinds: dict[str, float] = field(default_factory=dict)  # corruptions by weight, of skip_last, wrong_box, slip (empty = the three equally)
     ops: list[int] = field(default_factory=list)  # only problems with these operation counts are eligible (empty = every problem)
     max_slip: int = 2  # slip: the slipped step's result is off by 1..max_slip
 
@@ -387,7 +387,7 @@ def _cross_checks(obj: Any, where: str) -> None:
     if isinstance(obj, NoiseConfig):
         if unknown := sorted(set(obj.kinds) - set(NOISE_KINDS)):
             fail("kinds", f"unknown '{unknown[0]}'; known: {', '.join(NOISE_KINDS)}")
-        if any(not (w >= 0 and math.isfinite(w)) for w in obj.kinds.values()) or (obj.rate > 0 and sum(obj.kinds.values()) <= 0):
+        if any(not (w >= 0 and math.isfinite(w)) for w in obj.kinds.values()) or (obj.kinds and sum(obj.kinds.values()) <= 0):
             fail("kinds", f"{dict(obj.kinds)} needs finite non-negative weights with a positive sum")
         if any(k < 1 for k in obj.ops):
             fail("ops", f"{list(obj.ops)}: every operation count must be >= 1")

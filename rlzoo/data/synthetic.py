@@ -216,7 +216,7 @@ class SyntheticTask:
             raise ValueError("task.synthetic.ops_weights needs one non-negative weight per operation count min_ops..max_ops")
         noise = cfg.noise if isinstance(cfg.noise, NoiseConfig) else NoiseConfig(**cfg.noise)
         if not 0 <= noise.rate <= 1 or (set(noise.kinds) - set(NOISE_KINDS)) or any(w < 0 for w in noise.kinds.values()) or (
-            noise.rate > 0 and sum(noise.kinds.values()) <= 0
+            noise.kinds and sum(noise.kinds.values()) <= 0
         ):
             raise ValueError(f"task.synthetic.noise needs rate in [0, 1] and non-negative weights of {', '.join(NOISE_KINDS)}")
         self.noise = noise
@@ -244,14 +244,15 @@ class SyntheticTask:
         pick = random.Random(f"format-mix/{seed}") if len(self.formats) > 1 else None
         noise = self.noise
         noisy = random.Random(f"noise/{seed}") if noise.rate > 0 else None
-        kinds = [k for k, w in noise.kinds.items() if w > 0]
+        weights = dict(noise.kinds) or {k: 1.0 for k in NOISE_KINDS}  # empty: the three kinds equally
+        kinds = [k for k, w in weights.items() if w > 0]
         while True:
             fmt = pick.choices(self.formats, self.weights)[0] if pick else self.formats[0]
             ex = self._draw(rng, 1, exclude=self._eval_questions, fmt=fmt)[0][0]
             # one uniform draw per problem, whatever its format, so the noise of problem i never
             # depends on the formats or operation counts of the problems before it
             if noisy is not None and noisy.random() < noise.rate and fmt == "cot" and (not noise.ops or ex.meta["ops"] in noise.ops):
-                kind = noisy.choices(kinds, [noise.kinds[k] for k in kinds])[0]
+                kind = noisy.choices(kinds, [weights[k] for k in kinds])[0]
                 ex = corrupt(ex, kind, random.Random(f"noise/{seed}/{noisy.random()}"), noise.max_slip)
             yield ex
 
