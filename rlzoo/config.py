@@ -60,6 +60,7 @@ NUCLEUS = Range(0, 1, lo_open=True)
 FINITE = Range(-math.inf, math.inf)  # rejects NaN and infinities
 LEARNING_RATE = Range(0, 1, lo_open=True)  # above 1 AdamW moves every weight by more than 1 per step
 FORMATS = ("cot", "pot", "tir")  # solution formats (rlzoo.data.templates.FORMATS)
+NOISE_KINDS = ("skip_last", "wrong_box", "slip")  # corruptions of task.synthetic.noise (rlzoo.data.synthetic.corrupt)
 # optim.schedule -> the transformers.get_scheduler name (each warms up from 0 over warmup_steps)
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 TOOL_TIMEOUT_S = 10.0  # default limit of a program run by a tool call, in training and evaluation (the paper's 10 s)
@@ -97,6 +98,19 @@ class TinyModelConfig:
 
 
 @dataclass
+class NoiseConfig:
+    """Imperfect demonstrations (docs/data.md): a share of the training chain-of-thought solutions
+    is corrupted, as real instruction data has wrong solutions. Each example's ``answer`` stays the
+    true one (rewards grade against it), held-out problems are never corrupted, and which problems
+    are drawn does not depend on these settings."""
+
+    rate: float = allowed(0.0, UNIT)  # share of eligible training cot solutions that are corrupted (0 = clean demonstrations)
+    kinds: dict[str, float] = field(default_factory=dict)  # corruptions by weight, of skip_last, wrong_box, slip (empty = the three equally)
+    ops: list[int] = field(default_factory=list)  # only problems with these operation counts are eligible (empty = every problem)
+    max_slip: int = allowed(2, AT_LEAST_1)  # slip: the slipped step's result is off by 1..max_slip
+
+
+@dataclass
 class SyntheticConfig:
     """Difficulty and size of the embedded task."""
 
@@ -112,6 +126,7 @@ class SyntheticConfig:
     format_mix: dict[str, float] = field(default_factory=dict)  # training formats by weight, e.g. {cot: 0.5, pot: 0.25, tir: 0.25}; overrides format
     eval_format: Optional[str] = allowed(None, choices=FORMATS)  # format of the held-out set; None = format
     format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # corrupt a share of the training cot solutions (off by default)
 
 
 @dataclass
@@ -355,6 +370,13 @@ def _cross_checks(obj: Any, where: str) -> None:
         fail("num_heads", f"{obj.num_heads} heads do not divide hidden_size {obj.hidden_size}")
     if isinstance(obj, SyntheticConfig) and obj.min_ops > obj.max_ops:
         fail("min_ops", f"{obj.min_ops} is more than max_ops {obj.max_ops}")
+    if isinstance(obj, NoiseConfig):
+        if unknown := sorted(set(obj.kinds) - set(NOISE_KINDS)):
+            fail("kinds", f"unknown '{unknown[0]}'; known: {', '.join(NOISE_KINDS)}")
+        if any(not (w >= 0 and math.isfinite(w)) for w in obj.kinds.values()) or (obj.kinds and sum(obj.kinds.values()) <= 0):
+            fail("kinds", f"{dict(obj.kinds)} needs finite non-negative weights with a positive sum")
+        if any(k < 1 for k in obj.ops):
+            fail("ops", f"{list(obj.ops)}: every operation count must be >= 1")
     if isinstance(obj, OptimConfig):
         if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
             fail("betas", f"{list(obj.betas)} must be two numbers in [0, 1)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlzoo.data.files import FileTask, FilesConfig, gsm8k_answer, load_examples
+from rlzoo.config import NOISE_KINDS, NoiseConfig
 from rlzoo.errors import DataError
 from rlzoo.data.synthetic import SyntheticConfig, SyntheticTask, question_key
 from rlzoo.data.templates import TEMPLATES, apply_chat_template, chat_stream, format_prompt
@@ -338,6 +339,102 @@ def test_bad_format_config():
         SyntheticTask(SyntheticConfig(format_mix={"cot": 0.0}))
     with pytest.raises(ValueError, match="task.synthetic.eval_format"):
         SyntheticTask(SyntheticConfig(eval_format="xyz"))
+
+
+# -- imperfect demonstrations: task.synthetic.noise -------------------------------------------------
+
+
+def noisy_task(**noise) -> SyntheticTask:
+    return SyntheticTask(SyntheticConfig(eval_size=32, noise=NoiseConfig(**noise)))
+
+
+def replay(start: int, lines: list[str]) -> tuple[list[tuple[int, str, int, int]], int]:
+    """The equations of a cot solution's lines, as (x, op, b, y), and the boxed value."""
+    eqs = [tuple(int(g) if g.lstrip("-").isdigit() else g for g in re.fullmatch(r"(-?\d+) ([-+*/]) (\d+) = (-?\d+)\.", ln).groups())
+           for ln in lines[:-1]]
+    boxed = int(re.fullmatch(r"The answer is \\boxed\{(-?\d+)\}\.", lines[-1]).group(1))
+    return eqs, boxed
+
+
+def test_noise_never_changes_problems_answers_or_the_held_out_set():
+    clean, noisy = noisy_task(), noisy_task(rate=0.5)
+    assert [asdict(e) for e in noisy.eval_examples()] == [asdict(e) for e in clean.eval_examples()]
+    assert clean.corpus(50) == noisy.corpus(50)  # the tokenizer is the same too
+    a = list(itertools.islice(clean.train_stream(7), 400))
+    b = list(itertools.islice(noisy.train_stream(7), 400))
+    assert [(x.prompt, x.answer, x.meta["steps"]) for x in a] == [(y.prompt, y.answer, y.meta["steps"]) for y in b]
+    for x, y in zip(a, b):  # answer stays the true one; only a corrupted solution differs, and says so
+        assert verify(x.solution, y.answer) and x.answer == str(x.meta["steps"][-1][2])
+        assert (y.solution != x.solution) <= ("noise" in y.meta) and y.meta.get("noise", "skip_last") in NOISE_KINDS
+    assert 150 < sum("noise" in y.meta for y in b) < 250
+    assert not any("noise" in e.meta for e in noisy.eval_examples())
+
+
+def test_noise_is_deterministic_per_seed_and_respects_the_rate():
+    task = noisy_task(rate=0.3, kinds={"skip_last": 1, "wrong_box": 1, "slip": 2})
+    n = 3000
+    stream = list(itertools.islice(task.train_stream(0), n))
+    assert [asdict(e) for e in itertools.islice(task.train_stream(0), 300)] == [asdict(e) for e in stream[:300]]
+    other = [e.meta.get("noise") for e in itertools.islice(task.train_stream(1), 300)]
+    assert other != [e.meta.get("noise") for e in stream[:300]]
+    kinds = Counter(e.meta.get("noise") for e in stream)
+    assert abs((n - kinds[None]) / n - 0.3) < 0.04, kinds  # binomial sd ~ 0.008
+    corrupted = n - kinds[None]
+    for kind, share in [("skip_last", 0.25), ("wrong_box", 0.25), ("slip", 0.5)]:
+        assert abs(kinds[kind] / corrupted - share) < 0.06, kinds
+    assert not any("noise" in e.meta for e in itertools.islice(noisy_task(rate=0.0).train_stream(0), 300))
+    assert all(e.meta.get("noise") == "slip" for e in itertools.islice(noisy_task(rate=1.0, kinds={"slip": 1}).train_stream(0), 50))
+    # empty kinds: the three equally; a config's kinds replaces the default, it is not merged into it
+    assert set(Counter(e.meta["noise"] for e in itertools.islice(noisy_task(rate=1.0).train_stream(0), 300))) == set(NOISE_KINDS)
+    from rlzoo.config import load_config
+    from rlzoo.train import build_task
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "quickstart_cot.yaml", ["task.synthetic.noise={rate: 1.0, kinds: {wrong_box: 1}}"])
+    assert {e.meta["noise"] for e in itertools.islice(build_task(cfg).train_stream(0), 100)} == {"wrong_box"}
+
+
+def test_noise_only_on_the_chosen_operation_counts_and_only_on_cot():
+    task = noisy_task(rate=1.0, ops=[3])
+    for ex in itertools.islice(task.train_stream(2), 300):
+        assert ("noise" in ex.meta) == (ex.meta["ops"] == 3)
+    mixed = SyntheticTask(SyntheticConfig(eval_size=32, format_mix={"cot": 1, "pot": 1}, noise=NoiseConfig(rate=1.0)))
+    for ex in itertools.islice(mixed.train_stream(2), 200):
+        assert ("noise" in ex.meta) == (ex.meta["format"] == "cot")
+
+
+def test_each_noise_kind_does_what_it_says():
+    for kind in NOISE_KINDS:
+        for ex in itertools.islice(noisy_task(rate=1.0, kinds={kind: 1}, max_slip=3).train_stream(4), 300):
+            assert ex.meta["noise"] == kind
+            start, steps = ex.meta["start"], ex.meta["steps"]
+            true = [(x, op, b, y) for x, (op, b, y) in zip([start] + [y for _, _, y in steps], steps)]
+            eqs, boxed = replay(start, ex.solution.removeprefix(" ").split("\n"))
+            if kind == "skip_last":  # every operation but the last, then the value before it boxed
+                assert eqs == true[:-1] and boxed == ([start] + [y for _, _, y in steps])[-2]
+            elif kind == "wrong_box":  # every operation right, an earlier value boxed
+                earlier = [start] + [y for _, _, y in steps[:-1]]
+                assert eqs == true and boxed in earlier
+                assert boxed != int(ex.answer) or all(v == int(ex.answer) for v in earlier)
+            else:  # one result off by 1..max_slip; every later step consistent with the slip
+                wrong = [i for i, (e, t) in enumerate(zip(eqs, true)) if e != t]
+                i = wrong[0]
+                assert len(eqs) == len(true) and [e[1:3] for e in eqs] == [t[1:3] for t in true]
+                assert 1 <= abs(eqs[i][3] - true[i][3]) <= 3 and eqs[i][0] == true[i][0] and eqs[i][3] >= 0
+                for (x, op, b, y), prev in zip(eqs[i + 1:], eqs[i:]):
+                    assert x == prev[3] and y == {"+": x + b, "-": x - b, "*": x * b, "/": x // b}[op]
+                assert boxed == eqs[-1][3]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.synthetic.noise.rate=1.5", r"task.synthetic.noise.rate=1.5 is out of range: it must be in \[0, 1\]"),
+    ("task.synthetic.noise.kinds={skip_first: 1}", "task.synthetic.noise.kinds: unknown 'skip_first'; known: skip_last, wrong_box, slip"),
+    ("task.synthetic.noise.kinds={slip: -1}", "task.synthetic.noise.kinds: .* non-negative weights"),
+    ("task.synthetic.noise.ops=[0]", "task.synthetic.noise.ops: .* must be >= 1"),
+    ("task.synthetic.noise.max_slip=0", "task.synthetic.noise.max_slip=0 is out of range"),
+])
+def test_bad_noise_config_is_one_line(override, message):
+    from rlzoo.config import ConfigError, check_values, load_config
+    with pytest.raises(ConfigError, match=message):
+        check_values(load_config(Path(__file__).parents[1] / "configs" / "quickstart_cot.yaml", [override]))
 
 
 # -- templates -------------------------------------------------------------------------------------

@@ -19,6 +19,16 @@ The prompt says which format is wanted (:data:`PROMPT_SUFFIX`). Training data is
 changes which problems are drawn. With ``format_hint: false`` every prompt is the bare question,
 so a model trained on a mix chooses its format itself (and RL can change that choice).
 
+Imperfect demonstrations (``noise``, :class:`~rlzoo.config.NoiseConfig`): a share ``rate`` of the
+training chain-of-thought solutions is corrupted by :func:`corrupt`, so SFT learns wrong habits
+as it would from real instruction data and RL has something to unlearn. ``skip_last`` drops the
+last operation and boxes the value before it; ``wrong_box`` does every operation but boxes an
+earlier value; ``slip`` gets one step's result off by 1..``max_slip`` and carries the slip
+through the later steps. The example's ``answer`` and ``meta["steps"]`` stay the true ones (the
+reward and the step oracle grade against them) and ``meta["noise"]`` names the corruption. The
+noise is drawn from its own generator seeded by the stream's seed, so it never changes which
+problems are drawn; held-out problems and the tokenizer's corpus are never corrupted.
+
 Difficulty is set by :class:`SyntheticConfig` (operand range, number of operations, which
 operators). The held-out evaluation set is a fixed list drawn from its own seed, in one format
 (``eval_format``); training problems whose question equals an evaluation question (in any format)
@@ -36,7 +46,7 @@ import random
 import re
 from typing import Callable, Iterator
 
-from rlzoo.config import SyntheticConfig
+from rlzoo.config import NOISE_KINDS, NoiseConfig, SyntheticConfig
 from rlzoo.errors import ConfigError
 from rlzoo.interface import Example
 
@@ -131,6 +141,60 @@ def step_oracle(example: Example, steps: list[str]) -> list[bool]:
     return labels
 
 
+def _cot_solution(start: int, steps: list[tuple[str, int, int]], boxed: int) -> str:
+    """A chain-of-thought solution: one ``x op b = y.`` line per step, then ``boxed`` as the answer."""
+    lines, x = [], start
+    for op, b, y in steps:
+        lines.append(f"{x} {op} {b} = {y}.")
+        x = y
+    return " " + "\n".join(lines + [f"The answer is \\boxed{{{boxed}}}."])
+
+
+def _apply(op: str, x: int, b: int) -> int:
+    return {"+": x + b, "-": x - b, "*": x * b, "/": x // b}[op]
+
+
+def corrupt(example: Example, kind: str, rng: random.Random, max_slip: int = 2) -> Example:
+    """``example`` (chain-of-thought) with its solution corrupted by ``kind``; ``answer`` and
+    ``meta["steps"]`` stay true, ``meta["noise"]`` is ``kind``.
+
+    * ``skip_last``: the last operation is left out and the value before it is boxed;
+    * ``wrong_box``: every operation is done, then an earlier value (the start or an intermediate
+      result, one that differs from the answer where there is one) is boxed;
+    * ``slip``: one step's result (drawn uniformly) is off by 1..``max_slip`` (never below 0), and
+      every later step is computed from the slipped value (division rounding down), so the lines
+      are consistent with the slip and the boxed value is usually wrong.
+
+    >>> ex = Example("Q", "6", solution="", meta={"start": 8, "steps": [("-", 6, 2), ("*", 3, 6)], "ops": 2})
+    >>> print(corrupt(ex, "skip_last", random.Random(0)).solution)
+     8 - 6 = 2.
+    The answer is \\boxed{2}.
+    >>> print(corrupt(ex, "wrong_box", random.Random(0)).solution)
+     8 - 6 = 2.
+    2 * 3 = 6.
+    The answer is \\boxed{2}.
+    """
+    start, steps = example.meta["start"], [tuple(s) for s in example.meta["steps"]]
+    values = [start] + [y for _, _, y in steps]  # the value before each step, then the answer
+    if kind == "skip_last":
+        solution = _cot_solution(start, steps[:-1], values[-2])
+    elif kind == "wrong_box":
+        earlier = [v for v in values[:-1] if v != values[-1]] or values[:-1]
+        solution = _cot_solution(start, steps, rng.choice(earlier))
+    elif kind == "slip":
+        i = rng.randrange(len(steps))
+        delta = rng.randint(1, max_slip)
+        y = steps[i][2] + delta if rng.random() < 0.5 or steps[i][2] - delta < 0 else steps[i][2] - delta
+        slipped, x = list(steps[:i]) + [(steps[i][0], steps[i][1], y)], y
+        for op, b, _ in steps[i + 1:]:
+            x = _apply(op, x, b)
+            slipped.append((op, b, x))
+        solution = _cot_solution(start, slipped, x)
+    else:
+        raise ValueError(f"task.synthetic.noise.kinds: unknown '{kind}'; known: {', '.join(NOISE_KINDS)}")
+    return Example(prompt=example.prompt, answer=example.answer, solution=solution, meta={**example.meta, "noise": kind})
+
+
 class SyntheticTask:
     """Generator of problems; ``train_stream(seed)`` never yields a held-out problem."""
 
@@ -151,6 +215,12 @@ class SyntheticTask:
             len(cfg.ops_weights) != cfg.max_ops - cfg.min_ops + 1 or min(cfg.ops_weights) < 0 or sum(cfg.ops_weights) <= 0
         ):
             raise ValueError("task.synthetic.ops_weights needs one non-negative weight per operation count min_ops..max_ops")
+        noise = cfg.noise if isinstance(cfg.noise, NoiseConfig) else NoiseConfig(**cfg.noise)
+        if not 0 <= noise.rate <= 1 or (set(noise.kinds) - set(NOISE_KINDS)) or any(w < 0 for w in noise.kinds.values()) or (
+            noise.kinds and sum(noise.kinds.values()) <= 0
+        ):
+            raise ValueError(f"task.synthetic.noise needs rate in [0, 1] and non-negative weights of {', '.join(NOISE_KINDS)}")
+        self.noise = noise
         self.cfg = cfg
         self.eval_format = cfg.eval_format or cfg.format
         # training formats and their weights (one format with weight 1 without a mix)
@@ -173,9 +243,19 @@ class SyntheticTask:
         """
         rng = random.Random(seed)
         pick = random.Random(f"format-mix/{seed}") if len(self.formats) > 1 else None
+        noise = self.noise
+        noisy = random.Random(f"noise/{seed}") if noise.rate > 0 else None
+        weights = dict(noise.kinds) or {k: 1.0 for k in NOISE_KINDS}  # empty: the three kinds equally
+        kinds = [k for k, w in weights.items() if w > 0]
         while True:
             fmt = pick.choices(self.formats, self.weights)[0] if pick else self.formats[0]
-            yield self._draw(rng, 1, exclude=self._eval_questions, fmt=fmt)[0][0]
+            ex = self._draw(rng, 1, exclude=self._eval_questions, fmt=fmt)[0][0]
+            # one uniform draw per problem, whatever its format, so the noise of problem i never
+            # depends on the formats or operation counts of the problems before it
+            if noisy is not None and noisy.random() < noise.rate and fmt == "cot" and (not noise.ops or ex.meta["ops"] in noise.ops):
+                kind = noisy.choices(kinds, [weights[k] for k in kinds])[0]
+                ex = corrupt(ex, kind, random.Random(f"noise/{seed}/{noisy.random()}"), noise.max_slip)
+            yield ex
 
     def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
         """Texts (prompt + solution) in every format the task uses, to train the tokenizer on.
