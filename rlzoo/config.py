@@ -543,6 +543,11 @@ def merge_section(schema: type, parts: list[Any], where: str) -> DictConfig:
         raise ConfigError(_one_line(e, where)) from None
 
 
+def reward_specs(spec: dict) -> list[dict]:
+    """The reward functions of a reward section (a plain dict): its ``functions``, or itself."""
+    return spec.get("functions") or [spec]
+
+
 def expand_iterative(cfg: DictConfig) -> DictConfig:
     """The stages a run actually runs: ``cfg`` with ``iterative`` written out as stages.
 
@@ -554,16 +559,18 @@ def expand_iterative(cfg: DictConfig) -> DictConfig:
     current policy). ``cfg`` itself is not changed (its stored form stays as the user wrote it).
     """
     it = cfg.iterative
-    if it.iterations <= 1:
-        return cfg
     names = list(cfg.stages)
     rl, rm = it.rl_stage, it.reward_model_stage
-    if rl not in cfg.stages or cfg.stages[rl].kind != "policy":
+    if it.iterations <= 1 and rl is None and rm is None:
+        return cfg
+    if rl not in cfg.stages or cfg.stages[rl].kind != "policy":  # named stages are checked whatever the count
         raise ConfigError(f"iterative.rl_stage: '{rl}' is not a policy stage of this run")
     if rm not in cfg.stages or cfg.stages[rm].kind != "reward_model" or names.index(rm) > names.index(rl):
         raise ConfigError(f"iterative.reward_model_stage: '{rm}' is not a reward-model stage before '{rl}'")
+    if it.iterations <= 1:
+        return cfg
     reward = OmegaConf.to_container(cfg.stages[rl].reward, resolve=True)
-    uses = [f for f in (reward.get("functions") or [reward]) if (f.get("kwargs") or {}).get("model") == rm]
+    uses = [f for f in reward_specs(reward) if (f.get("kwargs") or {}).get("model") == rm]
     if not uses:
         raise ConfigError(f"iterative: stages.{rl}.reward does not use the model of '{rm}' (reward kwargs model: {rm}), "
                           "so retraining it would change nothing")
@@ -583,7 +590,7 @@ def expand_iterative(cfg: DictConfig) -> DictConfig:
             models.append(rm_k)
             if k < it.iterations:
                 again = OmegaConf.create(OmegaConf.to_container(out.stages[rl]))
-                for f in again.reward.functions or [again.reward]:
+                for f in reward_specs(again.reward):
                     if f.kwargs.get("model") == rm:
                         f.kwargs.model = rm_k
                 again.init = None

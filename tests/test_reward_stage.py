@@ -218,6 +218,15 @@ def test_iterative_rl_expands_into_alternating_rl_and_reward_model_stages(tmp_pa
                              iterative={"iterations": 2, "rl_stage": "grpo", "reward_model_stage": "prm"}))
     with pytest.raises(ConfigError, match="does not use the model of 'prm'"):
         expand_iterative(bad)
+    # a misspelt stage name is an error whatever the number of iterations
+    for key, value, message in (("rl_stage", "grpoo", "iterative.rl_stage: 'grpoo' is not a policy stage"),
+                                ("reward_model_stage", "pmr", "iterative.reward_model_stage: 'pmr' is not a reward-model stage")):
+        one = load_config(config(tmp_path, stages, iterative={"iterations": 1, "rl_stage": "grpo", "reward_model_stage": "prm",
+                                                             key: value}))
+        with pytest.raises(ConfigError, match=message):
+            expand_iterative(one)
+    assert expand_iterative(load_config(config(tmp_path, stages, iterative={"iterations": 1, "rl_stage": "grpo",
+                                                                          "reward_model_stage": "prm"}))).stages.keys() == cfg.stages.keys()
 
 
 def test_iterative_rl_runs_and_a_reward_model_stage_killed_mid_training_resumes_exactly(tmp_path):

@@ -67,3 +67,23 @@ def test_stop_rules_by_hand(tmp_path):
     never = StopRules("s", 0, tmp_path)  # max_nonfinite_steps: 0 = never
     for step in range(1, 10):
         never.update(step, {"train/optimizer_steps": 1.0, "train/skipped_nonfinite": 1.0, "reward/skipped_frac": 1.0})
+
+
+def test_a_reward_that_fails_on_one_process_stops_every_process_with_the_same_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_faults import ROOT
+
+    stage = {**GRPO, "steps": 2, "save_every": 0, "reward": {"name": "test_fails_on_rank_1"}}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlzoo",
+                           "train", str(config(tmp_path, {"grpo": stage})), f"output_dir={out}", PLUGINS],
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("rlzoo: error:")]
+    assert len(lines) == 2 and lines[0] == lines[1], proc.stderr[-3000:]  # the same line from both processes
+    assert "reward 'test_fails_on_rank_1' raised ValueError: the grader lost its connection" in lines[0]
+    assert "gloo" not in proc.stderr.lower() and "Connection closed" not in proc.stderr, proc.stderr[-3000:]

@@ -109,18 +109,8 @@ def evaluate(
     mine, keys = examples[block], list(range(block.start, block.stop))
     tools = {"tool_rounds": tool_rounds, "tool_timeout_s": tool_timeout_s, "tool_output_max_chars": tool_output_max_chars}
     record: dict = {"greedy": [], "events": {}, "verdicts": [], "groups": []}
-    if mine:
-        greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
-        values, events = reward.score(mine, greedy.completions, batch=greedy)
-        record["greedy"] = [v is not None and v > 0 for v in values]
-        record["events"] = {e: frac * len(mine) for e, frac in events.items()}
-        if samples > 0:
-            cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size, **tools)
-            batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
-            voted: list = []
-            values, _ = reward.score(batch.examples, batch.completions, answers=voted, batch=batch)
-            record["verdicts"] = [[v is not None and v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
-            record["groups"] = [answer_groups(voted[i * samples : (i + 1) * samples]) for i in range(len(mine))]
+    dist.together(lambda: _evaluate_block(model, tokenizer, mine, keys, reward, record, samples, temperature, top_p,
+                                          max_new_tokens, batch_size, tools, seed))  # a reward's error stops every rank alike
     parts = dist.gather(record)
     n = len(examples)
     greedy_ok = [v for p in parts for v in p["greedy"]]
@@ -134,6 +124,24 @@ def evaluate(
             out[f"pass@{k}"] = sum(pass_at_k(samples, sum(c), k) for c in verdicts) / n
             out[f"maj@{k}"] = sum(maj_at_k(g, c, k) for g, c in zip(groups, verdicts)) / n
     return out
+
+
+def _evaluate_block(model, tokenizer, mine: list[Example], keys: list[int], reward, record: dict, samples: int, temperature: float,
+                    top_p: float, max_new_tokens: int, batch_size: int, tools: dict, seed: int) -> None:
+    """Greedy and sampled answers of this rank's problems ``mine``, graded into ``record``."""
+    if not mine:
+        return
+    greedy = sample(model, tokenizer, mine, 1, GenerationConfig(max_new_tokens, 0.0, 1.0, batch_size, **tools), keys=keys)
+    values, events = reward.score(mine, greedy.completions, batch=greedy)
+    record["greedy"] = [v is not None and v > 0 for v in values]
+    record["events"] = {e: frac * len(mine) for e, frac in events.items()}
+    if samples > 0:
+        cfg = GenerationConfig(max_new_tokens, temperature, top_p, batch_size, **tools)
+        batch = sample(model, tokenizer, mine, samples, cfg, seed=seed, keys=keys)
+        voted: list = []
+        values, _ = reward.score(batch.examples, batch.completions, answers=voted, batch=batch)
+        record["verdicts"] = [[v is not None and v > 0 for v in values[i * samples : (i + 1) * samples]] for i in range(len(mine))]
+        record["groups"] = [answer_groups(voted[i * samples : (i + 1) * samples]) for i in range(len(mine))]
 
 
 def maj_at_k(groups: list[int | None], correct: list[bool], k: int) -> float:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, check_hyperparameters, merge_section
+from rlzoo.config import HYPERPARAMETER_KEYS, TaskConfig, algorithm_config, check_hyperparameters, merge_section, reward_specs
 from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, check_algorithm
 from rlzoo.registry import ALGORITHMS
@@ -110,11 +110,6 @@ def held_out(cfg: DictConfig, examples: list, tokenizer, limit: int | None = Non
 
         subset = apply_chat_template(subset, tokenizer)
     return subset
-
-
-def reward_specs(spec: dict) -> list[dict]:
-    """The reward functions of a reward section, as plain dicts: its ``functions``, or itself."""
-    return spec.get("functions") or [spec]
 
 
 def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = ()):

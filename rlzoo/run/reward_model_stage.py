@@ -53,6 +53,11 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
             stage_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(data_file, lambda f: torch.save(data, f))
     sampled_seconds = time.perf_counter() - t0
+    if ctx.stop.requested(dist):  # a stop request during labelling: the labelled data is saved
+        from rlzoo.errors import Interrupted
+
+        raise Interrupted(f"stopped at reward-model stage {name} after labelling; its labelled data is saved and --resume "
+                          "trains from it")
     train = data["train"]
     replay = replayed(out, list(rm_cfg.replay_from), rm_cfg.replay, len(train), mix_seed(cfg.seed, index, "replay"))
     if replay is not None:

@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import check_values
+from rlzoo.config import check_values, reward_specs
 from rlzoo.errors import ConfigError, DataError
 from rlzoo.interface import Algorithm
 from rlzoo.registry import DATA_SOURCES, load_plugin
-from rlzoo.run.factories import (build_task, make_algorithm, make_eval_reward, make_reward, reward_specs, stage_task_config,
-                                 step_oracle)
+from rlzoo.run.factories import build_task, make_algorithm, make_eval_reward, make_reward, stage_task_config, step_oracle
 from rlzoo.runtime.model_files import check_model_folder
 from rlzoo.runtime.models import resolve_model
 from rlzoo.runtime.trainer import resolve_loss_agg

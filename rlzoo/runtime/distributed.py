@@ -20,7 +20,7 @@ On one process (no ``torch.distributed`` group) every operation is the identity.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as torch_dist
@@ -67,6 +67,22 @@ class Dist:
         out: list[Any] = [None] * self.world
         torch_dist.all_gather_object(out, obj)
         return out
+
+    def together(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on every rank; a user error on any rank is raised on every rank, the same one
+        (the lowest failing rank's), so that every process stops with the same one line instead of
+        the others failing in their next collective. Every rank must call it at the same point."""
+        from rlzoo.errors import UserError
+
+        result, error = None, None
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+        errors = [e for e in self.gather(error) if e is not None] if self.enabled else [error] if error else []
+        if errors:
+            raise errors[0]
+        return result
 
     def barrier(self) -> None:
         if self.enabled:

@@ -75,7 +75,7 @@ def sample_and_score(ctx: SourceContext, examples: list[Example], keys: list[int
     t0 = time.perf_counter()
     batch = ctx.sample(examples, keys, n)
     t1 = time.perf_counter()
-    metrics = ctx.reward.score_batch(batch) if len(batch) else {}
+    metrics = ctx.dist.together(lambda: ctx.reward.score_batch(batch) if len(batch) else {})  # a reward's error stops every rank alike
     metrics.update({"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1})
     if len(batch):
         lengths = batch.completion_lengths.float()  # [N]

@@ -6,6 +6,7 @@ model or one minibatch only, and a reward that gives nothing to train on.
 * ``nan_every_other_sft``: SFT whose coefficients are NaN at every second call (with two
   minibatches a step, one of its two optimizer updates is skipped, the other applied).
 * ``test_none_reward``: a reward that gives no value (None) to any completion.
+* ``test_fails_on_rank_1``: a reward that raises on the second of two processes only.
 """
 
 import torch
@@ -41,3 +42,13 @@ class NanEveryOtherSFT(SFT):
 @register_reward("test_none_reward")
 def none_reward(prompt, completion, example):
     return None
+
+
+@register_reward("test_fails_on_rank_1")
+def fails_on_rank_1(prompt, completion, example):
+    """A reward that raises on the second process only (under torchrun), and gives 0 elsewhere."""
+    import os
+
+    if os.environ.get("RANK") == "1":
+        raise ValueError("the grader lost its connection")
+    return 0.0
