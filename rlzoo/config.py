@@ -58,7 +58,7 @@ POSITIVE = Range(0, lo_open=True)
 UNIT = Range(0, 1)  # a probability
 NUCLEUS = Range(0, 1, lo_open=True)
 FINITE = Range(-math.inf, math.inf)  # rejects NaN and infinities
-LEARNING_RATE = Range(0, 1, lo_open=True)  # above 1 AdamW moves every weight by more than 1 per step
+LEARNING_RATE = Range(0, 0.1, lo_open=True)  # AdamW moves each weight by about lr per step: above 0.1 no LM trains
 FORMATS = ("cot", "pot", "tir")  # solution formats (rlzoo.data.templates.FORMATS)
 NOISE_KINDS = ("skip_last", "wrong_box", "slip")  # corruptions of task.synthetic.noise (rlzoo.data.synthetic.corrupt)
 # optim.schedule -> the transformers.get_scheduler name (each warms up from 0 over warmup_steps)
@@ -214,6 +214,7 @@ class OptimConfig:
     loss_agg_constant: Optional[float] = allowed(None, POSITIVE)  # normaliser of seq-mean-token-sum-norm (default: max_new_tokens)
     value_lr: Optional[float] = allowed(None, LEARNING_RATE)  # learning rate of a value model, when the algorithm has one (None = lr)
     max_nonfinite_steps: int = allowed(3, AT_LEAST_0)  # stop the run after this many steps in a row whose updates were all skipped for a non-finite gradient (0 = never)
+    on_divergence: str = allowed("warn", choices=("warn", "stop", "off"))  # the loss of the last tenth of the stage more than doubled (and +1) from the first tenth: warn, stop, or off
 
 
 @dataclass

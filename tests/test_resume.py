@@ -85,7 +85,7 @@ def test_killed_in_every_stage_and_resumed_equals_the_uninterrupted_run(tmp_path
 def test_resume_refuses_another_config_and_a_folder_without_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     assert rlzoo(out, kill_at=2).returncode == -9
-    proc = subprocess.run([sys.executable, "-m", "rlzoo", "train", *RUN, f"output_dir={out}", "stages.grpo.optim.lr=0.5",
+    proc = subprocess.run([sys.executable, "-m", "rlzoo", "train", *RUN, f"output_dir={out}", "stages.grpo.optim.lr=0.05",
                            "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"rlzoo: error: cannot resume {out} with a different config: 'stages.grpo.optim.lr' differs from the run's "

@@ -87,3 +87,33 @@ def test_a_reward_that_fails_on_one_process_stops_every_process_with_the_same_li
     assert len(lines) == 2 and lines[0] == lines[1], proc.stderr[-3000:]  # the same line from both processes
     assert "reward 'test_fails_on_rank_1' raised ValueError: the grader lost its connection" in lines[0]
     assert "gloo" not in proc.stderr.lower() and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_diverging_loss_warns_or_stops(tmp_path, capsys):
+    import pytest
+
+    from rlzoo.errors import TrainingStopped
+
+    curve = [6.2, 5.0, 4.1, 3.9, 4.5, 6.0, 8.5, 11.0, 12.5, 13.0, 13.2, 13.1]  # lr 1.0's SFT loss: 6.2 -> 13
+    warn = StopRules("sft", 3, tmp_path)
+    for step, loss in enumerate(curve, 1):
+        warn.update(step, {"loss/policy": loss})
+    warn.finish(len(curve))
+    assert "rlzoo: warning: stage sft: loss/policy rose from 6.2 (first 1 steps) to 13.1 (last 1): the training diverged" \
+        in capsys.readouterr().err
+    stop = StopRules("sft", 3, tmp_path, on_divergence="stop")
+    for step, loss in enumerate(curve, 1):
+        stop.update(step, {"loss/policy": loss})
+    with pytest.raises(TrainingStopped, match="stage sft stopped at step 12: loss/policy rose from 6.2"):
+        stop.finish(len(curve))
+    calm = StopRules("grpo", 3, tmp_path, on_divergence="stop")  # an RL loss moving around 0 is no divergence
+    for step, loss in enumerate([0.01, -0.02, 0.3, 0.5, -0.1, 0.2, 0.4, 0.6, 0.2, 0.9, 0.8, 0.7], 1):
+        calm.update(step, {"loss/policy": loss})
+    calm.finish(12)
+
+
+def test_a_learning_rate_no_adamw_run_uses_is_refused(tmp_path):
+    # lr 1.0 drove an SFT loss from 6.2 to 13-32 with exit 0; AdamW moves each weight by about lr a step
+    proc = rlzoo(config(tmp_path, {"sft": {**SFT, "optim": {"lr": 1.0}}}), f"output_dir={tmp_path / 'run'}")
+    line = one_error_line(proc)
+    assert line == "rlzoo: error: stages.sft.optim.lr=1.0 is out of range: it must be in (0, 0.1]", line

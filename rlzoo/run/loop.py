@@ -14,6 +14,7 @@ here, once:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,12 +77,16 @@ class StopRules:
     without step checkpoints: ``checkpoints=False``).
     """
 
-    def __init__(self, name: str, limit: int, stage_dir: Path, *, reward: str = "", checkpoints: bool = True) -> None:
+    def __init__(self, name: str, limit: int, stage_dir: Path, *, reward: str = "", checkpoints: bool = True,
+                 on_divergence: str = "warn", loss: str = "loss/policy") -> None:
         self.name, self.limit, self.stage_dir, self.reward = name, limit, Path(stage_dir), reward
         self.hint = " (save_every)" if checkpoints else ""
         self.nonfinite = self.empty = 0
+        self.on_divergence, self.loss, self.losses = on_divergence, loss, []
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
+        if metrics.get(self.loss) is not None and math.isfinite(metrics[self.loss]):
+            self.losses.append(metrics[self.loss])
         updates = metrics.get("train/optimizer_steps", 0.0)
         skipped = updates > 0 and metrics.get("train/skipped_nonfinite", 0.0) >= updates
         self.nonfinite = self.nonfinite + 1 if skipped else 0
@@ -96,6 +101,24 @@ class StopRules:
         if self.empty >= self.limit:
             self._stop(step, f"{self.empty} steps in a row had nothing to train on: the reward '{self.reward}' skipped every "
                              "completion (it returned None for all of them)")
+
+    def finish(self, step: int) -> None:
+        """At the end of the stage: a loss whose mean over the last tenth of the logged steps is
+        more than twice, and more than 1 above, its mean over the first tenth has diverged (a
+        learning rate too high drives an SFT loss of 6 to 13-32). ``on_divergence``: ``warn``
+        prints one line, ``stop`` stops the run with it (the final folder is not written), ``off``."""
+        n = max(len(self.losses) // 10, 1)
+        if self.on_divergence == "off" or len(self.losses) < 10:
+            return
+        first, last = sum(self.losses[:n]) / n, sum(self.losses[-n:]) / n
+        if last > first + max(1.0, abs(first)):
+            why = (f"stage {self.name}: {self.loss} rose from {first:.3g} (first {n} steps) to {last:.3g} (last {n}): "
+                   "the training diverged (learning rate too high?)")
+            if self.on_divergence == "stop":
+                self._stop(step, why.split(": ", 1)[1])
+            import sys
+
+            print(f"rlzoo: warning: {why}; optim.on_divergence=stop makes this an error", file=sys.stderr, flush=True)
 
     def _stop(self, step: int, why: str) -> None:
         from rlzoo.runtime.checkpoint import checkpoints
@@ -138,6 +161,8 @@ def run_steps(ctx: RunContext, name: str, label: str, *, done: int, steps: int, 
                 save(s)
             raise Interrupted(stopped(s))
     bar.close()
+    if ctx.dist.is_main or rules.on_divergence == "stop":
+        rules.finish(steps)
 
 
 def write_final(ctx: RunContext, name: str, save: Callable[[Path], None], state: dict[str, Any]) -> None:

@@ -46,7 +46,8 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
         return st.autocast(run_eval, cfg, st.lm, tokenizer, ctx.eval_examples, eval_reward, ctx.dist)
 
     run_steps(ctx, name, f"{name} ({stage.algorithm})", done=st.step, steps=stage.steps, global_step=global_step,
-              step=lambda: train_step(st), rules=StopRules(name, stage.optim.max_nonfinite_steps, out / name, reward=reward.name),
+              step=lambda: train_step(st), rules=StopRules(name, stage.optim.max_nonfinite_steps, out / name, reward=reward.name,
+                              on_divergence=stage.optim.on_divergence),
               save=lambda step: st.save(out / name, stage.save_total_limit, ctx.config_yaml), save_every=stage.save_every,
               evaluate=evaluate, eval_every=stage.eval_every,
               stopped=lambda step: f"stopped at stage {name} step {step}; checkpoint {out / name / f'checkpoint-{step}'}; "

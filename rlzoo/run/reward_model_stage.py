@@ -78,7 +78,8 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
         return {**trainer.step(), "time/step": time.perf_counter() - t_step}
 
     run_steps(ctx, name, f"{name} ({rm_cfg.type})", done=0, steps=stage.steps, global_step=global_step, step=step,
-              rules=StopRules(name, ocfg.max_nonfinite_steps, stage_dir, checkpoints=False),
+              rules=StopRules(name, ocfg.max_nonfinite_steps, stage_dir, checkpoints=False, on_divergence=ocfg.on_divergence,
+                              loss="rm/loss"),
               stopped=lambda s: f"stopped at reward-model stage {name} step {s}; its labelled data is saved and --resume "
                                 "restarts its training")
     unwrapped = accelerator.unwrap_model(rm)
