@@ -144,17 +144,24 @@ def damage(folder: Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"{state} is missing" if not state.is_file() else f"{state} is not whole ({reason(e)})"
     for file in sorted(folder.iterdir()):
-        if file.suffix not in TORCH_FILES:
-            continue
-        try:
-            with zipfile.ZipFile(file) as archive:
-                if any(i.header_offset + i.compress_size > file.stat().st_size for i in archive.infolist()):
-                    return f"{file} is cut short"
-        except zipfile.BadZipFile:
-            return f"{file} is cut short (not a whole zip archive, as torch.save writes)"
-        except OSError as e:
-            return f"{file} cannot be read ({reason(e)})"
+        if file.suffix in TORCH_FILES and (problem := torch_file_damage(file)):
+            return problem
     return damaged_safetensors(folder)
+
+
+def torch_file_damage(file: Path) -> str | None:
+    """``FILE is ...`` when a file torch.save wrote (a zip archive) is cut short or unreadable, else None."""
+    from rlzoo.errors import reason
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if any(i.header_offset + i.compress_size > file.stat().st_size for i in archive.infolist()):
+                return f"{file} is cut short"
+    except zipfile.BadZipFile:
+        return f"{file} is cut short (not a whole zip archive, as torch.save writes)"
+    except OSError as e:
+        return f"{file} cannot be read ({reason(e)})"
+    return None
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from rlzoo.errors import RunFolderError, reason, say
-from rlzoo.runtime.checkpoint import CONFIG_NAME, TRAINER_STATE, atomic_write_text, checkpoints, damage, read_state, recover
+from rlzoo.runtime.checkpoint import (CONFIG_NAME, TRAINER_STATE, atomic_write_text, checkpoints, damage, read_state, recover,
+                                     torch_file_damage)
 
 LOCK = "run.lock"
 MARKER = ".rlzoo-run"  # written first into a new run's folder: this folder holds an rlzoo run
@@ -289,7 +290,7 @@ class RunFolder:
                                  f"({RESUME_RULE})")
         summary, point = self.stored_summary(), ResumePoint()
         damaged: list[tuple[Path, str]] = []
-        current = None
+        current, kept = None, None
         for name in stage_names:
             final = self.path / name / "final"
             if (final / TRAINER_STATE).is_file() or (final.with_name("final.old") / TRAINER_STATE).is_file():
@@ -305,9 +306,14 @@ class RunFolder:
                     point.checkpoint = folder
                     break
                 damaged.append((folder, problem))
+            labelled = self.path / name / "data.pt"  # a reward-model stage's samples: labelled again when damaged
+            if labelled.is_file() and (problem := torch_file_damage(labelled)):
+                damaged.append((labelled, problem))
+            elif labelled.is_file():
+                kept = labelled
             break
         point.summary = [s for s in summary if s["name"] in point.trained]
-        if not point.trained and point.checkpoint is None:
+        if not point.trained and point.checkpoint is None and kept is None:
             why = f"its checkpoints are damaged ({damaged[0][1]})" if damaged else \
                 "no checkpoint was written before it stopped (set save_every, or start over with --overwrite)"
             raise RunFolderError(f"nothing to resume in {self.path}: {why}")
@@ -315,8 +321,8 @@ class RunFolder:
             recover(self.path / name)
         if damaged:
             for folder, _ in damaged:
-                shutil.rmtree(folder)
-            again = f"from {point.checkpoint}" if point.checkpoint else "from its start"
+                _remove(folder)
+            again = f"from {point.checkpoint or kept}" if point.checkpoint or kept else "from its start"
             say(f"rlzoo: {damaged[0][1]}: removed {', '.join(f.name for f, _ in damaged)}; stage {current} resumes {again}")
         return point, first_difference(_without(stored, "output_dir"), _without(ours, "output_dir"))
 
