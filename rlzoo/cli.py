@@ -10,22 +10,29 @@
 User mistakes (a missing or damaged file, an unknown key, name or subcommand, a wrong type or a
 value out of range, a broken plugin, a run folder in use or holding a run, a file-system error)
 print one line ``rlzoo: error: ...`` naming the key or file and exit with status 2, without a
-traceback, before any work starts where they can be known then (``rlzoo.run.validate.validate``). SIGINT
-and SIGTERM finish the step, write a checkpoint and exit with status 130.
+traceback, before any work starts where they can be known then (``rlzoo.run.validate.validate``). A disk
+that fills up during a run is one line too, naming the file and the newest checkpoint to resume
+from. SIGINT and SIGTERM finish the step, write a checkpoint and exit with status 130. Every line
+goes to standard error in one write (:func:`rlzoo.errors.say`), so the lines of processes
+launched together never run into one another.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 EXIT_USAGE = 2
-
-
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit
+# how libraries that do not raise OSError say it: safetensors (Rust's io error), torch.save's zip writer
+_NO_ROOM_WORDS = re.compile(r"os error (?:27|28|122)\b|No space left on device|Disk quota exceeded|File too large"
+                            r"|file write failed|unexpected pos \d+ vs \d+")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -36,10 +43,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from rlzoo.train import train
 
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    from rlzoo.errors import UserError
+
+    try:
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Exception as e:  # noqa: BLE001 - a full disk, however the library that met it says so
+        if isinstance(e, UserError) or _no_room(e) is None:
+            raise
+        raise _disk_full_error(e, Path(cfg.output_dir or f"runs/{cfg.name}")) from None
     if int(os.environ.get("RANK", "0")) == 0:  # one table, from the main process of a launched run
         print(format_summary(summary))
     return 0
+
+
+def _no_room(e: BaseException | None) -> BaseException | None:
+    """The exception in ``e``'s chain that says a write found no room, or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno in NO_ROOM) or (not isinstance(e, OSError) and _NO_ROOM_WORDS.search(str(e))):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _disk_full_error(e: BaseException, out: Path):
+    """One line for a run that stopped on a full disk: the file that did not fit and the newest
+    checkpoint, which ``--resume`` continues once there is room."""
+    from rlzoo.errors import RunFolderError, reason
+    from rlzoo.runtime.run_folder import RunFolder
+
+    cause = _no_room(e)
+    if isinstance(cause, OSError) and cause.filename:
+        what = f"{cause.filename}: {cause.strerror or reason(cause)}"
+    else:  # a library's words: say what they mean
+        file = _file_written(e, out)
+        why = re.sub(r"^\[enforce fail at [^\]]*\][ .]*", "", reason(cause))  # torch's C++ location says nothing here
+        what = f"writing {file or f'into {out}'} failed: {why} (no room left to write)"
+    newest = RunFolder(out, is_main=True).newest_checkpoint()
+    then = f"the newest checkpoint is {newest}: make room, then run the same command with --resume" if newest else \
+        "no checkpoint was written: make room, then run the same command with --overwrite"
+    return RunFolderError(f"{what}; {then}")
+
+
+def _file_written(e: BaseException, out: Path) -> str | None:
+    """The file inside ``out`` that the failing call was writing, as the innermost frame of the
+    traceback that holds such a path names it (safetensors and torch.save name no file)."""
+    tb, found = e.__traceback__, None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (str, Path)) and str(value).startswith(str(out) + os.sep) and Path(value).suffix:
+                found = str(value)
+        tb = tb.tb_next
+    return found
 
 
 def format_summary(summary: dict) -> str:
@@ -67,7 +123,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rlzoo.config import check_values, load_config
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import RunConfig, check_values, load_config
     from rlzoo.errors import ConfigError
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.model_files import check_model_folder
@@ -90,8 +148,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     saved = Path(folder) / CONFIG_NAME
     if args.config:  # task and eval settings from a YAML file instead of the checkpoint's own
         cfg = load_config(args.config)
-    else:
-        cfg = load_config(saved if saved.is_file() else None, [] if saved.is_file() else ["stages.eval.steps=0"])
+    elif saved.is_file():  # a stage's folder: the run's task and eval settings
+        cfg = load_config(saved)
+    else:  # any other Hugging Face folder (an exported one): the defaults; a run's stages play no part
+        cfg = OmegaConf.structured(RunConfig)
     overrides = {"samples": args.samples, "num_examples": args.num_examples, "temperature": args.temperature,
                  "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
     for key, value in overrides.items():
@@ -110,7 +170,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.data:
         from rlzoo.data.files import load_examples
 
-        examples = load_examples(args.data, format=args.format or "cot", limit=args.num_examples)
+        # every row read and checked, as training reads a task's files, then the first --num-examples
+        examples = load_examples(args.data, format=args.format or "cot")[: args.num_examples]
     else:
         examples = build_task(cfg).eval_examples()
     if cfg.get("threads"):
@@ -179,7 +240,9 @@ class _Parser(argparse.ArgumentParser):
     are made of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"rlzoo: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        from rlzoo.errors import say
+
+        say(f"rlzoo: error: {message} (see '{self.prog} --help')")
         sys.exit(EXIT_USAGE)
 
 
@@ -188,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run a config's stages in order")
     p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (STAGE.key is short for stages.STAGE.key)")
+    p.add_argument("overrides", nargs="*", default=[],  # a default: argparse calls a '*' positional without one required
+                   help="dotted.key=value overrides (STAGE.key is short for stages.STAGE.key)")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an output folder that holds a run (its files are removed)")
     p.set_defaults(func=_cmd_train)
@@ -212,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("compare", help="train each listed algorithm from one SFT checkpoint over seeds; write a report")
     p.add_argument("config", help="YAML config with a compare: section")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted.key=value overrides")
     p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("export", help="write a stage's final folder as a Hugging Face model (--merge: LoRA merged in)")
     p.add_argument("checkpoint", help="a stage's final folder, e.g. runs/quickstart/grpo/final")
@@ -261,24 +325,24 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # overrides after a flag: rlzoo train CONFIG --resume key=value
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from rlzoo.errors import Interrupted, UserError
+    from rlzoo.errors import Interrupted, UserError, say
 
     _sigterm_is_ctrl_c()
     try:
         return args.func(args)
     except UserError as e:
-        print(f"rlzoo: error: {e}", file=sys.stderr)
+        say(f"rlzoo: error: {e}")
         return EXIT_USAGE
     except Interrupted as e:
-        print(f"rlzoo: {e}", file=sys.stderr)
+        say(f"rlzoo: {e}")
         return 130
     except KeyboardInterrupt:
-        print("rlzoo: interrupted (no checkpoint written since the newest periodic one)", file=sys.stderr)
+        say("rlzoo: interrupted (no checkpoint written since the newest periodic one)")
         return 130
     except OSError as e:  # the file system: a full disk, a folder that is not writable, a file that vanished
         if e.filename is None:
             raise
-        print(f"rlzoo: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        say(f"rlzoo: error: {e.filename}: {e.strerror or e}")
         return EXIT_USAGE
 
 

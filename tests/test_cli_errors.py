@@ -4,7 +4,13 @@ unchanged file for file).
 
 Every case stops in validation (or in argparse, or the run folder's checks), before any model is
 built; the cases run two at a time. One tiny run (2 SFT steps, 1 GRPO step) is trained once for
-the cases that point at a folder holding a run. The families and their counts are in FAMILIES.
+the cases that point at a folder holding a run; each such case gets its own copy of a prepared
+folder (FOLDERS: the run, the run damaged in one way, a folder of another tool) and the copy must
+be unchanged afterwards. The families and their counts are in FAMILIES.
+
+After the table: an error line is one write, whatever the buffering of standard error (the lines
+of processes launched together must not run into one another), and a folder that `rlzoo export`
+wrote evaluates.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +47,9 @@ stages:
 GSM8K_ROW = {"question": "Ann has 2 pens and buys 3. How many pens?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}
 
 # (id, arguments, what the one line must contain). Placeholders: {tiny} the tiny config, {out} a
-# new output folder (must not exist afterwards), {run} a copy of the finished tiny run (must be
-# unchanged afterwards), {files} a folder of prepared bad files and plugins. A `train` command
-# without output_dir gets output_dir={out}.
+# new output folder (must not exist afterwards), {files} a folder of prepared bad files and plugins,
+# and each name of FOLDERS ({run}: a copy of the finished tiny run): a fresh copy of that folder,
+# which must be unchanged afterwards. A `train` command without output_dir gets output_dir={out}.
 CASES: dict[str, list[tuple[str, list[str], str]]] = {
     "unknown key": [
         ("stage key", ["train", "{tiny}", "sft.optim.lerning_rate=1e-3"], "unknown config key 'stages.sft.optim.lerning_rate'"),
@@ -147,6 +154,19 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("chat template of the tiny model", ["train", "{tiny}", "task.chat_template=true"], "task.chat_template"),
         ("damaged checkpoint for eval", ["eval", "{files}/garbage_model"], "garbage_model/model.safetensors"),
         ("damaged checkpoint for export", ["export", "{files}/truncated_model", "{out}"], "truncated_model/model.safetensors"),
+        ("eval of a reward model", ["eval", "{files}/reward_model"], "holds a reward model (LlamaForTokenClassification), not a policy"),
+        ("export of a reward model", ["export", "{files}/reward_model", "{out}"], "export: {files}/reward_model holds a reward model"),
+        ("init is a reward model", ["train", "{tiny}", "grpo.init={files}/reward_model"], "stages.grpo.init: {files}/reward_model holds a reward model"),
+        ("eval data: GSM8K whose first row lacks ####", ["eval", "{run}/sft/final", "--data", "{files}/first_no_hash.jsonl"],
+         "first_no_hash.jsonl:1: not a GSM8K (question, answer ending in '#### N') row: the '#### N' line of its answer is missing (line 2 has one"),
+        ("GSM8K without an answer field", ["train", "{tiny}", "task.name=gsm8k", "task.files.train={files}/no_answer.jsonl",
+                                           "task.files.eval={files}/gsm8k_eval.jsonl"], "no_answer.jsonl:1: not a GSM8K (question, answer ending in '#### N') row: missing field 'answer'"),
+        ("a DatasetDict folder", ["train", "{tiny}", "task.name=gsm8k", "task.files.train={files}/gsm8k_splits",
+                                  "task.files.eval={files}/gsm8k_eval.jsonl"], "{files}/gsm8k_splits is a DatasetDict with splits train, test: name the folder of one split"),
+        ("a folder that is no dataset", ["train", "{tiny}", "task.name=gsm8k", "task.files.train={files}/plugin_folder",
+                                         "task.files.eval={files}/gsm8k_eval.jsonl"], "task.files.train: {files}/plugin_folder is a folder, but not a dataset"),
+        ("ragged csv", ["train", "{tiny}", "task.name=gsm8k", "task.files.train={files}/ragged.csv",
+                        "task.files.eval={files}/gsm8k_eval.jsonl"], "ragged.csv: cannot be read as csv (Error tokenizing data. C error: Expected 2 fields in line 3, saw 3)"),
     ],
     "bad plugin": [
         ("syntax error", ["train", "{tiny}", "plugins=[{files}/syntax_plugin.py]"], "syntax_plugin.py:2"),
@@ -166,7 +186,8 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
     "command line": [
         ("misspelled subcommand", ["trian", "{tiny}"], "invalid choice: 'trian'"),
         ("no subcommand", [], "the following arguments are required: command"),
-        ("train without config", ["train"], "the following arguments are required: config"),
+        ("train without config", ["train"], "the following arguments are required: config (see 'rlzoo train --help')"),
+        ("compare without config", ["compare"], "the following arguments are required: config (see 'rlzoo compare --help')"),
         ("bad flag value", ["eval", "{run}/sft/final", "--samples", "x"], "argument --samples: invalid int value: 'x'"),
         ("unknown flag", ["train", "{tiny}", "--bogus"], "unrecognized arguments: --bogus"),
         ("eval without checkpoint", ["eval"], "rlzoo eval needs a checkpoint folder"),
@@ -182,10 +203,35 @@ CASES: dict[str, list[tuple[str, list[str], str]]] = {
         ("both flags", ["train", "{tiny}", "output_dir={run}", "--resume", "--overwrite"], "give --resume or --overwrite, not both"),
         ("rerun with a typo", ["train", "{tiny}", "output_dir={run}", "sft.optim.lerning_rate=1e-3"], "stages.sft.optim.lerning_rate"),
         ("overwrite with a typo", ["train", "{tiny}", "output_dir={run}", "--overwrite", "grpo.algorithm=gpro"], "unknown algorithm 'gpro'"),
+        ("a folder of another tool", ["train", "{tiny}", "output_dir={foreign}"],
+         "output_dir {foreign} is not empty and holds no rlzoo run (found config.yaml, data, train.py)"),
+        ("overwrite a folder of another tool", ["train", "{tiny}", "output_dir={foreign}", "--overwrite"],
+         "is not empty and holds no rlzoo run"),
+        ("resume a folder of another tool", ["train", "{tiny}", "output_dir={foreign}", "--resume"],
+         "nothing to resume in {foreign}: no rlzoo run was started there"),
+        ("a run of an earlier rlzoo", ["train", "{tiny}", "output_dir={unmarked_run}"], "holds a run (finished): add --resume"),
+        ("resume with a damaged summary", ["train", "{tiny}", "output_dir={damaged_summary}", "--resume"],
+         "{damaged_summary}/summary.json is damaged (Expecting value: line 1 column 13 (char 12)); remove it"),
+        ("resume with a damaged config.yaml", ["train", "{tiny}", "output_dir={damaged_config}", "--resume"],
+         "its config.yaml does not load (line 3, column 1: did not find expected ',' or '}')"),
+        ("resume changing a finished stage's algorithm", ["train", "{tiny}", "output_dir={run}", "algorithms.grpo.beta=0.5", "--resume"],
+         "'algorithms.grpo.beta' differs from the run's"),
+        ("resume changing the model", ["train", "{tiny}", "output_dir={run}", "model.tiny.intermediate_size=32", "--resume"],
+         "'model.tiny.intermediate_size' differs from the run's"),
     ],
 }
 FAMILIES = {family: len(cases) for family, cases in CASES.items()}
 ALL = [(family, *case) for family, cases in CASES.items() for case in cases]
+
+
+FOLDERS = {  # name -> how to make it in `to`, from the finished run and the files folder
+    "run": lambda to, finished, files: shutil.copytree(finished, to),  # copy2: sizes and mtimes kept
+    "unmarked_run": lambda to, finished, files: (shutil.copytree(finished, to), (to / ".rlzoo-run").unlink()),
+    "damaged_summary": lambda to, finished, files: (shutil.copytree(finished, to), (to / "summary.json").write_text('{"stages": [')),
+    "damaged_config": lambda to, finished, files: (shutil.copytree(finished, to),
+                                                   (to / "config.yaml").write_text("stages:\n  sft: {algorithm: sft\n")),
+    "foreign": lambda to, finished, files: shutil.copytree(files / "foreign", to),
+}
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -225,11 +271,29 @@ def make_files(files: Path, finished: Path) -> None:
         "from rlzoo.registry import register_algorithm\n\n@register_algorithm('noconfig')\nclass NoConfig:\n    data_source = 'online'\n")
     (files / "plugin_folder").mkdir()
     (files / "plugin_folder" / "notes.txt").write_text("not a run\n")
+    (files / "first_no_hash.jsonl").write_text(json.dumps({"question": "q", "answer": "5"}) + "\n" + json.dumps(GSM8K_ROW) + "\n")
+    (files / "no_answer.jsonl").write_text(json.dumps({"question": "q", "solution": "2 + 3 = 5"}) + "\n")
+    (files / "ragged.csv").write_text('question,answer\n"q","2 + 3 = 5 #### 5"\n"q2","#### 6",extra\n')
+    foreign = files / "foreign"  # another tool's project: its config.yaml, its script, its data
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "config.yaml").write_text("model: bert-base\nlr: 3.0e-5\n")
+    (foreign / "train.py").write_text("print('training')\n")
+    (foreign / "data" / "train.csv").write_text("text,label\nhello,1\n")
+    import datasets
+    from transformers import AutoModelForCausalLM
+
+    from rlzoo.reward_models import reward_model_from_lm
+
+    datasets.disable_progress_bars()
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([GSM8K_ROW]),
+                          "test": datasets.Dataset.from_list([GSM8K_ROW])}).save_to_disk(str(files / "gsm8k_splits"))
+    shutil.copytree(finished / "sft" / "final", files / "reward_model")  # the tokenizer; then the weights and config of a reward model
+    reward_model_from_lm(AutoModelForCausalLM.from_pretrained(finished / "sft" / "final")).save_pretrained(files / "reward_model")
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Every case run once, two at a time: id -> (completed process, out folder, run copy, its snapshot)."""
+def workspace(tmp_path_factory):
+    """(folder, the tiny config, the finished tiny run, the folder of prepared files)."""
     tmp = tmp_path_factory.mktemp("cli_errors")
     (tmp / "home").mkdir()
     tiny = tmp / "tiny.yaml"
@@ -241,21 +305,30 @@ def results(tmp_path_factory):
     files = tmp / "files"
     files.mkdir()
     make_files(files, finished)
+    return tmp, tiny, finished, files
+
+
+@pytest.fixture(scope="module")
+def results(workspace):
+    """Every case run once, two at a time: id -> (completed process, expected text, out folder,
+    {prepared folder copy: its snapshot})."""
+    tmp, tiny, finished, files = workspace
 
     def run(i: int, case: tuple) -> tuple:
         family, name, args, expected = case
-        out, run_copy = tmp / f"out{i}", None
-        if any("{run}" in a for a in args):
-            run_copy = tmp / f"run{i}"
-            shutil.copytree(finished, run_copy)  # copy2: sizes and mtimes kept
-        paths = {"tiny": tiny, "out": out, "run": run_copy, "files": files}
+        out, copies = tmp / f"out{i}", {}
+        for folder, make in FOLDERS.items():
+            if any("{" + folder + "}" in a for a in args):
+                copies[folder] = tmp / f"{folder}{i}"
+                make(copies[folder], finished, files)
+        paths = {"tiny": tiny, "out": out, "files": files, **copies}
         argv = [fill(a, paths) for a in args]
         if argv[:1] == ["train"] and len(argv) > 1 and not any(a.startswith("output_dir=") for a in argv):
             argv.append(f"output_dir={out}")
-        before = snapshot(run_copy) if run_copy else None
+        before = {copy: snapshot(copy) for copy in copies.values()}
         proc = subprocess.run([sys.executable, "-m", "rlzoo", *argv], cwd=ROOT, env=env(tmp / "home"),
                               capture_output=True, text=True, timeout=120)
-        return proc, fill(expected, paths), out, run_copy, before
+        return proc, fill(expected, paths), out, before
 
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(run, range(len(ALL)), ALL))
@@ -269,11 +342,49 @@ def test_the_table_covers_every_family_with_at_least_60_inputs():
 
 @pytest.mark.parametrize("key", [f"{family}: {name}" for family, name, *_ in ALL])
 def test_bad_input_is_one_line_exit_2_and_the_output_folder_is_untouched(key, results):
-    proc, expected, out, run_copy, before = results[key]
+    proc, expected, out, before = results[key]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("rlzoo: error: "), proc.stderr[-3000:]
     assert expected in lines[0], lines[0]
     assert not out.exists(), f"{out} was created"
-    if run_copy is not None:
-        assert snapshot(run_copy) == before, "the finished run's folder changed"
+    for copy, files in before.items():
+        assert snapshot(copy) == files, f"{copy} changed"
+
+
+# -- after the table ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["trian"], ["train", "{files}/nope.yaml"], ["train", "{tiny}", "sft.steps=0"]],
+                         ids=["argparse", "config file", "config value"])
+def test_an_error_line_is_one_write_even_when_standard_error_is_unbuffered(workspace, args):
+    """Under torchrun every process prints the same line at once; written in two pieces (the text,
+    then its newline, as print does on an unbuffered stream) two processes' lines run into one.
+    Standard error here is a packet socket: every write arrives as one packet."""
+    tmp, tiny, _, files = workspace
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    argv = [fill(a, {"tiny": tiny, "files": files}) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "rlzoo", *argv, f"output_dir={tmp / 'never'}"], cwd=ROOT,
+                          env={**env(tmp / "home"), "PYTHONUNBUFFERED": "1"}, stderr=theirs, stdout=subprocess.DEVNULL, timeout=120)
+    theirs.close()
+    packets = []
+    while packet := ours.recv(1 << 16):
+        packets.append(packet.decode())
+    ours.close()
+    assert proc.returncode == 2
+    assert len(packets) == 1 and packets[0].startswith("rlzoo: error: ") and packets[0].count("\n") == 1 \
+        and packets[0].endswith("\n"), packets
+
+
+def test_a_folder_written_by_export_evaluates(workspace):
+    """An exported folder holds no rlzoo config: eval uses the defaults (no run's stages play a part)."""
+    tmp, _, finished, _ = workspace
+    exported = tmp / "exported"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "rlzoo", *map(str, args)], cwd=ROOT,  # noqa: E731
+                                       env=env(tmp / "home"), capture_output=True, text=True, timeout=300)
+    done = run("export", finished / "sft" / "final", exported)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (exported / "rlzoo_config.yaml").exists()
+    proc = run("eval", exported, "--num-examples", "2", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["num_examples"] == 2

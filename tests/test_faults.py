@@ -1,16 +1,21 @@
 """Faults during a run, through the real CLI: non-finite numbers never reach the weights, a bad
 reward is one line, two runs never share a folder, a rerun with a typo changes nothing, and
-SIGTERM or SIGINT stop after the step with a checkpoint that --resume continues exactly.
+SIGTERM or SIGINT stop after the step with a checkpoint that --resume continues exactly. A disk
+that fills up is one line naming the file and the checkpoint to resume from; a damaged newest
+checkpoint is named and --resume goes on from an older one; a mistake that shows only in a later
+stage is fixed in the config and --resume trains only what had not started.
 
 The faults come from tests/plugins/fault_plugin.py (an algorithm whose coefficients turn NaN,
-rewards that return NaN or None); tests/plugins/kill_plugin.py's gated data sources hold a chosen
-batch until a file appears.
+rewards that return NaN or None) and tests/plugins/disk_plugin.py (a disk that fills up);
+tests/plugins/kill_plugin.py's data sources hold a chosen batch until a file appears, or kill the
+run there.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +26,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ["tests/plugins/dp_plugin.py", "tests/plugins/kill_plugin.py", "tests/plugins/fault_plugin.py"]
+PLUGINS = ["tests/plugins/dp_plugin.py", "tests/plugins/kill_plugin.py", "tests/plugins/fault_plugin.py",
+           "tests/plugins/disk_plugin.py"]
 
 
 def config(tmp: Path, stages: dict, name: str = "faults.yaml") -> Path:
@@ -266,3 +272,100 @@ def test_a_reward_model_stage_with_non_finite_gradients_stops_with_one_line(tmp_
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped_nonfinite"] for r in rows if "rm/loss" in r] == [1.0, 1.0, 1.0]
     assert not (out / "orm" / "final").exists()
+
+
+# -- a full disk, a damaged checkpoint -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("room, file", [(100, "metrics.jsonl"), (50_000, "sft/checkpoint-4.tmp/model.safetensors")],
+                         ids=["metrics line", "checkpoint"])
+def test_a_disk_that_fills_up_mid_run_is_one_line_naming_the_file_and_the_newest_checkpoint(tmp_path, room, file):
+    """From SFT step 4 on, no file may grow past ``room`` bytes more than metrics.jsonl held then:
+    100 bytes cut step 4's metrics line (a line is about 400), 50 kB let it in and cut the weights
+    of checkpoint 4 (about 100 kB). Either way the run stops with one line, metrics.jsonl holds
+    whole lines only, and --resume (with room again) goes on from checkpoint 3 to the end."""
+    out = tmp_path / "run"
+    cfg = config(tmp_path, {"sft": {**SFT, "steps": 6, "data": {"source": "fulldisk_dataset", "prompts_per_step": 4}}})
+    proc = rlzoo(cfg, f"output_dir={out}", RLZOO_TEST_FULL_AT="4", RLZOO_TEST_FULL_ROOM=str(room),
+                 RLZOO_TEST_FULL_FILE=str(out / "metrics.jsonl"))
+    line = one_error_line(proc, trained=True)
+    assert str(out / file) in line and f"the newest checkpoint is {out / 'sft' / 'checkpoint-3'}" in line, line
+    text = (out / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(row)["step"] for row in text.splitlines()] == [1, 2, 3, 4][: 3 if room == 100 else 4]
+    resumed = rlzoo(cfg, f"output_dir={out}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in step_rows(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_too_little_free_space_at_start_is_said_in_sizes_that_differ(tmp_path):
+    """The run's checkpoints need about 1 041 920 bytes (0.99 MB); 900 000 bytes (0.86 MB) are free.
+    In whole megabytes both read "1 MB", and the line would say 1 MB is too little for 1 MB."""
+    out = tmp_path / "run"
+    proc = rlzoo(config(tmp_path, {"sft": {**SFT, "steps": 1}}), f"output_dir={out}", RLZOO_TEST_FREE_BYTES="900000")
+    line = one_error_line(proc)
+    found = re.search(r": ([\d.]+) MB free on its disk, and this run's checkpoints need about ([\d.]+) MB", line)
+    assert found and found.group(1) != found.group(2), line
+    assert abs(float(found.group(1)) - 0.86) < 0.1 and abs(float(found.group(2)) - 0.99) < 0.1, line
+
+
+@pytest.mark.parametrize("file", ["optimizer.bin", "model.safetensors"])
+def test_resume_names_a_damaged_newest_checkpoint_and_goes_on_from_the_one_before(tmp_path, file):
+    out = tmp_path / "run"
+    cfg = config(tmp_path, {"sft": {**SFT, "data": {"source": "killing_dataset", "prompts_per_step": 4}}})
+    killed = rlzoo(cfg, f"output_dir={out}", RLZOO_TEST_KILL_AT="3")  # inside step 3: checkpoints 1 and 2 written
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    damaged = out / "sft" / "checkpoint-2" / file
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a copy that stopped half-way
+    resumed = rlzoo(cfg, f"output_dir={out}", "--resume")
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    notes = [line for line in resumed.stderr.splitlines() if str(damaged) in line]
+    assert len(notes) == 1 and notes[0].startswith(f"rlzoo: {damaged} is ") \
+        and notes[0].endswith(f": removed checkpoint-2; stage sft resumes from {out / 'sft' / 'checkpoint-1'}"), notes
+    assert [r["step"] for r in step_rows(out)] == [1, 2, 3] and (out / "sft" / "final" / "model.safetensors").is_file()
+
+
+# -- what --overwrite and --resume may change ----------------------------------------------------
+
+
+def test_overwrite_removes_what_rlzoo_wrote_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    assert rlzoo(config(tmp_path, {"sft": {**SFT, "steps": 2}}), f"output_dir={out}").returncode == 0
+    (out / "notes.txt").write_text("the user's notes\n")
+    (out / "sft" / "plot.py").write_text("# the user's script\n")
+    proc = rlzoo(config(tmp_path, {"sft": {**SFT, "steps": 1}}, name="shorter.yaml"), f"output_dir={out}", "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "notes.txt").read_text() == "the user's notes\n" and (out / "sft" / "plot.py").is_file()
+    assert not (out / "sft" / "checkpoint-2").exists() and [r["step"] for r in step_rows(out)] == [1]
+
+
+def test_a_late_mistake_is_fixed_in_the_config_and_resume_trains_only_what_had_not_started(tmp_path):
+    """Some mistakes show only once an earlier stage has trained: here GRPO's reward returns NaN on
+    real samples after SFT finished. With the reward fixed, --resume keeps SFT as it is and trains
+    GRPO; a change to SFT, which has trained, is refused with a line naming the key."""
+    out = tmp_path / "run"
+    sft = {**SFT, "steps": 2}
+    broken = config(tmp_path, {"sft": sft, "grpo": {**GRPO, "steps": 1, "reward": {"name": "test_nan_reward"}}}, name="broken.yaml")
+    assert "reward 'test_nan_reward' returned nan" in one_error_line(rlzoo(broken, f"output_dir={out}"), trained=True)
+    assert (out / "sft" / "final").is_dir() and not (out / "grpo").exists()
+    sft_files = {p: p.stat().st_mtime_ns for p in (out / "sft").rglob("*")}
+    fixed = config(tmp_path, {"sft": sft, "grpo": {**GRPO, "steps": 1}}, name="fixed.yaml")
+    refused = one_error_line(rlzoo(fixed, f"output_dir={out}", "--resume", "sft.optim.lr=2e-3"))
+    assert f"cannot resume {out} with a different config: 'stages.sft.optim.lr' differs from the run's" in refused, refused
+    resumed = rlzoo(fixed, f"output_dir={out}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "rlzoo: resuming with a changed config (first: 'stages.grpo.reward.name')" in resumed.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "sft").rglob("*")} == sft_files  # SFT not trained again
+    assert [(r["stage"], r["step"]) for r in step_rows(out)] == [("sft", 1), ("sft", 2), ("grpo", 1)]
+    assert [s["name"] for s in json.loads((out / "summary.json").read_text())["stages"]] == ["sft", "grpo"]
+    assert "test_length_parity" in (out / "config.yaml").read_text()  # the next --resume compares with the fixed config
+
+
+def test_trl_rewards_that_return_arrays_tensors_or_numpy_numbers_train(tmp_path):
+    """TRL takes any sequence of numbers from a reward function; rlzoo does too (a numpy array, a
+    torch tensor, a list of numpy scalars), so TRL rewards plug in unchanged."""
+    names = ("array_reward", "tensor_reward", "numpy_numbers_reward")
+    stage = {**GRPO, "steps": 1, "reward": {"functions": [{"name": f"tests/plugins/numpy_rewards.py:{n}"} for n in names]}}
+    out = tmp_path / "run"
+    proc = rlzoo(config(tmp_path, {"grpo": stage}), f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert step_rows(out)[0]["reward/mean"] >= 0.5  # numpy_numbers_reward alone gives 0.5 to every completion

@@ -82,14 +82,14 @@ def test_killed_in_every_stage_and_resumed_equals_the_uninterrupted_run(tmp_path
     assert not list(broken.rglob("*.tmp")) and not list(broken.rglob("*.old"))
 
 
-def test_resume_refuses_another_config_and_a_folder_without_a_checkpoint(tmp_path):
+def test_resume_refuses_a_change_to_a_started_stage_and_a_folder_without_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    assert rlzoo(out, kill_at=2).returncode == -9
-    proc = subprocess.run([sys.executable, "-m", "rlzoo", "train", *RUN, f"output_dir={out}", "stages.grpo.optim.lr=0.05",
-                           "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rlzoo(out, kill_at=2).returncode == -9  # in SFT step 2: SFT has started, GRPO, PPO and DPO have not
+    proc = subprocess.run([sys.executable, "-m", "rlzoo", "train", *RUN, f"output_dir={out}", "stages.sft.optim.lr=0.05",
+                           "stages.grpo.optim.lr=0.05", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"rlzoo: error: cannot resume {out} with a different config: 'stages.grpo.optim.lr' differs from the run's "
-        "(only logging.* and output_dir may change on --resume)"]
+        f"rlzoo: error: cannot resume {out} with a different config: 'stages.sft.optim.lr' differs from the run's "
+        "(--resume may change only stages that have not started, eval, logging and output_dir)"]
     logging_only = rlzoo(out, "--resume", "logging.log_every=1")  # logging may change
     assert logging_only.returncode == 0, logging_only.stderr[-2000:]
     empty = tmp_path / "never"

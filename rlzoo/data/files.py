@@ -27,7 +27,8 @@ loader: that way a bad row (invalid JSON, a missing field, a wrong type) raises 
 :class:`~rlzoo.errors.DataError` naming the file and the 1-based line, and nothing is cached on
 disk. Blank lines are skipped. Parquet, csv and arrow files and folders saved with
 ``datasets.save_to_disk`` are read with Hugging Face ``datasets`` (:func:`read_rows`), rows
-numbered from 1 in errors.
+numbered from 1 in errors. A folder of a ``DatasetDict`` (several splits) is an error that names
+its splits: a file is one split, and which one a task trains or evaluates on is the user's choice.
 
 :class:`FileTask` makes a task of two files (``task.name: gsm8k`` or ``math``, paths under
 ``task.files``) with the interface of the synthetic task: ``train_stream(seed)``,
@@ -45,7 +46,7 @@ from typing import Any, Iterator, Optional
 
 from rlzoo.config import FilesConfig
 from rlzoo.data.templates import check_format, format_prompt
-from rlzoo.errors import DataError
+from rlzoo.errors import DataError, reason
 from rlzoo.interface import Example
 
 DATA_ROOT = "../shared/data"  # relative to the working directory (the repository root)
@@ -68,8 +69,21 @@ DATASET_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}  # 
 
 def is_data_path(path: Path) -> bool:
     """A file rlzoo reads (jsonl, or a table format of ``datasets``) or a folder written by
-    ``datasets.Dataset.save_to_disk``."""
-    return path.is_file() or (path.is_dir() and (path / "dataset_info.json").is_file())
+    ``datasets``' ``save_to_disk`` (a Dataset's, or a DatasetDict's, which reading refuses by name)."""
+    return path.is_file() or (path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")))
+
+
+def missing_data(path: Path, key: str) -> str:
+    """The one-line complaint about ``path`` (the value of config key ``key``) when it is not
+    :func:`is_data_path`: missing, or a folder that ``datasets`` did not write."""
+    if path.is_dir():
+        return f"{key}: {path} is a folder, but not a dataset saved by datasets (no dataset_info.json in it)"
+    return f"{key}: file not found: {path}"
+
+
+def _noun(path: str | Path) -> str:
+    """What a file's fields are called in errors: jsonl has fields, a table has columns."""
+    return "field" if Path(path).suffix not in DATASET_SUFFIXES and not Path(path).is_dir() else "column"
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -90,19 +104,27 @@ def _dataset_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     datasets.disable_progress_bars()
     if not is_data_path(p):
         raise DataError(f"file not found: {p}" if not p.exists() else f"{p}: not a file, nor a folder saved by datasets")
+    if (p / "dataset_dict.json").is_file():
+        try:
+            splits = [str(s) for s in json.loads((p / "dataset_dict.json").read_text())["splits"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            splits = sorted(c.name for c in p.iterdir() if (c / "dataset_info.json").is_file())
+        raise DataError(f"{p} is a DatasetDict with splits {', '.join(splits) or '(none)'}: name the folder of one split"
+                        + (f", e.g. {p / splits[0]}" if splits else ""))
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # not its "Failed to read file ..." line: the error below says it
     try:
         if p.is_dir():
             table = datasets.load_from_disk(str(p))
-            if isinstance(table, datasets.DatasetDict):
-                raise DataError(f"{p}: a dataset with splits {sorted(table)}; give the folder of one split")
         else:
             table = datasets.load_dataset(DATASET_SUFFIXES[p.suffix], data_files=str(p), split="train",
                                           cache_dir=None, keep_in_memory=True)
-    except DataError:
-        raise
     except Exception as e:  # noqa: BLE001 - a damaged or unreadable file: one line naming it
-        raise DataError(f"{p}: cannot be read as {DATASET_SUFFIXES.get(p.suffix, 'a saved dataset')} "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        while e.__cause__ is not None:  # datasets raises its own "An error occurred while generating the dataset"
+            e = e.__cause__  # from the reader's: say the reader's
+        raise DataError(f"{p}: cannot be read as {DATASET_SUFFIXES.get(p.suffix, 'a saved dataset')} ({reason(e)})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     for index, row in enumerate(table, 1):
         yield index, dict(row)
 
@@ -159,29 +181,45 @@ def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = 
     """The problems of a GSM8K, MATH or plain jsonl file (the first ``limit`` rows when given).
 
     With ``schema`` (``gsm8k``, ``math`` or ``plain``) the file must be of that schema: a GSM8K
-    file whose first row lacks its ``#### N`` line is an error naming the line, not a plain file."""
+    file whose first row lacks its ``#### N`` line is an error naming the line, not a plain file.
+    Without it the first row tells the schema, and a file of question/answer rows that turns out
+    to be GSM8K (a later row's answer ends in ``#### N``) is that same error, not a plain file
+    graded against whole GSM8K answers."""
     check_format(format)
     out: list[Example] = []
     expected = schema
-    schema = None
+    schema, first = None, 0
     for lineno, row in read_rows(path):
         if limit is not None and len(out) >= limit:
             break
         if schema is None:
-            schema = detect_schema(row)
+            schema, first = detect_schema(row), lineno
             if schema is None:
                 raise DataError(
                     f"{path}:{lineno}: cannot tell the schema from fields {sorted(row)}; expected "
                     + ", ".join(_SCHEMA_HINTS.values()).replace(", plain", " or plain")
                 )
             if expected is not None and schema != expected:
-                got = "the '#### N' line of its answer is missing" if expected == "gsm8k" and "question" in row else \
-                    f"fields {sorted(row)}"
-                raise DataError(f"{path}:{lineno}: not a {_SCHEMA_HINTS[expected]} row: {got}")
+                raise DataError(f"{path}:{lineno}: not a {_SCHEMA_HINTS[expected]} row: {_unlike(path, row, expected)}")
+        elif schema == "plain" and "question" in row and detect_schema(row) == "gsm8k":
+            raise DataError(f"{path}:{first}: not a {_SCHEMA_HINTS['gsm8k']} row: the '#### N' line of its answer is missing "
+                            f"(line {lineno} has one, so the file is GSM8K and every row needs it)")
         out.append(_ROW_PARSERS[schema](Row(path, lineno, row, schema), format))
     if not out and limit != 0:
         raise DataError(f"{path}: no rows")
     return out
+
+
+def _unlike(path: str | Path, row: dict[str, Any], expected: str) -> str:
+    """What makes ``row`` not a row of the ``expected`` schema: the missing field, or else the
+    missing ``#### N`` line of a GSM8K answer."""
+    noun = _noun(path)
+    missing = [f for f in _FIELDS[expected] if f not in row]
+    if missing:
+        return f"missing {noun}{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)} (it has {sorted(row)})"
+    if expected == "gsm8k" and not isinstance(row["answer"], str):
+        return f"{noun} 'answer' is a {type(row['answer']).__name__}, not a text ending in '#### N'"
+    return "the '#### N' line of its answer is missing" if expected == "gsm8k" else f"{noun}s {sorted(row)}"
 
 
 @dataclass
@@ -201,7 +239,7 @@ class Row:
         if key not in self.data or (optional and self.data[key] is None):
             if optional:
                 return None
-            raise self.error(f"missing field '{key}' ({self.schema} rows need {', '.join(_FIELDS[self.schema])})")
+            raise self.error(f"missing {_noun(self.path)} '{key}' ({self.schema} rows need {', '.join(_FIELDS[self.schema])})")
         value = self.data[key]
         if isinstance(value, str):
             return value
@@ -270,7 +308,7 @@ class FileTask:
         self.eval_path = Path(cfg.eval or default_eval)
         for key, path in (("train", self.train_path), ("eval", self.eval_path)):
             if not is_data_path(path):
-                raise DataError(f"task.files.{key}: file not found: {path}")
+                raise DataError(missing_data(path, f"task.files.{key}"))
         if self.train_path.resolve() == self.eval_path.resolve():
             raise DataError(f"task.files.train and task.files.eval are the same file: {self.eval_path}")
         self._eval: list[Example] | None = None

@@ -106,8 +106,18 @@ class RewardFunction:
         return self._checked(values, len(completions))
 
     def _checked(self, values: Any, n: int) -> list[float | None]:
-        if not isinstance(values, (list, tuple)) or len(values) != n:
-            got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__
+        """``values`` as ``n`` floats or Nones. Any sequence of length ``n`` will do, as TRL takes
+        it: a list or tuple, a 1-D numpy array or torch tensor (made a list), of Python or numpy
+        numbers; strings, mappings and arrays of another shape are refused."""
+        shape = getattr(values, "shape", None)
+        if shape is not None and hasattr(values, "tolist"):  # a numpy array, a torch tensor (any device)
+            if len(shape) != 1:
+                raise RewardError(f"reward '{self.name}' returned an array of shape {tuple(shape)} for {n} completions "
+                                  f"(one value per completion: shape ({n},))")
+            values = values.tolist()
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
+            got = f"{len(values)} values" if isinstance(values, Sequence) and not isinstance(values, (str, bytes)) else \
+                type(values).__name__
             raise RewardError(f"reward '{self.name}' returned {got} for {n} completions")
         out: list[float | None] = []
         for i, v in enumerate(values):

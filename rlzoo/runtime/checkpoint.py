@@ -14,6 +14,8 @@ Two kinds (docs/runs.md):
 :func:`publish` replaces a folder: the new one is renamed into place after the old one is moved
 aside (``<name>.old``) and the old one is deleted last; :func:`recover` puts a ``.old`` back when a
 crash fell between the two renames and removes temporary folders a killed run left behind.
+:func:`damage` tells a step checkpoint whose files were cut short (a disk that filled up, a copy
+that stopped) without loading it, so that ``--resume`` can go on from an older one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -42,6 +45,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a write that failed (a full disk) says no file: this one
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -117,6 +125,43 @@ def prune(stage_dir: Path, keep: int) -> None:
     if keep > 0:
         for _, folder in checkpoints(stage_dir)[:-keep]:
             shutil.rmtree(folder)
+
+
+TORCH_FILES = (".bin", ".pkl", ".pt", ".pth")  # torch.save's files: zip archives (accelerate's optimizer, RNG states, ...)
+
+
+def damage(folder: Path) -> str | None:
+    """``FILE is ...`` for the first file of a step checkpoint that is cut short or unreadable,
+    else None: its ``trainer_state.json`` must parse, every torch file be a zip archive whose
+    entries all lie inside it, and every safetensors header cover its file. Headers only: nothing
+    is loaded."""
+    from rlzoo.errors import reason
+    from rlzoo.runtime.model_files import damaged_safetensors
+
+    state = folder / TRAINER_STATE
+    try:
+        read_state(folder)
+    except (OSError, ValueError) as e:
+        return f"{state} is missing" if not state.is_file() else f"{state} is not whole ({reason(e)})"
+    for file in sorted(folder.iterdir()):
+        if file.suffix in TORCH_FILES and (problem := torch_file_damage(file)):
+            return problem
+    return damaged_safetensors(folder)
+
+
+def torch_file_damage(file: Path) -> str | None:
+    """``FILE is ...`` when a file torch.save wrote (a zip archive) is cut short or unreadable, else None."""
+    from rlzoo.errors import reason
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if any(i.header_offset + i.compress_size > file.stat().st_size for i in archive.infolist()):
+                return f"{file} is cut short"
+    except zipfile.BadZipFile:
+        return f"{file} is cut short (not a whole zip archive, as torch.save writes)"
+    except OSError as e:
+        return f"{file} cannot be read ({reason(e)})"
+    return None
 
 
 def read_state(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Metrics: one JSON object per logged step in metrics.jsonl, optionally mirrored to wandb."""
+"""Metrics: one JSON object per logged step in metrics.jsonl, optionally mirrored to wandb.
+
+A line is written whole or not at all: it goes to the file in one unbuffered write, and a write
+that fails part-way (a full disk) is cut back to the previous line before the error (an OSError
+naming metrics.jsonl) goes on, so the file never holds half a line for ``--resume`` to meet.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,21 @@ class MetricsLogger:
         self.run = None
         if wandb:
             self.run = _start_wandb(project=project, name=name, config=config, dir=str(folder))
-        self.file = self.path.open("a")  # the run folder decided what stays: nothing (a new run) or the lines up to a resume point
+        # the run folder decided what stays: nothing (a new run) or the lines up to a resume point
+        self.file = open(self.path, "ab", buffering=0)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self.file.write(json.dumps({"global_step": step, **clean}) + "\n")
-        self.file.flush()
+        line = (json.dumps({"global_step": step, **clean}) + "\n").encode()
+        fd = self.file.fileno()
+        end = os.fstat(fd).st_size
+        try:
+            done = 0
+            while done < len(line):  # a write the kernel cut short is tried on, and then fails with its reason
+                done += os.write(fd, line[done:])
+        except OSError as e:
+            os.ftruncate(fd, end)  # no half line: the file ends with the previous whole one
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         if self.run is not None:
             self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 

@@ -1,8 +1,11 @@
 """Checks of a model folder's files that read headers only, never weights.
 
 :func:`check_model_folder` is what ``rlzoo train`` checks of ``model.path`` and each stage's
-``init`` before any work (:func:`rlzoo.run.validate.validate`); :func:`damaged_safetensors` names the
-damaged file when loading a folder fails anyway (:func:`rlzoo.runtime.models.load_pretrained`).
+``init`` before any work (:func:`rlzoo.run.validate.validate`), and ``rlzoo eval`` and ``rlzoo export``
+of their folder: all of them take a policy (a causal LM), so a reward model's folder (what a
+reward-model stage saves, :mod:`rlzoo.reward_models.model`) is refused by name rather than loaded
+without its head. :func:`damaged_safetensors` names the damaged file when loading a folder fails
+anyway (:func:`rlzoo.runtime.models.load_pretrained`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import importlib.util
 import json
 from pathlib import Path
 
-from rlzoo.errors import ModelLoadError
+from rlzoo.errors import ModelLoadError, reason
 
 MODEL_CONFIGS = ("config.json", "adapter_config.json")  # a Hugging Face model, or a LoRA adapter on one
+SCORING_HEADS = ("ForTokenClassification", "ForSequenceClassification")  # a reward model: a score, not a next token
 
 
 def damaged_safetensors(folder: str | Path) -> str | None:
@@ -26,15 +30,25 @@ def damaged_safetensors(folder: str | Path) -> str | None:
             with safe_open(str(file), "pt"):
                 pass
         except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, or an OSError reading it
-            return f"{file} is not a whole safetensors file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            return f"{file} is not a whole safetensors file ({reason(e)})"
     return None
+
+
+def reward_model_architecture(folder: Path) -> str | None:
+    """The architecture named in ``folder``'s config.json when it is a scoring model (a reward
+    model: ``*ForTokenClassification``, ``*ForSequenceClassification``), else None."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):  # no config.json (a LoRA adapter's folder), or not a JSON object
+        return None
+    return next((a for a in architectures if isinstance(a, str) and a.endswith(SCORING_HEADS)), None)
 
 
 def check_model_folder(path: str, key: str, gguf_file: str | None = None) -> None:
     """``path`` is a folder holding a model that can load: a Hugging Face folder (``config.json``,
     or a LoRA adapter's ``adapter_config.json``) whose JSON files parse and whose weights are there
-    and whole (safetensors headers), or the ``gguf_file`` in it. A one-line ModelLoadError naming
-    ``key`` otherwise."""
+    and whole (safetensors headers), or the ``gguf_file`` in it; a policy, not a reward model. A
+    one-line ModelLoadError naming ``key`` otherwise."""
     folder = Path(path).expanduser()
     if not folder.exists():
         raise ModelLoadError(f"{key}: model folder not found: {path}")
@@ -56,7 +70,12 @@ def check_model_folder(path: str, key: str, gguf_file: str | None = None) -> Non
         try:
             json.loads(file.read_text())
         except (ValueError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{key}: {file} is not valid JSON ({str(e).splitlines()[0]})") from None
+            raise ModelLoadError(f"{key}: {file} is not valid JSON ({reason(e)})") from None
+    head = reward_model_architecture(folder)
+    if head:
+        raise ModelLoadError(f"{key}: {path} holds a reward model ({head}), not a policy (a causal LM): give a policy's "
+                             "folder, e.g. a policy stage's final (a reward model scores through a stage's reward: "
+                             "docs/reward_models.md)")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise ModelLoadError(f"{key}: {path} holds no weights (no .safetensors or .bin file)")
     damaged = damaged_safetensors(folder)
