@@ -282,7 +282,7 @@ def make_files(files: Path, finished: Path) -> None:
     import datasets
     from transformers import AutoModelForCausalLM
 
-    from rlzoo.reward_models import reward_model_from_lm
+    from rlzoo.reward_models.model import reward_model_from_lm
 
     datasets.disable_progress_bars()
     datasets.DatasetDict({"train": datasets.Dataset.from_list([GSM8K_ROW]),

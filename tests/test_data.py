@@ -387,7 +387,7 @@ def test_noise_is_deterministic_per_seed_and_respects_the_rate():
     # empty kinds: the three equally; a config's kinds replaces the default, it is not merged into it
     assert set(Counter(e.meta["noise"] for e in itertools.islice(noisy_task(rate=1.0).train_stream(0), 300))) == set(NOISE_KINDS)
     from rlzoo.config import load_config
-    from rlzoo.train import build_task
+    from rlzoo.run.factories import build_task
     cfg = load_config(Path(__file__).parents[1] / "configs" / "quickstart_cot.yaml", ["task.synthetic.noise={rate: 1.0, kinds: {wrong_box: 1}}"])
     assert {e.meta["noise"] for e in itertools.islice(build_task(cfg).train_stream(0), 100)} == {"wrong_box"}
 

@@ -1,4 +1,4 @@
-"""Reasoning steps (rlzoo/steps.py): the rules, and step ends on the tokens of real batches."""
+"""Reasoning steps (rlzoo/reward_models/steps.py): the rules, and step ends on the tokens of real batches."""
 
 from __future__ import annotations
 
