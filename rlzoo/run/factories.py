@@ -117,10 +117,11 @@ def reward_specs(spec: dict) -> list[dict]:
     return spec.get("functions") or [spec]
 
 
-def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = ()):
+def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = (), tokenizer=None):
     """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``).
 
-    A reward model's ``model`` that names a stage of the run means that stage's final folder."""
+    A reward model's ``model`` that names a stage of the run means that stage's final folder;
+    ``tokenizer`` is the policy's, for the rewards that read its tokens as text (``oracle_prm``)."""
     from rlzoo.rewards import make_reward as build
 
     spec = OmegaConf.to_container(stage_cfg.reward, resolve=True)
@@ -128,7 +129,7 @@ def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names:
         model = (f.get("kwargs") or {}).get("model")
         if model in stage_names and run_dir is not None:
             f["kwargs"]["model"] = str(run_dir / model / "final")
-    return build(spec)
+    return build(spec, tokenizer)
 
 
 def make_eval_reward(cfg: DictConfig):

@@ -32,7 +32,7 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
     cfg, out = ctx.cfg, ctx.out
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    reward = make_reward(stage, out, ctx.names)
+    reward = make_reward(stage, out, ctx.names, tokenizer)
     start = checksum(lm)
     st = build_stage(name, stage, algo, lm, tokenizer, stage_prompts(cfg, name, index, stage, ctx.task, tokenizer),
                      model_cfg=cfg.model, mixed_precision=cfg.mixed_precision, seed=cfg.seed + index,

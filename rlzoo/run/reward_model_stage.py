@@ -107,7 +107,7 @@ def _label(ctx: RunContext, index: int, name: str, stage: DictConfig, policy, to
 
     cfg, dist = ctx.cfg, ctx.dist
     rm_cfg = stage.reward_model
-    reward = make_reward(stage, ctx.out, ctx.names)
+    reward = make_reward(stage, ctx.out, ctx.names, tokenizer)
     prompts = stage_prompts(cfg, name, index, stage, ctx.task, tokenizer)
     questions = [next(prompts) for _ in range(rm_cfg.questions)]
     data, skipped = {}, 0

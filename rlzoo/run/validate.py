@@ -46,7 +46,10 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
         _check_model_references(cfg, name, stage)
         if "step_rewards" in algo.needs and not reward.process:
             raise ConfigError(f"stages.{name}.reward: {stage.algorithm} with process supervision trains on step rewards: "
-                              "use a process reward model (reward.name: prm)")
+                              "use a process reward (reward.name: prm, or oracle_prm on the embedded task)")
+        if any(f.name == "oracle_prm" for f in reward.functions) and step_oracle(cfg, stage) is None:
+            raise ConfigError(f"stages.{name}.reward: oracle_prm grades steps with the embedded task's exact oracle: it needs "
+                              "task.name: synthetic and generation.tool_rounds: 0")
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
         except ValueError as e:
