@@ -14,6 +14,7 @@ Override shorthand: ``STAGE.key=value`` means ``stages.STAGE.key=value`` when ST
 from __future__ import annotations
 
 import math
+import re
 import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -271,6 +272,7 @@ class StageConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    reward_diagnostics: list[str] = field(default_factory=list)  # rewards scored on the same samples, logged as diag/<name>/mean, never trained on (e.g. [rule] beside a learned reward)
     eval_every: int = allowed(0, AT_LEAST_0)  # evaluate on the held-out set every N steps (0 = only at the end)
     save_every: int = allowed(0, AT_LEAST_0)  # resumable checkpoint every N steps (0 = none; the final model is always written)
     save_total_limit: int = allowed(2, AT_LEAST_0)  # keep the newest N step checkpoints of the stage (0 = all)
@@ -291,6 +293,7 @@ class EvalConfig:
     reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
     tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
     tool_timeout_s: float = allowed(TOOL_TIMEOUT_S, POSITIVE)  # wall-clock limit of each program run by a tool call
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra held-out sets: name -> overrides of ``task`` (its held-out problems), logged as eval/<name>/<metric>
 
 
 @dataclass
@@ -381,6 +384,8 @@ def _cross_checks(obj: Any, where: str) -> None:
         if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
             fail("betas", f"{list(obj.betas)} must be two numbers in [0, 1)")
     if isinstance(obj, EvalConfig):
+        if bad := next((name for name in obj.sets if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name)), None):
+            fail("sets", f"'{bad}' is not a set name: letters, digits and _, starting with a letter (it names eval/<set>/<metric>)")
         if any(k < 1 for k in obj.ks):
             fail("ks", f"{list(obj.ks)}: every k must be >= 1")
         if obj.samples and any(k > obj.samples for k in obj.ks):
