@@ -69,7 +69,7 @@ def measure(folder: str, config: str | None, samples: int, temperature: float, m
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.generation import GenerationConfig, sample
     from rlzoo.runtime.models import load_pretrained
-    from rlzoo.train import build_task
+    from rlzoo.run.factories import build_task
 
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is fastest
     cfg = load_config(config or Path(folder) / CONFIG_NAME)

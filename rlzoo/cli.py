@@ -130,8 +130,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rlzoo.runtime.checkpoint import CONFIG_NAME
     from rlzoo.runtime.model_files import check_model_folder
     from rlzoo.runtime.models import load_stage_result
-    from rlzoo.run.evaluation import run_eval
-    from rlzoo.run.factories import build_task, make_eval_reward
+    from rlzoo.run.evaluation import run_evals
+    from rlzoo.run.factories import build_task, eval_sets, make_eval_reward
 
     if args.model and args.checkpoint:
         raise ConfigError("give a checkpoint folder or --model, not both")
@@ -171,9 +171,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from rlzoo.data.files import load_examples
 
         # every row read and checked, as training reads a task's files, then the first --num-examples
-        examples = load_examples(args.data, format=args.format or "cot")[: args.num_examples]
+        examples, sets = load_examples(args.data, format=args.format or "cot")[: args.num_examples], {}
     else:
-        examples = build_task(cfg).eval_examples()
+        examples, sets = build_task(cfg).eval_examples(), eval_sets(cfg)  # and the extra held-out sets of eval.sets
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()  # the model loads last, so that data and option errors come at once
@@ -182,7 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model.eval()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    result = run_eval(cfg, model, tokenizer, examples, make_eval_reward(cfg))
+    result = run_evals(cfg, model, tokenizer, examples, sets, make_eval_reward(cfg))
     result.update({"load_seconds": round(load_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)})
     print(json.dumps(result, indent=2))
     return 0

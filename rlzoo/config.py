@@ -14,6 +14,7 @@ Override shorthand: ``STAGE.key=value`` means ``stages.STAGE.key=value`` when ST
 from __future__ import annotations
 
 import math
+import re
 import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -272,6 +273,7 @@ class StageConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    reward_diagnostics: list[str] = field(default_factory=list)  # rewards scored on the same samples, logged as diag/<name>/mean, never trained on (e.g. [rule] beside a learned reward)
     eval_every: int = allowed(0, AT_LEAST_0)  # evaluate on the held-out set every N steps (0 = only at the end)
     save_every: int = allowed(0, AT_LEAST_0)  # resumable checkpoint every N steps (0 = none; the final model is always written)
     save_total_limit: int = allowed(2, AT_LEAST_0)  # keep the newest N step checkpoints of the stage (0 = all)
@@ -292,6 +294,7 @@ class EvalConfig:
     reward: str = "rule"  # reward that grades held-out answers (any value > 0 counts as correct)
     tool_rounds: int = allowed(0, AT_LEAST_0)  # tool-integrated answers: code blocks run per answer, as in training rollouts (0 = off)
     tool_timeout_s: float = allowed(TOOL_TIMEOUT_S, POSITIVE)  # wall-clock limit of each program run by a tool call
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra held-out sets: name -> overrides of ``task`` (its held-out problems), logged as eval/<name>/<metric>
 
 
 @dataclass
@@ -311,6 +314,21 @@ class CompareEntry:
     algorithm: str = "grpo"  # registered algorithm name
     label: Optional[str] = None  # name in the report (default: the algorithm)
     overrides: list[str] = field(default_factory=list)  # key=value overrides of the RL stage, e.g. "data.source=online"
+    before: list[str] = field(default_factory=list)  # stages of the config run first in the entry's own run, from the SFT checkpoint (e.g. [orm]: a reward model the RL stage's reward names)
+    iterative: dict[str, Any] = field(default_factory=dict)  # overrides of ``iterative`` for this entry (iterative RL; rl_stage is compare.rl_stage)
+
+
+@dataclass
+class PassKConfig:
+    """Figure 7 of ``rlzoo compare``: Pass@K and Maj@K against K of the SFT checkpoint and of some
+    entries' final checkpoints, from one set of ``samples`` samples per held-out problem (every K
+    reads the same samples; unbiased estimators)."""
+
+    samples: int = allowed(0, AT_LEAST_0)  # samples per problem (0 = off)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # the K values (each <= samples)
+    entries: list[str] = field(default_factory=list)  # labels of the entries whose final checkpoints are evaluated (every seed)
+    temperature: float = allowed(0.7, POSITIVE)  # sampling temperature (the paper: 0.7)
+    num_examples: Optional[int] = allowed(None, AT_LEAST_1)  # first N held-out problems (None = eval.num_examples)
 
 
 @dataclass
@@ -322,6 +340,8 @@ class CompareConfig:
     entries: list[CompareEntry] = field(default_factory=list)  # the contenders
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each entry runs once per seed
     report: str = "docs/comparison.md"  # the generated report (plots are written beside it)
+    parallel: int = allowed(1, AT_LEAST_1)  # runs trained at once, each its own process (set threads: 1 and parallel: cores)
+    passk: PassKConfig = field(default_factory=PassKConfig)  # Figure 7 (off unless passk.samples > 0)
 
 
 @dataclass
@@ -382,10 +402,15 @@ def _cross_checks(obj: Any, where: str) -> None:
         if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
             fail("betas", f"{list(obj.betas)} must be two numbers in [0, 1)")
     if isinstance(obj, EvalConfig):
+        if bad := next((name for name in obj.sets if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name)), None):
+            fail("sets", f"'{bad}' is not a set name: letters, digits and _, starting with a letter (it names eval/<set>/<metric>)")
         if any(k < 1 for k in obj.ks):
             fail("ks", f"{list(obj.ks)}: every k must be >= 1")
         if obj.samples and any(k > obj.samples for k in obj.ks):
             fail("ks", f"k={max(obj.ks)} is more than samples={obj.samples} (Pass@k and Maj@k need k <= samples)")
+    if isinstance(obj, PassKConfig) and obj.samples:
+        if not obj.ks or any(k < 1 or k > obj.samples for k in obj.ks):
+            fail("ks", f"{list(obj.ks)}: every K must be in [1, samples={obj.samples}]")
     if isinstance(obj, RewardModelStageConfig) and obj.type == "orm" and obj.labels != "rule":
         fail("labels", f"an orm learns outcome labels: labels must be rule, not {obj.labels}")
 

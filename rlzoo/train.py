@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlzoo.config import expand_iterative, to_yaml
 from rlzoo.errors import UserError
 from rlzoo.run.evaluation import evaluate_stage
-from rlzoo.run.factories import build_task, checkpoint_bytes, initial_model
+from rlzoo.run.factories import build_task, checkpoint_bytes, eval_sets, initial_model
 from rlzoo.run.loop import RunContext
 from rlzoo.run.policy_stage import run_policy_stage
 from rlzoo.run.reward_model_stage import run_reward_model_stage
@@ -110,7 +110,7 @@ def _train(cfg: DictConfig, stages: list, dist, folder: RunFolder, config_yaml: 
     try:
         with stop_on_signals() as stop:
             ctx = RunContext(cfg, out, dist, started.get("logger"), config_yaml, stop, task, task.eval_examples(),
-                             {name: stage.kind for name, stage, _ in stages})
+                             {name: stage.kind for name, stage, _ in stages}, eval_sets(cfg))
             for index, (name, stage, algo) in enumerate(stages):
                 if name in trained:  # finished in an earlier session
                     if stage.kind == "policy":
@@ -119,7 +119,7 @@ def _train(cfg: DictConfig, stages: list, dist, folder: RunFolder, config_yaml: 
                         result = read_state(out / name / "final")["result"]
                         if stage.kind == "policy":
                             lm, tokenizer = load_stage_result(out / name / "final", cfg.model.dtype)
-                            result["eval"] = evaluate_stage(cfg, lm, tokenizer, ctx.eval_examples, dist)
+                            result["eval"] = evaluate_stage(cfg, lm, tokenizer, ctx.eval_examples, dist, ctx.eval_sets)
                             ctx.log_eval(name, stage.steps, result["eval"], global_step + stage.steps)
                         summary["stages"].append(result)
                         _write_summary(dist, out, summary)

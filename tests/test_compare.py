@@ -4,7 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-from rlzoo.run.compare import compare, observations
+import pytest
+
+from rlzoo.run.compare import claims, compare
 from rlzoo.config import load_config
 from helpers import TINY_MODEL
 
@@ -41,15 +43,74 @@ def test_compare_writes_report_and_plots(tmp_path):
     assert "(test, resumed)" in report.read_text()
 
 
-def test_observations_state_agreement_from_numbers():
-    sft = {"eval": {"accuracy": 0.5, "pass@8": 0.8, "maj@8": 0.6}}
-    run = lambda acc, p, m: [{"eval": {"accuracy": acc, "pass@8": p, "maj@8": m}}]
-    results = {"rft": run(0.55, 0.8, 0.62), "online_rft": run(0.60, 0.79, 0.66), "grpo": run(0.58, 0.81, 0.70)}
-    text = "\n".join(observations(sft, results))
-    assert "online_rft − rft = +5.0 points; this run agrees" in text
-    assert "grpo − online_rft = -2.0 points; this run does not agree" in text
-    assert "(grpo): maj@8 +10.0, pass@8 +1.0 points over SFT; this run agrees" in text
-    # both falling is not "RL improves Maj@K": Maj@K has to rise
-    assert "(rft): maj@8 +2.0, pass@8 +0.0 points over SFT; this run agrees" in text
-    worse = observations(sft, {"dpo": run(0.4, 0.6, 0.55)})
-    assert any("(dpo): maj@8 -5.0, pass@8 -20.0 points over SFT; this run does not agree" in line for line in worse)
+def test_claims_state_agreement_by_the_rule_from_numbers():
+    sft = {"eval": {"accuracy": 0.5, "pass@8": 0.8, "maj@8": 0.6, "shifted/accuracy": 0.2}}
+    run = lambda acc, p, m, ood=0.2: {"eval": {"accuracy": acc, "pass@8": p, "maj@8": m, "shifted/accuracy": ood}}
+    results = {"rft": [run(0.55, 0.8, 0.62), run(0.55, 0.8, 0.62)],
+               "online_rft": [run(0.60, 0.79, 0.66), run(0.62, 0.79, 0.66)],
+               "grpo": [run(0.58, 0.81, 0.70, 0.3), run(0.60, 0.81, 0.70, 0.3)],
+               "ppo": [run(0.59, 0.8, 0.6), run(0.63, 0.8, 0.6)]}
+    budgets = {"grpo": [{"peak_memory_mb": 900.0}] * 2, "ppo": [{"peak_memory_mb": 1500.0}, {"peak_memory_mb": 1700.0}]}
+    text = "\n".join(claims(sft, results, budgets, {}, ["shifted"]))
+    # online_rft - rft = 0.61 - 0.55 = +6 points; se = sqrt(0.0002 / 2 + 0) = 0.01, 2 s.e. = 2 points
+    assert "online_rft − rft): +6.0 points, 2 s.e. 2.0: agrees." in text
+    # grpo - SFT = 0.59 - 0.5 = +9; se = sqrt(0.0002 / 2) = 0.01
+    assert "(a) RL (GRPO) improves over SFT** (greedy accuracy, grpo − SFT): +9.0 points, 2 s.e. 2.0: agrees." in text
+    # grpo - ppo = 0.59 - 0.61 = -2; se = sqrt(0.0002/2 + 0.0008/2) = 0.0224, 2 s.e. 4.5: within the spread
+    assert "grpo − ppo): -2.0 points, 2 s.e. 4.5: within the seed spread." in text
+    # memory: ppo - grpo = 1600 - 900 = 700 MB; se = sqrt(20000 / 2) = 100
+    assert "GRPO needs less memory than PPO** (peak MB, ppo − grpo): +700.0 MB, 2 s.e. 200.0: agrees." in text
+    # (e) at K = 8 for grpo: maj +10, pass +1, the difference +9 on both seeds (no spread)
+    assert "(grpo over SFT at K=8): maj@8 +10.0, pass@8 +1.0 points; the difference +9.0, 2 s.e. 0.0: agrees." in text
+    # Maj@K falling is never "RL raises Maj@K"
+    assert "(ppo over SFT at K=8): maj@8 +0.0, pass@8 +0.0 points; the difference +0.0, 2 s.e. 0.0: does not agree (Maj@K does not rise)." in text
+    assert "on `shifted`** (greedy accuracy on shifted): +10.0 points, 2 s.e. 0.0: agrees." in text
+    assert "grpo_prm" not in text  # an entry that did not run: its claims are left out
+
+
+def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_path):
+    # configs/compare_paper.yaml shrunk: two runs at once; an entry that trains its ORM first and
+    # iterates (RL, ORM retrained, RL again); Pass@K of the SFT and GRPO checkpoints
+    cfg = load_config(Path("configs/compare_paper.yaml"), TINY + [
+        "eval.max_new_tokens=8", "eval.sets.shifted.synthetic.eval_size=2", "eval.sets.pot.synthetic.eval_size=2",
+        f"output_dir={tmp_path / 'runs'}", f"compare.report={tmp_path / 'paper.md'}", "compare.seeds=[0]", "compare.parallel=2",
+        "sft.steps=2", "rl.steps=2", "rl.eval_every=1", "rl.data.prompts_per_step=2", "rl.data.samples_per_prompt=2",
+        "rl.generation.max_new_tokens=8", "orm.steps=1", "orm.reward_model.questions=2", "orm.reward_model.eval_questions=2",
+        "orm.data.samples_per_prompt=2", "orm.generation.max_new_tokens=8",
+        "compare.passk={samples: 4, ks: [1, 2, 4], entries: [grpo], num_examples: 3}",
+        "compare.entries=[{algorithm: grpo}, {algorithm: grpo, label: grpo_orm, before: [orm], "
+        "iterative: {iterations: 2, reward_model_stage: orm, replay: 0.5}, "
+        "overrides: ['reward={name: orm, kwargs: {model: orm}}', 'reward_diagnostics=[rule]']}]",
+    ])
+    report = compare(cfg, "rlzoo compare configs/compare_paper.yaml (test)")
+    text = report.read_text()
+    assert "failed" not in text, text
+    runs = tmp_path / "runs"
+    stages = [s["name"] for s in json.loads((runs / "grpo_orm" / "seed0" / "summary.json").read_text())["stages"]]
+    assert stages == ["orm", "rl", "orm_it1", "rl_it2", "orm_it2"]
+    assert str(runs / "sft" / "sft" / "final") in (runs / "grpo_orm" / "seed0" / "config.yaml").read_text()  # the ORM samples the SFT model
+    # the budget table: 2 steps x 2 questions x 2 samples per RL stage; the iterative entry ran two
+    assert "| grpo | 4 | 8 |" in text and "| grpo_orm | 8 | 16 |" in text
+    assert "## Out of domain" in text and "| shifted | pot |" in text
+    assert "## Pass@K and Maj@K (Figure 7)" in text and "| SFT |" in text
+    assert "(a) RL (GRPO) improves over SFT" in text and "(e) RL raises Maj@K more than Pass@K** (grpo over SFT at K=4)" in text
+    for png in ("accuracy", "reward", "hacking", "passk"):
+        assert (tmp_path / f"paper_{png}.png").stat().st_size > 1000, png
+    assert json.loads((runs / "sft" / "sft" / "final" / "passk.json").read_text())["result"]["pass@4"] >= 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compare.parallel=0", "compare.parallel=0 is out of range: it must be >= 1"),
+    ("compare.passk={samples: 4, ks: [1, 8]}", r"compare.passk.ks: \[1, 8\]: every K must be in \[1, samples=4\]"),
+    ("compare.passk.entries=[gpro]", "compare.passk.entries: 'gpro' is not an entry's label; known: rft, online_rft"),
+    ("compare.entries=[{algorithm: grpo, before: [rm]}]", "compare entry grpo: before: 'rm' is not a stage of the config"),
+    ("compare.entries=[{algorithm: grpo}, {algorithm: grpo}]", "compare.entries: two entries are labelled 'grpo'"),
+    ("compare.entries=[{algorithm: grpo, overrides: ['reward={name: orm, kwargs: {model: orm}}']}]",
+     r"compare.entries\[0\] \(grpo\): stages.rl.reward: model orm is neither a reward-model stage of this run nor a folder"),
+])
+def test_paper_config_errors_are_one_line(override, message):
+    from rlzoo.errors import ConfigError
+    from rlzoo.run.compare import plan
+
+    with pytest.raises(ConfigError, match=message):
+        plan(load_config(Path("configs/compare_paper.yaml"), TINY + [override]))

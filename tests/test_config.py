@@ -52,6 +52,11 @@ def test_config_loads_and_validates(path, tmp_path):
         return
     stages = validate(cfg)
     assert [name for name, _, _ in stages] == list(cfg.stages)
+    if cfg.compare.entries:  # a comparison: every run it would train, checked as rlzoo compare checks it
+        from rlzoo.run.compare import plan
+
+        sft, runs = plan(cfg)
+        assert len(runs) == len(cfg.compare.entries) * len(cfg.compare.seeds)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,6 +13,14 @@ without gradients, on the device the batch is on; it is loaded once, on first us
 ``model`` is a reward model folder or the name of an earlier reward-model stage of the run.
 
     reward: {name: prm, kwargs: {model: prm, step_rule: line}}
+
+* ``oracle_prm``: no model, the embedded task's exact step oracle
+  (:func:`rlzoo.data.synthetic.step_oracle`): 1 at the end of every step on a correct path, 0 at
+  every other step end; the completion's value is 1 when every step is right. It gives step
+  rewards as ``prm`` does, so ``supervision: process`` trains on it: the upper bound of process
+  supervision (a PRM that never errs). The embedded task only, without tool rounds.
+
+    reward: {name: oracle_prm, kwargs: {step_rule: line}}
 """
 
 from __future__ import annotations
@@ -110,4 +118,43 @@ class ProcessModelReward(_ModelReward):
                 values.append(steps[-1])
             else:
                 values.append(float(torch.tensor(steps).prod()))
+        return ModelScores(values, step_rewards, ends)
+
+
+@register_reward("oracle_prm")
+class OracleProcessReward:
+    """The exact step oracle as a process reward: each step end's reward is the oracle's verdict on
+    the solution up to there (:func:`rlzoo.reward_models.labels.oracle_labels`), 1.0 or 0.0; the
+    completion's value is 1.0 when every step is right (it has at least one). Built with the
+    policy's tokenizer (``needs_tokenizer``), which puts the steps on the batch's tokens.
+
+    For the problem 8 - 6 = 2, 2 * 3 = 6 and the line rule::
+
+        ' 8 - 6 = 2.\\n2 * 3 = 6.\\nThe answer is \\\\boxed{6}.'   step rewards 1, 1, 1   value 1
+        ' 8 - 6 = 2.\\n2 * 3 = 7.\\nThe answer is \\\\boxed{7}.'   step rewards 1, 0, 0   value 0
+    """
+
+    needs_batch = True
+    process = True
+    needs_tokenizer = True
+
+    def __init__(self, tokenizer=None, step_rule: str = "line") -> None:
+        from rlzoo.reward_models.steps import STEP_RULES
+
+        STEP_RULES.get(step_rule)
+        self.tokenizer, self.step_rule = tokenizer, step_rule
+
+    def __call__(self, batch) -> ModelScores:
+        from rlzoo.data.synthetic import step_oracle
+        from rlzoo.errors import ConfigError
+        from rlzoo.reward_models.labels import oracle_labels
+        from rlzoo.reward_models.steps import batch_steps, end_mask
+
+        if self.tokenizer is None:
+            raise ConfigError("reward oracle_prm needs the policy's tokenizer: build it through rlzoo.rewards.make_reward(spec, tokenizer)")
+        rows = batch_steps(batch, self.tokenizer, self.step_rule)
+        ends = end_mask(batch, rows)  # [N, T]
+        step_rewards = oracle_labels(batch, rows, step_oracle)  # [N, T] 1.0 at a right step's end
+        right = (step_rewards * ends).sum(-1)  # [N]
+        values = [float(n > 0 and r == n) for r, n in zip(right.tolist(), ends.sum(-1).tolist())]
         return ModelScores(values, step_rewards, ends)

@@ -275,29 +275,32 @@ class Reward:
         return _map(self.functions[0].fn, list(zip(examples, completions)), answer)
 
 
-def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None) -> RewardFunction:
+def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None, tokenizer=None) -> RewardFunction:
     """The reward function registered as ``name`` (or ``file.py:function`` / ``module:function``).
 
     A registered class (a reward model, :mod:`rlzoo.reward_models.reward`) is built once, with the
-    ``kwargs``; a function gets them at every call."""
+    ``kwargs``; a function gets them at every call. A class that declares ``needs_tokenizer = True``
+    (it reads the batch's tokens as text: ``oracle_prm``) is also given the policy's ``tokenizer``."""
     from rlzoo.registry import REWARDS
 
     fn = REWARDS.get(name)
     if inspect.isclass(fn):
+        args = {**dict(kwargs or {}), **({"tokenizer": tokenizer} if getattr(fn, "needs_tokenizer", False) else {})}
         try:
-            return RewardFunction(name, fn(**dict(kwargs or {})), weight, {})
+            return RewardFunction(name, fn(**args), weight, {})
         except TypeError as e:
             raise RewardError(f"reward '{name}': {e}") from None
     return RewardFunction(name, fn, weight, dict(kwargs or {}))
 
 
-def make_reward(spec) -> Reward:
-    """The :class:`Reward` of a config's reward section (``name`` and ``kwargs``, or ``functions``)."""
+def make_reward(spec, tokenizer=None) -> Reward:
+    """The :class:`Reward` of a config's reward section (``name`` and ``kwargs``, or ``functions``);
+    ``tokenizer``, the policy's, goes to the functions that declare they need it."""
     from omegaconf import OmegaConf
 
     if isinstance(spec, str):
-        return Reward([reward_function(spec)])
+        return Reward([reward_function(spec, tokenizer=tokenizer)])
     plain = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
     if plain.get("functions"):
-        return Reward([reward_function(f["name"], f.get("weight", 1.0), f.get("kwargs")) for f in plain["functions"]])
-    return Reward([reward_function(plain["name"], 1.0, plain.get("kwargs"))])
+        return Reward([reward_function(f["name"], f.get("weight", 1.0), f.get("kwargs"), tokenizer) for f in plain["functions"]])
+    return Reward([reward_function(plain["name"], 1.0, plain.get("kwargs"), tokenizer)])

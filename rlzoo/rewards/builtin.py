@@ -272,3 +272,33 @@ def _any_format_answer(prompt: str, completion: str, example: Example, *, timeou
 any_format.parallel = True
 any_format.events = ("format_cot", "format_pot", "format_tir", "exec_fail", "exec_timeout")
 any_format.answer = _any_format_answer
+
+
+@register_reward("random")
+class RandomReward:
+    """The control of a reward: 1 with probability ``p``, else 0, whatever the completion says.
+
+    A completion's coin is a hash of ``(seed, prompt, completion)``: the same text always gets the
+    same reward (within a run, across runs and processes), two texts get independent coins, and
+    correctness plays no part. Training on it measures what RL does without a signal, the
+    spurious-reward control of Shao et al. (2025), whose random rewards lifted some models.
+
+    >>> r = RandomReward(p=0.5, seed=0)
+    >>> r("Q", " 2 + 3 = 5.", Example("Q", "5")) == r("Q", " 2 + 3 = 5.", Example("Q", "5"))
+    True
+    >>> RandomReward(p=0.0)("Q", "anything", Example("Q", "5")), RandomReward(p=1.0)("Q", "anything", Example("Q", "5"))
+    (0.0, 1.0)
+    """
+
+    def __init__(self, p: float = 0.5, seed: int = 0) -> None:
+        from rlzoo.config import UNIT, check_range
+
+        check_range("reward random: p", p, UNIT)
+        self.p, self.seed = float(p), int(seed)
+
+    def __call__(self, prompt: str, completion: str, example: Example) -> float:
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.seed}\x00{prompt}\x00{completion}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+        return 1.0 if u < self.p else 0.0

@@ -173,12 +173,22 @@ def run_eval(cfg, model, tokenizer, examples: list[Example], reward, dist: Dist 
     )
 
 
-def evaluate_stage(cfg, lm, tokenizer, examples: list[Example], dist: Dist) -> dict[str, float]:
-    """The held-out evaluation of a stage's final weights, under the run's autocast."""
+def run_evals(cfg, model, tokenizer, examples: list[Example], sets: dict[str, list[Example]], reward,
+              dist: Dist | None = None) -> dict[str, float]:
+    """:func:`run_eval` on the main held-out set, then on each extra set of ``eval.sets`` (``sets``:
+    name -> its examples), whose metrics are named ``<set>/<metric>`` (``shifted/accuracy``)."""
+    out = run_eval(cfg, model, tokenizer, examples, reward, dist)
+    for name, set_examples in sets.items():
+        out.update({f"{name}/{k}": v for k, v in run_eval(cfg, model, tokenizer, set_examples, reward, dist).items()})
+    return out
+
+
+def evaluate_stage(cfg, lm, tokenizer, examples: list[Example], dist: Dist, sets: dict[str, list[Example]] = {}) -> dict[str, float]:
+    """The held-out evaluation of a stage's final weights (and of the extra ``sets``), under the run's autocast."""
     from rlzoo.run.factories import make_eval_reward
     from rlzoo.runtime.stage import make_accelerator
 
     accelerator = make_accelerator(cfg.mixed_precision)
     lm.to(accelerator.device).eval()
     with accelerator.autocast():
-        return run_eval(cfg, lm, tokenizer, examples, make_eval_reward(cfg), dist)
+        return run_evals(cfg, lm, tokenizer, examples, sets, make_eval_reward(cfg), dist)

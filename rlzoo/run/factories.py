@@ -38,6 +38,17 @@ def build_task(cfg: DictConfig):
     raise ConfigError(f"task.name: unknown task '{cfg.task.name}'; known: synthetic, {', '.join(FILE_TASKS)}")
 
 
+def eval_set_task_config(cfg: DictConfig, name: str) -> DictConfig:
+    """The task of the extra held-out set ``eval.sets.<name>``: ``cfg.task`` with the set's overrides merged over it."""
+    return merge_section(TaskConfig, [cfg.task, cfg.eval.sets[name]], f"eval.sets.{name}.")
+
+
+def eval_sets(cfg: DictConfig) -> dict[str, list]:
+    """The held-out examples of every extra set of ``eval.sets`` (out-of-domain variants of the task),
+    by name; the run never trains on them (only the stage's own task feeds training)."""
+    return {name: build_task(OmegaConf.create({"task": eval_set_task_config(cfg, name)})).eval_examples() for name in cfg.eval.sets}
+
+
 def step_oracle(cfg: DictConfig, stage: DictConfig):
     """The task's exact step oracle, ``(example, step texts) -> verdicts``, or None when the task
     has none (only the embedded task does) or the stage's completions hold tool output
@@ -112,10 +123,11 @@ def held_out(cfg: DictConfig, examples: list, tokenizer, limit: int | None = Non
     return subset
 
 
-def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = ()):
+def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names: list[str] = (), tokenizer=None):
     """The stage's :class:`rlzoo.rewards.Reward` (``reward.name`` or the weighted ``reward.functions``).
 
-    A reward model's ``model`` that names a stage of the run means that stage's final folder."""
+    A reward model's ``model`` that names a stage of the run means that stage's final folder;
+    ``tokenizer`` is the policy's, for the rewards that read its tokens as text (``oracle_prm``)."""
     from rlzoo.rewards import make_reward as build
 
     spec = OmegaConf.to_container(stage_cfg.reward, resolve=True)
@@ -123,7 +135,15 @@ def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names:
         model = (f.get("kwargs") or {}).get("model")
         if model in stage_names and run_dir is not None:
             f["kwargs"]["model"] = str(run_dir / model / "final")
-    return build(spec)
+    return build(spec, tokenizer)
+
+
+def make_diagnostics(stage_cfg: DictConfig, tokenizer=None) -> dict:
+    """The stage's diagnostic rewards (``reward_diagnostics``), name -> :class:`rlzoo.rewards.Reward`:
+    scored on the stage's samples and logged, never trained on."""
+    from rlzoo.rewards import make_reward as build
+
+    return {name: build(name, tokenizer) for name in stage_cfg.reward_diagnostics}
 
 
 def make_eval_reward(cfg: DictConfig):

@@ -15,7 +15,7 @@ here, once:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +35,7 @@ class RunContext:
     task           the run's task (``train_stream``, ``eval_examples``)
     eval_examples  the held-out set
     kinds          stage name -> ``policy`` or ``reward_model``, in run order
+    eval_sets      the extra held-out sets of ``eval.sets``: name -> examples (evaluated beside the main one)
     """
 
     cfg: Any
@@ -46,6 +47,7 @@ class RunContext:
     task: Any
     eval_examples: list
     kinds: dict[str, str]
+    eval_sets: dict[str, list] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from rlzoo.interface import Algorithm
-from rlzoo.run.evaluation import run_eval
-from rlzoo.run.factories import make_eval_reward, make_reward, stage_base, stage_prompts
+from rlzoo.run.evaluation import run_evals
+from rlzoo.run.factories import make_diagnostics, make_eval_reward, make_reward, stage_base, stage_prompts
 from rlzoo.run.loop import RunContext, StopRules, run_steps, write_final
 
 
@@ -32,18 +32,19 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
     cfg, out = ctx.cfg, ctx.out
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    reward = make_reward(stage, out, ctx.names)
+    reward = make_reward(stage, out, ctx.names, tokenizer)
     start = checksum(lm)
     st = build_stage(name, stage, algo, lm, tokenizer, stage_prompts(cfg, name, index, stage, ctx.task, tokenizer),
                      model_cfg=cfg.model, mixed_precision=cfg.mixed_precision, seed=cfg.seed + index,
-                     sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=reward)
+                     sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=reward,
+                     diagnostics=make_diagnostics(stage, tokenizer))
     st.global_step = global_step
     if checkpoint is not None:
         st.load(checkpoint)
     eval_reward = make_eval_reward(cfg)
 
     def evaluate() -> dict[str, float]:
-        return st.autocast(run_eval, cfg, st.lm, tokenizer, ctx.eval_examples, eval_reward, ctx.dist)
+        return st.autocast(run_evals, cfg, st.lm, tokenizer, ctx.eval_examples, ctx.eval_sets, eval_reward, ctx.dist)
 
     run_steps(ctx, name, f"{name} ({stage.algorithm})", done=st.step, steps=stage.steps, global_step=global_step,
               step=lambda: train_step(st), rules=StopRules(name, stage.optim.max_nonfinite_steps, out / name, reward=reward.name,

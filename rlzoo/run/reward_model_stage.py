@@ -41,7 +41,10 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     accelerator = make_accelerator(cfg.mixed_precision)
     set_seed(cfg.seed + index)
     stage_dir = out / name
-    policy = lm if rm_cfg.policy is None else load_stage_result(ctx.resolve(rm_cfg.policy), cfg.model.dtype)[0]
+    if rm_cfg.policy is not None:  # with its own tokenizer, which the labelled data and the saved reward model then use
+        policy, tokenizer = load_stage_result(ctx.resolve(rm_cfg.policy), cfg.model.dtype)
+    else:
+        policy = lm
     policy.to(accelerator.device).eval()
     sampled = checksum(policy)  # the weights the labelled samples come from
     data_file = stage_dir / "data.pt"
@@ -113,7 +116,7 @@ def _label(ctx: RunContext, index: int, name: str, stage: DictConfig, policy, to
 
     cfg, dist = ctx.cfg, ctx.dist
     rm_cfg = stage.reward_model
-    reward = make_reward(stage, ctx.out, ctx.names)
+    reward = make_reward(stage, ctx.out, ctx.names, tokenizer)
     prompts = stage_prompts(cfg, name, index, stage, ctx.task, tokenizer)
     questions = [next(prompts) for _ in range(rm_cfg.questions)]
     data, skipped = {}, 0

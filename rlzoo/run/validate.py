@@ -11,10 +11,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config import check_values, reward_specs
-from rlzoo.errors import ConfigError, DataError
+from rlzoo.errors import ConfigError, DataError, UserError
 from rlzoo.interface import Algorithm
 from rlzoo.registry import DATA_SOURCES, load_plugin
-from rlzoo.run.factories import build_task, make_algorithm, make_eval_reward, make_reward, stage_task_config, step_oracle
+from rlzoo.run.factories import (build_task, eval_set_task_config, make_algorithm, make_diagnostics, make_eval_reward,
+                                 make_reward, stage_task_config, step_oracle)
 from rlzoo.runtime.model_files import check_model_folder
 from rlzoo.runtime.models import resolve_model
 from rlzoo.runtime.trainer import resolve_loss_agg
@@ -42,10 +43,17 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
             raise ConfigError(f"stages.{name}.init: '{stage.init}' is not an earlier policy stage")
         DATA_SOURCES.get(stage.data.source or algo.data_source)
         reward = make_reward(stage)
+        try:
+            make_diagnostics(stage)
+        except UserError as e:
+            raise ConfigError(f"stages.{name}.reward_diagnostics: {e}") from None
         _check_model_references(cfg, name, stage)
         if "step_rewards" in algo.needs and not reward.process:
             raise ConfigError(f"stages.{name}.reward: {stage.algorithm} with process supervision trains on step rewards: "
-                              "use a process reward model (reward.name: prm)")
+                              "use a process reward (reward.name: prm, or oracle_prm on the embedded task)")
+        if any(f.name == "oracle_prm" for f in reward.functions) and step_oracle(cfg, stage) is None:
+            raise ConfigError(f"stages.{name}.reward: oracle_prm grades steps with the embedded task's exact oracle: it needs "
+                              "task.name: synthetic and generation.tool_rounds: 0")
         try:
             resolve_loss_agg(algo, stage.optim.loss_agg)
         except ValueError as e:
@@ -61,6 +69,10 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision: fp16 needs a GPU (on a CPU use bf16)")
     _check_task(cfg, "")
+    for set_name in cfg.eval.sets:
+        set_task = eval_set_task_config(cfg, set_name)
+        check_values(set_task, f"eval.sets.{set_name}.")
+        _check_task(OmegaConf.create({"task": set_task}), f"eval.sets.{set_name}.")
     if cfg.model.path:
         path, gguf_file = resolve_model(cfg.model.path, cfg.model.gguf_file)  # a folder, or a model installed from PyPI
         check_model_folder(path, "model.path", gguf_file)

@@ -47,6 +47,10 @@ class SourceContext:
     seed      seed for the source's own shuffling (the same on every rank)
     dist      this rank and the collectives (:class:`~rlzoo.runtime.distributed.Dist`)
     pad_token_id  for gathering batches of different widths
+    diagnostics   rewards scored on the same samples but never trained on: name -> anything with
+              ``score(examples, completions, completion_ids, batch=...)`` (a :class:`rlzoo.rewards.Reward`),
+              logged as ``diag/<name>/mean`` (a learned reward's score beside the true accuracy)
+    generated, generated_tokens  samples and completion tokens this rank generated so far (the budget)
     """
 
     prompts: Iterator[Example]
@@ -58,6 +62,9 @@ class SourceContext:
     dist: Dist = field(default_factory=Dist)
     pad_token_id: int = 0
     position: int = 0  # questions taken from ``prompts`` so far (a question's group id is its position)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    generated: int = 0
+    generated_tokens: int = 0
 
     def questions(self, n: int) -> tuple[list[Example], list[int]]:
         """The next ``n`` questions of the stream: this rank's block of them, and their positions."""
@@ -81,7 +88,22 @@ def sample_and_score(ctx: SourceContext, examples: list[Example], keys: list[int
         lengths = batch.completion_lengths.float()  # [N]
         metrics.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max())})
         metrics.update(tool_metrics(batch))
+        metrics.update(diagnostic_metrics(ctx.diagnostics, batch))
+        ctx.generated += len(batch)
+        ctx.generated_tokens += int(lengths.sum())
     return batch, metrics
+
+
+def diagnostic_metrics(diagnostics: dict[str, Any], batch: RolloutBatch) -> dict[str, float]:
+    """``diag/<name>/mean``: the mean value each diagnostic reward gives the batch's samples
+    (the ones it does not skip), which nothing trains on."""
+    out = {}
+    for name, reward in diagnostics.items():
+        values, _ = reward.score(batch.examples, batch.completions, batch.completion_ids(), batch=batch)
+        given = [v for v in values if v is not None]
+        if given:
+            out[f"diag/{name}/mean"] = sum(given) / len(given)
+    return out
 
 
 def tool_metrics(batch: RolloutBatch) -> dict[str, float]:

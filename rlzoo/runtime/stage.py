@@ -186,10 +186,11 @@ def make_optimizer(param_groups: list[dict], ocfg, steps: int):
 
 
 def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
-                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward) -> Stage:
+                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, diagnostics: dict | None = None) -> Stage:
     """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``
     and scoring samples with ``reward`` (anything with ``score_batch(batch) -> metrics``, e.g. a
-    :class:`rlzoo.rewards.Reward`).
+    :class:`rlzoo.rewards.Reward`); ``diagnostics`` (name -> reward) score the same samples for the
+    logs only (``diag/<name>/mean``).
 
     ``seed`` seeds the data source's and the minibatches' shuffling, ``sample_seed`` the rollouts
     (a row's seed is ``(sample_seed, its question's position, its sample index)``)."""
@@ -238,6 +239,7 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         encode=lambda exs, comps, keys: encode_pairs(tokenizer, exs, comps, device, group_ids=keys),
         sample=lambda exs, keys, n: st.autocast(sample, policy, tokenizer, exs, n, stage_cfg.generation, seed=sample_seed, keys=keys),
         reward=reward,
+        diagnostics=dict(diagnostics or {}),
         seed=seed,
         dist=dist,
         pad_token_id=tokenizer.pad_token_id,
@@ -287,7 +289,9 @@ def train_step(st: Stage) -> dict[str, float]:
     algo, rt, dist = st.algorithm, st.rt, st.dist
     local: dict[str, float] = {}
     t0 = time.perf_counter()
+    drawn = (st.ctx.position, st.ctx.generated, st.ctx.generated_tokens)
     batch, source_metrics = st.source.next_batch(st.step)  # 1. data source
+    samples, tokens = dist.sum([float(st.ctx.generated - drawn[1]), float(st.ctx.generated_tokens - drawn[2])]).tolist()  # every rank's
     rows = float(len(batch))
     shared = reward_statistics(dist, batch)
     local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
@@ -326,5 +330,6 @@ def train_step(st: Stage) -> dict[str, float]:
     reducer.add(local)
     metrics = reducer.reduce(dist)
     metrics.update(shared)
-    metrics.update({"optim/lr": st.scheduler.get_last_lr()[0], "train/num_sequences": trained})
+    metrics.update({"optim/lr": st.scheduler.get_last_lr()[0], "train/num_sequences": trained,
+                    "data/questions": float(st.ctx.position - drawn[0]), "data/samples": samples, "data/sample_tokens": tokens})
     return metrics
