@@ -157,14 +157,17 @@ class RunFolder:
 
     def holds_run(self) -> bool:
         """Whether the folder holds an rlzoo run: its marker, or (a run of an rlzoo from before the
-        marker) a ``config.yaml`` with rlzoo's metrics or summary, or a stage folder holding a
-        final or step checkpoint that rlzoo wrote. A ``config.yaml`` alone is anyone's."""
+        marker) a ``config.yaml`` with rlzoo's metrics or summary, with a stage folder holding a
+        final or step checkpoint that rlzoo wrote, or, with rlzoo's lock, itself a config with
+        stages. A ``config.yaml`` alone is anyone's."""
         p = self.path
         if (p / MARKER).is_file():
             return True
         if not (p / "config.yaml").is_file():
             return False
         if _first_json(p / "metrics.jsonl", ("global_step", "stage")) or _first_json(p / "summary.json", ("stages",)):
+            return True
+        if (p / LOCK).is_file() and _stages_yaml(p / "config.yaml"):  # stopped before it wrote anything else
             return True
         try:
             return any(d.is_dir() and any((c / TRAINER_STATE).is_file() and (c / CONFIG_NAME).is_file()
@@ -406,6 +409,17 @@ def _first_json(path: Path, keys: tuple[str, ...]) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return isinstance(row, dict) and all(k in row for k in keys)
+
+
+def _stages_yaml(path: Path) -> bool:
+    """Whether ``path`` is YAML whose top level has a non-empty ``stages`` mapping (an rlzoo config)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("stages"), dict) and bool(data["stages"])
 
 
 def _listing(names: list[str]) -> str:
