@@ -24,7 +24,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlzoo.errors import ConfigError
+from rlzoo.errors import ConfigError, reason
 
 # -- allowed values, declared beside the fields they govern ---------------------------------------
 
@@ -467,7 +467,7 @@ def check_hyperparameters(algorithm: str, cfg: Any) -> None:
 def _one_line(e: OmegaConfBaseException, where: str = "") -> str:
     """omegaconf's error as one line, its key named after ``where`` (the section's own key)."""
     key = getattr(e, "full_key", None)
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = reason(e)
     if type(e).__name__ == "ConfigKeyError" and key:
         return f"unknown config key '{where}{key}'"
     if key:
@@ -518,7 +518,7 @@ def _parse_override(item: str, stage_names: set[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist([expanded])
     except Exception as e:  # noqa: BLE001 - yaml's parser and scanner errors: an unfinished list or quote
-        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        problem = reason(e)
         raise ConfigError(f"override '{item}': the value '{value}' is not valid YAML ({problem})") from None
 
 
@@ -552,7 +552,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
     except (TypeError, ValueError) as e:  # a merge of incompatible containers that the shape check missed
-        raise ConfigError(f"{source}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise ConfigError(f"{source}: {reason(e)}") from None
     if not merged.stages:
         raise ConfigError("config has no stages: add at least one under 'stages:'")
     return merged

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
-from rlzoo.errors import RegistryError
+from rlzoo.errors import RegistryError, reason
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ def _plugin_error(e: BaseException, path: Path | None) -> str:
     frames = traceback.extract_tb(e.__traceback__)
     mine = [f for f in frames if path is None or Path(f.filename).resolve() == path] or frames
     place = f" ({Path(mine[-1].filename).name}:{mine[-1].lineno})" if mine else ""
-    message = str(e).splitlines()[0] if str(e) else ""
+    message = reason(e) if str(e).strip() else ""
     return f"{type(e).__name__}: {message}{place}"
 
 

@@ -117,3 +117,10 @@ def test_a_learning_rate_no_adamw_run_uses_is_refused(tmp_path):
     proc = rlzoo(config(tmp_path, {"sft": {**SFT, "optim": {"lr": 1.0}}}), f"output_dir={tmp_path / 'run'}")
     line = one_error_line(proc)
     assert line == "rlzoo: error: stages.sft.optim.lr=1.0 is out of range: it must be in (0, 0.1]", line
+
+
+def test_a_reward_model_reward_without_its_model_names_the_key(tmp_path):
+    # it was "_ModelReward.__init__() missing 1 required positional argument: 'model'"
+    stage = {**GRPO, "reward": {"name": "orm"}}
+    line = one_error_line(rlzoo(config(tmp_path, {"grpo": stage}), f"output_dir={tmp_path / 'run'}"))
+    assert line == "rlzoo: error: reward 'orm' needs kwargs.model (its kwargs: model, batch_size, dtype)", line

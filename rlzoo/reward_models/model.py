@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlzoo.errors import ModelLoadError
+from rlzoo.errors import ModelLoadError, reason
 from rlzoo.runtime.logprobs import backbone, position_ids_from_mask
 
 
@@ -91,8 +91,7 @@ def load_reward_model(path: str, dtype: str = "float32") -> torch.nn.Module:
             )
         return AutoModelForTokenClassification.from_pretrained(str(folder), dtype=getattr(torch, dtype), local_files_only=True)
     except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load reward model from {path}: {first_line}") from None
+        raise ModelLoadError(f"cannot load reward model from {path}: {reason(e)}") from None
 
 
 # -- scores ---------------------------------------------------------------------------------------

@@ -286,6 +286,14 @@ def reward_function(name: str, weight: float = 1.0, kwargs: dict | None = None, 
     fn = REWARDS.get(name)
     if inspect.isclass(fn):
         args = {**dict(kwargs or {}), **({"tokenizer": tokenizer} if getattr(fn, "needs_tokenizer", False) else {})}
+        params = inspect.signature(fn).parameters
+        missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in args
+                   and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        unknown = [k for k in args if k not in params and not any(v.kind == v.VAR_KEYWORD for v in params.values())]
+        if missing or unknown:
+            what = f"needs kwargs.{missing[0]}" if missing else f"takes no kwargs.{unknown[0]}"
+            known = ", ".join(p for p in params if p != "tokenizer")
+            raise RewardError(f"reward '{name}' {what} (its kwargs: {known})")
         try:
             return RewardFunction(name, fn(**args), weight, {})
         except TypeError as e:

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config import check_values, reward_specs
-from rlzoo.errors import ConfigError, DataError, UserError
+from rlzoo.errors import ConfigError, DataError, UserError, reason
 from rlzoo.interface import Algorithm
 from rlzoo.registry import DATA_SOURCES, load_plugin
 from rlzoo.run.factories import (build_task, eval_set_task_config, make_algorithm, make_diagnostics, make_eval_reward,
@@ -152,7 +152,7 @@ def _check_wandb() -> None:
     try:
         logged_in = wandb.login(verify=False, prompt=False)
     except Exception as e:  # noqa: BLE001 - wandb's own errors (a malformed key)
-        raise ConfigError(f"logging.wandb: {str(e).splitlines()[0]}; run `wandb login`, or set WANDB_MODE=offline") from None
+        raise ConfigError(f"logging.wandb: {reason(e)}; run `wandb login`, or set WANDB_MODE=offline") from None
     if not logged_in:
         raise ConfigError("logging.wandb is true but wandb has no API key: run `wandb login`, or set WANDB_MODE=offline")
 

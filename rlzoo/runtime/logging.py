@@ -53,13 +53,12 @@ def _start_wandb(**kwargs):
     """``wandb.init``, or one line saying why not (no login, no network) as a ConfigError."""
     import wandb as wb
 
-    from rlzoo.errors import ConfigError
+    from rlzoo.errors import ConfigError, reason
 
     timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or WANDB_INIT_TIMEOUT_S)
     try:
         return wb.init(settings=wb.Settings(init_timeout=timeout), **kwargs)
     except Exception as e:  # noqa: BLE001 - wandb's UsageError, CommError, a timeout
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         wb.teardown()  # its service stops now, not in an exit hook after the error line
-        raise ConfigError(f"logging.wandb: wandb did not start ({reason}); run `wandb login`, or set WANDB_MODE=offline") from None
+        raise ConfigError(f"logging.wandb: wandb did not start ({reason(e)}); run `wandb login`, or set WANDB_MODE=offline") from None
 

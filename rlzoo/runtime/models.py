@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rlzoo.config import TinyModelConfig
-from rlzoo.errors import ModelLoadError
+from rlzoo.errors import ModelLoadError, reason
 from rlzoo.runtime.logprobs import backbone, position_ids_from_mask, token_logprobs
 
 
@@ -95,8 +95,7 @@ def load_pretrained(path: str, gguf_file: str | None = None, dtype: str = "float
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a damaged or foreign file (torch: RuntimeError)
         from rlzoo.runtime.model_files import damaged_safetensors
 
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load model from {path}: {damaged_safetensors(folder) or first_line}") from None
+        raise ModelLoadError(f"cannot load model from {path}: {damaged_safetensors(folder) or reason(e)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -167,7 +166,7 @@ def load_stage_result(folder: str | Path, dtype: str = "float32", gguf_file: str
     try:
         lm = PeftModel.from_pretrained(lm, str(folder)).merge_and_unload()
     except (OSError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"cannot load the LoRA adapters of {folder}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot load the LoRA adapters of {folder}: {reason(e)}") from None
     return lm, tokenizer
 
 

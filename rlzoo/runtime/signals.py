@@ -8,9 +8,10 @@ interrupts at once (the newest periodic checkpoint remains).
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from contextlib import contextmanager
+
+from rlzoo.errors import say
 
 
 class StopRequest:
@@ -35,8 +36,8 @@ def stop_on_signals():
         if stop.flag:  # the second one: no waiting
             raise KeyboardInterrupt
         stop.flag = True
-        print(f"rlzoo: {signal.Signals(signum).name}: finishing the current step, then saving a checkpoint "
-              "(again to stop at once)", file=sys.stderr, flush=True)
+        say(f"rlzoo: {signal.Signals(signum).name}: finishing the current step, then saving a checkpoint "
+            "(again to stop at once)")  # one write: lines of processes launched together never run into one another
 
     for s in previous:
         signal.signal(s, handler)
