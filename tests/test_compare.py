@@ -102,7 +102,7 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
 @pytest.mark.parametrize("override, message", [
     ("compare.parallel=0", "compare.parallel=0 is out of range: it must be >= 1"),
     ("compare.passk={samples: 4, ks: [1, 8]}", r"compare.passk.ks: \[1, 8\]: every K must be in \[1, samples=4\]"),
-    ("compare.passk.entries=[gpro]", "compare.passk.entries: 'gpro' is not an entry's label; known: rft, online_rft"),
+    ("compare.passk.entries=[gpro]", "compare.passk.entries: 'gpro' is not an entry's label; known: grpo, rft, online_rft, dpo, ppo"),
     ("compare.entries=[{algorithm: grpo, before: [rm]}]", "compare entry grpo: before: 'rm' is not a stage of the config"),
     ("compare.entries=[{algorithm: grpo}, {algorithm: grpo}]", "compare.entries: two entries are labelled 'grpo'"),
     ("compare.entries=[{algorithm: grpo, overrides: ['reward={name: orm, kwargs: {model: orm}}']}]",
