@@ -16,7 +16,7 @@ def _length_reward(prompt, completion, example) -> float:
     return len(completion.strip()) / 50.0
 
 
-@pytest.mark.parametrize("name", ["dr_grpo", "rloo", "gspo", "cispo"])
+@pytest.mark.parametrize("name", ["dr_grpo", "rloo", "gspo", "cispo", "reinforce_pp"])
 def test_two_steps_train(tmp_path, name):
     from rlzoo.config import load_config
     from rlzoo.train import train
