@@ -16,8 +16,12 @@ def _length_reward(prompt, completion, example) -> float:
     return len(completion.strip()) / 50.0
 
 
-@pytest.mark.parametrize("name", ["dr_grpo", "rloo", "gspo", "cispo", "reinforce_pp"])
-def test_two_steps_train(tmp_path, name):
+OVERLONG = "stages.rl.reward.functions=[{name: test_variants_len}, {name: overlong, kwargs: {max_length: 8, cache: 4}}]"
+
+
+@pytest.mark.parametrize("name, extra", [("dr_grpo", []), ("rloo", []), ("gspo", []), ("cispo", []), ("reinforce_pp", []),
+                                         ("dapo", [OVERLONG, "stages.rl.data.max_rounds=3"])])
+def test_two_steps_train(tmp_path, name, extra):
     from rlzoo.config import load_config
     from rlzoo.train import train
 
@@ -25,10 +29,12 @@ def test_two_steps_train(tmp_path, name):
         *TINY_MODEL, f"output_dir={tmp_path}", "logging.progress=false", "eval.samples=0", "eval.max_new_tokens=4",
         "task.synthetic.eval_size=2", f"stages.rl.algorithm={name}", "stages.rl.steps=2", "stages.rl.data.prompts_per_step=4",
         "stages.rl.data.samples_per_prompt=4", "stages.rl.generation.max_new_tokens=8", "stages.rl.optim.lr=1e-2",
-        "stages.rl.optim.micro_batch_size=3", "stages.rl.reward.name=test_variants_len",
+        "stages.rl.optim.micro_batch_size=3", "stages.rl.reward.name=test_variants_len", *extra,
     ])
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r.get("stage") == "rl" and "loss/policy" in r]
     assert len(steps) == 2 and all(math.isfinite(r["loss/policy"]) for r in steps)
-    print(name, [(r["reward/mean"], r["time/step"]) for r in steps])
+    print(name, [(r["reward/mean"], r["time/step"], r.get("dynamic/rounds")) for r in steps])
+    if name == "dapo":  # dynamic sampling ran and logged; the shaped reward reached the batch
+        assert all(1 <= r["dynamic/rounds"] <= 3 and "dynamic/sampled_reward_mean" in r for r in steps)
