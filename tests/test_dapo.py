@@ -5,10 +5,11 @@ import torch
 
 from rlzoo.algorithms.dapo import DAPO
 from rlzoo.interface import Example, RolloutBatch
-from rlzoo.losses import aggregate, surrogate_loss
+from rlzoo.losses import aggregate
 from rlzoo.rewards.overlong import overlong
 from rlzoo.runtime.sources import DynamicSource, SourceContext, informative_groups
 from rlzoo.runtime.trainer import resolve_loss_agg
+from helpers import assert_coefficient_is_native_gradient
 from test_grpo import make_batch, native_grpo_objective
 
 
@@ -26,13 +27,10 @@ def test_coefficient_gradient_equals_native_gradient():
     ratio = torch.exp(logp0 - batch.old_logprobs)
     trained = batch.loss_mask > 0
     assert ((ratio < 0.8) & trained).any() and ((ratio > 1.28) & trained).any()  # both sides of the clip
-    logp = logp0.clone().requires_grad_(True)
-    coef, _ = algo.coefficients(batch, logp.detach())
-    surrogate_loss(coef, logp, batch.loss_mask, algo.loss_agg).backward()
-    grad_coef = logp.grad.clone()
-    logp = logp0.clone().requires_grad_(True)
-    (-aggregate(native_grpo_objective(logp, batch, batch.advantages, 0.0, 0.2, 0.28), batch.loss_mask, "token-mean")).backward()
-    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    assert_coefficient_is_native_gradient(
+        algo, batch, logp0,
+        lambda logp: aggregate(native_grpo_objective(logp, batch, batch.advantages, 0.0, 0.2, 0.28), batch.loss_mask, "token-mean"),
+        algo.loss_agg)
 
 
 def test_overlong_penalty_by_hand():

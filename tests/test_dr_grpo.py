@@ -8,6 +8,7 @@ from rlzoo.algorithms.grpo import GRPO
 from rlzoo.errors import ConfigError
 from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.runtime.trainer import resolve_loss_agg
+from helpers import assert_coefficient_is_native_gradient
 from test_grpo import make_batch, native_grpo_objective, rows_batch
 
 
@@ -31,14 +32,10 @@ def test_coefficient_gradient_equals_native_gradient(beta):
     logp0 = batch.old_logprobs + 0.5 * torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(3))
     ratio = torch.exp(logp0 - batch.old_logprobs)
     assert (((ratio < 0.8) | (ratio > 1.2)) & (batch.loss_mask > 0)).sum() >= 5  # the clip is exercised
-    logp = logp0.clone().requires_grad_(True)
-    coef, _ = algo.coefficients(batch, logp.detach())
-    surrogate_loss(coef, logp, batch.loss_mask, algo.loss_agg, constant=12.0).backward()
-    grad_coef = logp.grad.clone()
-    logp = logp0.clone().requires_grad_(True)
-    objective = native_grpo_objective(logp, batch, batch.advantages, beta, 0.2, 0.2)
-    (-aggregate(objective, batch.loss_mask, "seq-mean-token-sum-norm", constant=12.0)).backward()
-    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    assert_coefficient_is_native_gradient(
+        algo, batch, logp0, lambda logp: aggregate(native_grpo_objective(logp, batch, batch.advantages, beta, 0.2, 0.2),
+                                                   batch.loss_mask, "seq-mean-token-sum-norm", constant=12.0),
+        algo.loss_agg, constant=12.0)
 
 
 def test_advantages_by_hand():

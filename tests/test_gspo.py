@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlzoo.algorithms.gspo import GSPO
-from rlzoo.losses import aggregate, surrogate_loss
 from rlzoo.runtime.trainer import resolve_loss_agg
+from helpers import assert_coefficient_is_native_gradient
 from test_grpo import make_batch, rows_batch
 
 
@@ -24,13 +24,8 @@ def test_coefficient_gradient_equals_native_gradient(eps):
     algo = GSPO(GSPO.Config(clip_eps=eps[0], clip_eps_high=eps[1]))
     batch, _ = algo.prepare(make_batch(n=12, groups=3, seed=1), None)
     logp0 = batch.old_logprobs + 0.15 * torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(5))
-    logp = logp0.clone().requires_grad_(True)
-    coef, metrics = algo.coefficients(batch, logp.detach())
-    surrogate_loss(coef, logp, batch.loss_mask, algo.loss_agg).backward()
-    grad_coef = logp.grad.clone()
-    logp = logp0.clone().requires_grad_(True)
-    (-native_gspo_objective(logp, batch, *eps)).backward()
-    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    metrics = assert_coefficient_is_native_gradient(algo, batch, logp0, lambda logp: native_gspo_objective(logp, batch, *eps),
+                                                    algo.loss_agg)
     assert 0 < metrics["policy/clip_frac"] < 1  # some sequences clipped, some not
     assert resolve_loss_agg(algo, None) == "seq-mean-token-mean"
 

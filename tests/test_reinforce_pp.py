@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlzoo.algorithms.reinforce_pp import ReinforcePP
-from rlzoo.losses import aggregate, surrogate_loss
+from rlzoo.losses import aggregate
+from helpers import assert_coefficient_is_native_gradient
 from test_grpo import make_batch, native_grpo_objective
 
 
@@ -72,13 +73,9 @@ def test_coefficient_gradient_equals_native_gradient(mode):
     algo = ReinforcePP(ReinforcePP.Config(clip_eps=0.2, clip_eps_high=0.28))
     batch, _ = algo.prepare(make_batch(seed=5), OneProcess())
     logp0 = batch.old_logprobs + 0.5 * torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(8))
-    logp = logp0.clone().requires_grad_(True)
-    coef, metrics = algo.coefficients(batch, logp.detach())
-    surrogate_loss(coef, logp, batch.loss_mask, mode).backward()
-    grad_coef = logp.grad.clone()
-    logp = logp0.clone().requires_grad_(True)
-    (-aggregate(native_grpo_objective(logp, batch, batch.advantages, 0.0, 0.2, 0.28), batch.loss_mask, mode)).backward()
-    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    metrics = assert_coefficient_is_native_gradient(
+        algo, batch, logp0,
+        lambda logp: aggregate(native_grpo_objective(logp, batch, batch.advantages, 0.0, 0.2, 0.28), batch.loss_mask, mode), mode)
     assert 0 < metrics["policy/clip_frac"] < 1
 
 
