@@ -137,13 +137,14 @@ class GRPO(NoExtras):
         std_eps: float = allowed(1e-4, AT_LEAST_0)  # added to the std
         supervision: str = allowed("outcome", choices=SUPERVISION)  # "outcome": one reward per output; "process": per-step rewards of a PRM
 
+    name = "grpo"  # the key of its config section in error messages (a preset subclass sets its own)
     data_source = "online"
     loss_agg = None
     group_coupled = False
     min_samples_per_prompt = 2  # one output per question is its own group mean: every advantage is 0
 
     def __init__(self, cfg: Config) -> None:
-        check_clip("grpo", cfg.clip_eps, cfg.clip_eps_high)
+        check_clip(self.name, cfg.clip_eps, cfg.clip_eps_high)
         self.cfg = cfg
         needs = {"old_logprobs"} | ({"reference"} if cfg.beta > 0 else set())
         self.needs = frozenset(needs | ({"step_rewards"} if cfg.supervision == "process" else set()))  # process: a PRM's step rewards
@@ -154,7 +155,7 @@ class GRPO(NoExtras):
         metrics = {}
         if cfg.supervision == "process":
             if batch.step_rewards is None or batch.step_ends is None:
-                raise ConfigError("algorithms.grpo.supervision: process needs step rewards: "
+                raise ConfigError(f"algorithms.{self.name}.supervision: process needs step rewards: "
                                   "use a process reward model (reward.name: prm)")
             batch.advantages, degenerate = process_advantages(
                 batch.step_rewards, batch.step_ends, batch.group_ids, batch.loss_mask, cfg.scale_rewards, cfg.std_eps

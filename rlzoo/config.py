@@ -191,11 +191,12 @@ class TaskConfig:
 class DataConfig:
     """A stage's data source."""
 
-    source: Optional[str] = None  # "dataset", "online" or "offline"; None = the algorithm's default
+    source: Optional[str] = None  # "dataset", "online", "offline" or "dynamic"; None = the algorithm's default
     prompts_per_step: int = allowed(16, AT_LEAST_1)  # questions per training step
     samples_per_prompt: int = allowed(8, AT_LEAST_1)  # outputs sampled per question (GRPO's G, RFT's k)
     pool_prompts: int = allowed(512, AT_LEAST_1)  # offline source: questions sampled once, up front
     resample_every: int = allowed(0, AT_LEAST_0)  # offline source: re-sample the pool from the current policy every N steps (0 = never)
+    max_rounds: int = allowed(4, AT_LEAST_1)  # dynamic source: sampling rounds of prompts_per_step questions per step at most
 
 
 @dataclass

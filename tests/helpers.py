@@ -39,3 +39,19 @@ def assert_every_weight_moved(before_folder, after_folder) -> None:
     assert before.keys() == after.keys()
     frozen = [k for k in before if torch.equal(before[k], after[k])]
     assert not frozen, f"weights that did not move: {frozen}"
+
+
+def assert_coefficient_is_native_gradient(algo, batch, logp0, native, mode: str, **normalisers) -> dict:
+    """That ``algo``'s coefficients at log-probs ``logp0`` [N, T] give, through the runtime's surrogate
+    loss under ``mode``, the gradient of ``native(logp)`` (the objective to maximise, a scalar) with
+    respect to logp; returns the coefficients' metrics."""
+    from rlzoo.losses import surrogate_loss
+
+    logp = logp0.clone().requires_grad_(True)
+    coef, metrics = algo.coefficients(batch, logp.detach())
+    surrogate_loss(coef, logp, batch.loss_mask, mode, **normalisers).backward()
+    grad_coef = logp.grad.clone()
+    logp = logp0.clone().requires_grad_(True)
+    (-native(logp)).backward()
+    torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
+    return metrics

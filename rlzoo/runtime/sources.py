@@ -10,6 +10,9 @@ Every source has the same signature: built from a :class:`SourceContext`, it ans
   at the start of the stage, from the stage's initial policy (the SFT model), scored, then served
   in batches of whole groups (RFT, DPO). With ``resample_every = N`` the pool is re-sampled from
   the current policy every N steps (iterative DPO / RFT).
+* ``dynamic``: DAPO's dynamic sampling: ``online`` rounds of ``prompts_per_step`` questions, keeping
+  only informative groups (rewards not all equal), until ``prompts_per_step`` of them are kept or
+  ``max_rounds`` rounds are spent.
 
 The global batch never depends on the process count: questions come from one seeded stream that
 every rank reads alike (:meth:`SourceContext.questions` keeps this rank's block of them), a
@@ -23,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from itertools import islice
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -145,6 +149,57 @@ class OnlineSource(DatasetSource):
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         examples, keys = self.ctx.questions(self.ctx.settings.prompts_per_step)
         return sample_and_score(self.ctx, examples, keys, self.ctx.settings.samples_per_prompt)
+
+
+def informative_groups(group_ids: list[int], rewards: list[float]) -> list[int]:
+    """The ids, in increasing order, of the groups whose scored (non-NaN) rewards are not all equal.
+
+    >>> informative_groups([3, 3, 5, 5, 7, 7], [1.0, 0.0, 1.0, 1.0, 0.5, float("nan")])
+    [3]
+    """
+    seen: dict[int, set[float]] = {}
+    for g, r in zip(group_ids, rewards):
+        seen.setdefault(g, set()).update([r] if r == r else [])  # NaN != NaN: a skipped reward
+    return sorted(g for g, values in seen.items() if len(values) > 1)
+
+
+@register_data_source("dynamic")
+class DynamicSource(DatasetSource):
+    """DAPO's dynamic sampling (Yu et al. 2025, Sec. 3.2): a group whose rewards are all equal has
+    zero advantage and teaches nothing, so it is dropped and sampling goes on (``samples_per_prompt``
+    outputs for each of ``prompts_per_step`` new questions per round) until ``prompts_per_step``
+    informative groups are kept, for ``max_rounds`` rounds at most (then the step trains on what it
+    has). Informativeness is decided on every rank's rewards, gathered, and the first groups in
+    question order are kept, so the global batch is the same whatever the process count. The
+    surplus informative groups of the last round are dropped (as DAPO does)."""
+
+    def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        ctx, s = self.ctx, self.ctx.settings
+        kept, chosen, sampled, reducer, times = [], [], [], MetricsReducer(), {}
+        groups = informative = 0
+        for rounds in range(1, s.max_rounds + 1):
+            examples, keys = ctx.questions(s.prompts_per_step)
+            batch, metrics = sample_and_score(ctx, examples, keys, s.samples_per_prompt)
+            for k in [k for k in metrics if k.startswith("time/")]:
+                times[k] = times.get(k, 0.0) + metrics.pop(k)
+            reducer.add(metrics, len(batch))
+            ids, rewards = [], []
+            for rank_ids, rank_rewards in ctx.dist.gather((batch.group_ids.tolist(), batch.rewards.tolist())):
+                ids, rewards = ids + rank_ids, rewards + rank_rewards  # every rank's rows: all ranks decide alike
+            useful = informative_groups(ids, rewards)
+            groups, informative = groups + len(set(ids)), informative + len(useful)
+            sampled += [r for r in rewards if r == r]
+            new = set(useful[: s.prompts_per_step - len(chosen)])  # the first in question order
+            chosen += sorted(new)
+            kept.append(batch.select([i for i, g in enumerate(batch.group_ids.tolist()) if g in new]))
+            if len(chosen) >= s.prompts_per_step:
+                break
+        metrics = reducer.reduce(SimpleNamespace(gather=lambda values: [values]))  # over this rank's rounds, by rows
+        metrics.update(times)
+        metrics.update({"dynamic/rounds": float(rounds), "dynamic/groups_kept": float(len(chosen)),
+                        "dynamic/informative_frac": informative / max(groups, 1),
+                        "dynamic/sampled_reward_mean": sum(sampled) / max(len(sampled), 1)})
+        return RolloutBatch.concat(kept, ctx.pad_token_id), metrics
 
 
 @register_data_source("offline")
