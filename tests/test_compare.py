@@ -73,6 +73,7 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
     # iterates (RL, ORM retrained, RL again); Pass@K of the SFT and GRPO checkpoints
     cfg = load_config(Path("configs/compare_paper.yaml"), TINY + [
         "eval.max_new_tokens=8", "eval.sets.shifted.synthetic.eval_size=2", "eval.sets.pot.synthetic.eval_size=2",
+        "eval.sets.longer.synthetic.eval_size=2",
         f"output_dir={tmp_path / 'runs'}", f"compare.report={tmp_path / 'paper.md'}", "compare.seeds=[0]", "compare.parallel=2",
         "sft.steps=2", "rl.steps=2", "rl.eval_every=1", "rl.data.prompts_per_step=2", "rl.data.samples_per_prompt=2",
         "rl.generation.max_new_tokens=8", "orm.steps=1", "orm.reward_model.questions=2", "orm.reward_model.eval_questions=2",
@@ -91,7 +92,7 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
     assert str(runs / "sft" / "sft" / "final") in (runs / "grpo_orm" / "seed0" / "config.yaml").read_text()  # the ORM samples the SFT model
     # the budget table: 2 steps x 2 questions x 2 samples per RL stage; the iterative entry ran two
     assert "| grpo | 4 | 8 |" in text and "| grpo_orm | 8 | 16 |" in text
-    assert "## Out of domain" in text and "| shifted | pot |" in text
+    assert "## Out of domain" in text and "| shifted | longer | pot |" in text
     assert "## Pass@K and Maj@K (Figure 7)" in text and "| SFT |" in text
     assert "(a) RL (GRPO) improves over SFT" in text and "(e) RL raises Maj@K more than Pass@K** (grpo over SFT at K=4)" in text
     for png in ("accuracy", "reward", "hacking", "passk"):
