@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rlzoo.errors import Interrupted, TrainingStopped
+from rlzoo.errors import Interrupted, TrainingStopped, say
 
 
 @dataclass
@@ -114,13 +114,11 @@ class StopRules:
             return
         first, last = sum(self.losses[:n]) / n, sum(self.losses[-n:]) / n
         if last > first + max(1.0, abs(first)):
-            why = (f"stage {self.name}: {self.loss} rose from {first:.3g} (first {n} steps) to {last:.3g} (last {n}): "
+            why = (f"{self.loss} rose from {first:.3g} (first {n} steps) to {last:.3g} (last {n}): "
                    "the training diverged (learning rate too high?)")
             if self.on_divergence == "stop":
-                self._stop(step, why.split(": ", 1)[1])
-            import sys
-
-            print(f"rlzoo: warning: {why}; optim.on_divergence=stop makes this an error", file=sys.stderr, flush=True)
+                self._stop(step, why)
+            say(f"rlzoo: warning: stage {self.name}: {why}; optim.on_divergence=stop makes this an error")
 
     def _stop(self, step: int, why: str) -> None:
         from rlzoo.runtime.checkpoint import checkpoints
