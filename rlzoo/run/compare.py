@@ -39,8 +39,11 @@ from rlzoo.runtime.checkpoint import atomic_write_text
 
 
 def _stage_config(cfg: DictConfig, stage: str | list[str], overrides: dict[str, Any]) -> DictConfig:
-    """A copy of ``cfg`` with only ``stage`` (or these stages, in this order), and ``overrides`` (dotted keys) applied."""
+    """A copy of ``cfg`` with only ``stage`` (or these stages, in this order), and ``overrides`` (dotted keys) applied.
+    The ``compare`` section is left out: it does not change what a run trains, so adding an entry
+    (or changing the report) must not make the finished runs look different."""
     one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    one.pop("compare", None)
     one.stages = {name: one.stages[name] for name in ([stage] if isinstance(stage, str) else stage)}
     for key, value in overrides.items():
         OmegaConf.update(one, key, value, force_add=False)
@@ -100,7 +103,9 @@ def _same_config(path: Path, config: DictConfig) -> bool:
         stored = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
     except Exception:  # a config from an incompatible version: train again
         return False
-    return OmegaConf.to_container(stored, resolve=True) == OmegaConf.to_container(config, resolve=True)
+    mine = OmegaConf.merge(OmegaConf.structured(RunConfig), config)
+    trained = [{k: v for k, v in OmegaConf.to_container(c, resolve=True).items() if k != "compare"} for c in (stored, mine)]
+    return trained[0] == trained[1]
 
 
 def _rl_parts(stages: list[str], rl_stage: str) -> list[str]:
