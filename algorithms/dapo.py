@@ -23,7 +23,7 @@ in the config, not by the algorithm:
 
     reward: {functions: [{name: rule}, {name: overlong, kwargs: {max_length: 48, cache: 8}}]}
 
-Departures from the paper: dynamic sampling keeps at most ``data.max_rounds`` rounds and then
+Departures from the paper: dynamic sampling keeps at most ``data.source_args.max_rounds`` rounds and then
 trains on the informative groups it has (the paper samples until the batch is full); it decides on
 the stage's whole reward (with the shaping: a group whose outputs are all correct but of different
 lengths is kept, since its shaped rewards differ), where verl's recipe can filter on accuracy alone.

@@ -196,7 +196,7 @@ class DataConfig:
     samples_per_prompt: int = allowed(8, AT_LEAST_1)  # outputs sampled per question (GRPO's G, RFT's k)
     pool_prompts: int = allowed(512, AT_LEAST_1)  # offline source: questions sampled once, up front
     resample_every: int = allowed(0, AT_LEAST_0)  # offline source: re-sample the pool from the current policy every N steps (0 = never)
-    max_rounds: int = allowed(4, AT_LEAST_1)  # dynamic source: sampling rounds of prompts_per_step questions per step at most
+    source_args: dict[str, Any] = field(default_factory=dict)  # the data source's own settings, checked against its Config (dynamic: max_rounds)
 
 
 @dataclass
@@ -638,6 +638,21 @@ def algorithm_config(cfg: DictConfig, name: str, config_cls: type, stage: str | 
     if stage is not None:
         merged = merge_section(config_cls, [merged, cfg.stages[stage].algorithm_args or {}], f"stages.{stage}.algorithm_args.")
     return OmegaConf.to_object(merged)
+
+
+def source_config(source: str, source_cls: type, args: Any, stage: str) -> Any:
+    """A data source's own settings: ``args`` (``stages.<stage>.data.source_args``) validated against
+    the source class's ``Config`` (a dataclass, like an algorithm's); a source without one takes none."""
+    args = OmegaConf.to_container(args) if OmegaConf.is_config(args) else dict(args or {})
+    where = f"stages.{stage}.data.source_args."
+    config_cls = getattr(source_cls, "Config", None)
+    if config_cls is None:
+        if args:
+            raise ConfigError(f"{where}{next(iter(args))}: data source '{source}' takes no settings of its own")
+        return None
+    settings = OmegaConf.to_object(merge_section(config_cls, [args], where))
+    check_fields(settings, where)
+    return settings
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -78,6 +78,8 @@ class Registry(Generic[T]):
 def load_plugin(spec: str):
     """Import a user's module (``pkg.mod``) or file (``path/to/file.py``) so it can register; the module.
 
+    A file may import the files beside it (its folder joins the end of ``sys.path``).
+
     A plugin that fails to import is one line naming the file and line of the error."""
     if spec.endswith(".py"):
         path = Path(spec).expanduser().resolve()
@@ -86,6 +88,8 @@ def load_plugin(spec: str):
         module_name = f"rlzoo_plugin_{path.stem}_{abs(hash(str(path)))}"
         if module_name in sys.modules:
             return sys.modules[module_name]
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))  # its siblings import as in a script; installed packages come first
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module

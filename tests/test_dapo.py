@@ -68,9 +68,10 @@ def fake_ctx(prompts_per_step, max_rounds, dist=None, informative=lambda pos: po
                             rewards=torch.full((rows,), float("nan")), completions=[f"q{k}-{j}" for k in keys for j in range(n)],
                             examples=[ex for ex in examples for _ in range(n)])
 
-    settings = type("Data", (), {"prompts_per_step": prompts_per_step, "samples_per_prompt": 2, "max_rounds": max_rounds})
+    settings = type("Data", (), {"prompts_per_step": prompts_per_step, "samples_per_prompt": 2})
     prompts = iter([Example(prompt=str(i), answer="0") for i in range(10_000)])
-    ctx = SourceContext(prompts=prompts, settings=settings, encode=None, sample=sample, reward=ParityReward(informative))
+    ctx = SourceContext(prompts=prompts, settings=settings, encode=None, sample=sample, reward=ParityReward(informative),
+                        args=DynamicSource.Config(max_rounds=max_rounds))
     if dist is not None:
         ctx.dist = dist
     return ctx
@@ -84,7 +85,7 @@ def test_dynamic_source_keeps_sampling_until_enough_informative_groups():
     assert sorted(set(batch.group_ids.tolist())) == [0, 3, 6, 9] and len(batch) == 8
     assert metrics["dynamic/rounds"] == 3 and metrics["dynamic/groups_kept"] == 4
     assert metrics["dynamic/informative_frac"] == pytest.approx(4 / 12)
-    assert metrics["dynamic/sampled_reward_mean"] == pytest.approx((24 - 4) / 24)  # 4 zeros among 24 rewards
+    assert metrics["reward/sampled_mean"] == pytest.approx((24 - 4) / 24)  # 4 zeros among 24 rewards
     assert source.ctx.position == 12
     # the surplus is dropped: the next step starts at question 12 (informative: 12, 15, 18, 21)
     batch, _ = source.next_batch(1)

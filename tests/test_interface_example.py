@@ -54,3 +54,66 @@ def test_the_worked_example_trains_the_same_whatever_the_micro_batches(tmp_path)
         assert '"rb/adv_abs"' in rows
     for key in finals[3]:
         torch.testing.assert_close(finals[3][key], finals[16][key], rtol=0, atol=1e-5)  # float sums in another order
+
+
+def doc_source_example(tmp_path: Path) -> Path:
+    text = (ROOT / "docs" / "interface.md").read_text()
+    section = text[text.index("## Writing a data source"):]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the first block is the protocol
+    (tmp_path / "my_sources.py").write_text(code)
+    # a second plugin file that imports a file beside it, as docs/interface.md ("Plugin files") promises
+    (tmp_path / "spread.py").write_text("def spread(text):\n    return len(text.strip()) % 5 / 4.0\n")
+    (tmp_path / "my_rewards.py").write_text(
+        "from rlzoo.registry import register_reward\nfrom spread import spread\n\n\n"
+        "@register_reward('test_source_spread')\ndef spread_reward(prompt, completion, example):\n    return spread(completion)\n")
+    return tmp_path
+
+
+def test_the_data_source_example_keeps_the_most_spread_outputs_and_two_processes_equal_one(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    folder = doc_source_example(tmp_path)
+    args = [*TINY_MODEL, f"plugins=[{folder / 'my_sources.py'},{folder / 'my_rewards.py'}]", "logging.progress=false",
+            "eval.samples=0", "eval.max_new_tokens=4", "task.synthetic.eval_size=2", "stages.rl.algorithm=grpo",
+            "stages.rl.data.source=max_variance", "stages.rl.data.source_args.keep=3", "stages.rl.steps=2",
+            "stages.rl.data.prompts_per_step=3", "stages.rl.data.samples_per_prompt=6", "stages.rl.generation.max_new_tokens=8",
+            "stages.rl.reward.name=test_source_spread", "stages.rl.optim.lr=1e-3", "stages.rl.optim.micro_batch_size=4"]
+    from rlzoo.config import to_yaml
+
+    (tmp_path / "run.yaml").write_text(to_yaml(load_config(None, args)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    finals, rows = {}, {}
+    for n in (1, 2):
+        runner = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        out = tmp_path / f"p{n}"
+        proc = subprocess.run([*runner, "-m", "rlzoo", "train", str(tmp_path / "run.yaml"), f"output_dir={out}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        finals[n] = load_file(out / "rl" / "final" / "model.safetensors")
+        rows[n] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/policy"' in line]
+    for key in finals[1]:
+        torch.testing.assert_close(finals[1][key], finals[2][key], rtol=0, atol=1e-5)
+    for a, b in zip(rows[1], rows[2]):
+        assert a["train/num_sequences"] == b["train/num_sequences"] <= 9  # 3 questions x keep 3
+        assert a["reward/sampled_mean"] == b["reward/sampled_mean"] and a["reward/mean"] == b["reward/mean"]
+
+
+def test_source_args_are_checked_against_the_source_config(tmp_path):
+    import pytest
+
+    from rlzoo.errors import ConfigError
+    from rlzoo.run.validate import validate
+
+    folder = doc_source_example(tmp_path)
+    base = [*TINY_MODEL, f"plugins=[{folder / 'my_sources.py'}]", "stages.rl.algorithm=grpo", "stages.rl.data.source=max_variance"]
+    with pytest.raises(ConfigError, match=r"^stages.rl.data.source_args.keep=0 is out of range"):
+        validate(load_config(None, [*base, "stages.rl.data.source_args.keep=0"]))
+    with pytest.raises(ConfigError, match=r"^unknown config key 'stages.rl.data.source_args.kep'"):
+        validate(load_config(None, [*base, "stages.rl.data.source_args.kep=2"]))
+    with pytest.raises(ConfigError, match=r"^stages.rl.data.source_args.keep: data source 'online' takes no settings"):
+        validate(load_config(None, [*TINY_MODEL, "stages.rl.algorithm=grpo", "stages.rl.data.source_args.keep=2"]))

@@ -20,7 +20,7 @@ OVERLONG = "stages.rl.reward.functions=[{name: test_variants_len}, {name: overlo
 
 
 @pytest.mark.parametrize("name, extra", [("dr_grpo", []), ("rloo", []), ("gspo", []), ("cispo", []), ("reinforce_pp", []),
-                                         ("dapo", [OVERLONG, "stages.rl.data.max_rounds=3"])])
+                                         ("dapo", [OVERLONG, "stages.rl.data.source_args={max_rounds: 3}"])])
 def test_two_steps_train(tmp_path, name, extra):
     from rlzoo.config import load_config
     from rlzoo.train import train
@@ -37,4 +37,4 @@ def test_two_steps_train(tmp_path, name, extra):
     assert len(steps) == 2 and all(math.isfinite(r["loss/policy"]) for r in steps)
     print(name, [(r["reward/mean"], r["time/step"], r.get("dynamic/rounds")) for r in steps])
     if name == "dapo":  # dynamic sampling ran and logged; the shaped reward reached the batch
-        assert all(1 <= r["dynamic/rounds"] <= 3 and "dynamic/sampled_reward_mean" in r for r in steps)
+        assert all(1 <= r["dynamic/rounds"] <= 3 and "reward/sampled_mean" in r for r in steps)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.config import check_values, reward_specs
+from rlzoo.config import check_values, reward_specs, source_config
 from rlzoo.errors import ConfigError, DataError, UserError, reason
 from rlzoo.interface import Algorithm
 from rlzoo.registry import DATA_SOURCES, load_plugin
@@ -41,7 +41,8 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
         if stage.init in cfg.stages and (stage.init not in list(cfg.stages)[: list(cfg.stages).index(name)]
                                          or cfg.stages[stage.init].kind != "policy"):
             raise ConfigError(f"stages.{name}.init: '{stage.init}' is not an earlier policy stage")
-        DATA_SOURCES.get(stage.data.source or algo.data_source)
+        source = stage.data.source or algo.data_source
+        source_config(source, DATA_SOURCES.get(source), stage.data.source_args, name)
         reward = make_reward(stage)
         try:
             make_diagnostics(stage)

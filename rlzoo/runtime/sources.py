@@ -12,7 +12,7 @@ Every source has the same signature: built from a :class:`SourceContext`, it ans
   the current policy every N steps (iterative DPO / RFT).
 * ``dynamic``: DAPO's dynamic sampling: ``online`` rounds of ``prompts_per_step`` questions, keeping
   only informative groups (rewards not all equal), until ``prompts_per_step`` of them are kept or
-  ``max_rounds`` rounds are spent.
+  ``source_args.max_rounds`` rounds are spent.
 
 The global batch never depends on the process count: questions come from one seeded stream that
 every rank reads alike (:meth:`SourceContext.questions` keeps this rank's block of them), a
@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from rlzoo.config import AT_LEAST_1, allowed
 from rlzoo.errors import DataError
 from rlzoo.interface import Example, RolloutBatch
 from rlzoo.registry import register_data_source
@@ -42,7 +43,9 @@ class SourceContext:
     """What a data source may use.
 
     prompts   endless iterator of training questions (never the held-out set), the same on every rank
-    settings  the stage's ``data`` config (DataConfig)
+    settings  the stage's ``data`` config (DataConfig: prompts_per_step, samples_per_prompt, ...)
+    args      the source's own settings: an instance of its ``Config`` dataclass filled from
+              ``data.source_args`` and checked (``allowed`` ranges), or None for a source without one
     encode    (examples, completions, group ids) -> RolloutBatch of given texts
     sample    (examples, group ids, n) -> RolloutBatch of n outputs per question from the current
               policy, each row seeded by its question's group id and its sample index
@@ -69,6 +72,7 @@ class SourceContext:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     generated: int = 0
     generated_tokens: int = 0
+    args: Any = None
 
     def questions(self, n: int) -> tuple[list[Example], list[int]]:
         """The next ``n`` questions of the stream: this rank's block of them, and their positions."""
@@ -88,6 +92,9 @@ def sample_and_score(ctx: SourceContext, examples: list[Example], keys: list[int
     t1 = time.perf_counter()
     metrics = ctx.dist.together(lambda: ctx.reward.score_batch(batch) if len(batch) else {})  # a reward's error stops every rank alike
     metrics.update({"time/generate": t1 - t0, "time/reward": time.perf_counter() - t1})
+    scored = [r for part in ctx.dist.gather(batch.rewards.tolist()) for r in part if r == r]  # every rank's; NaN: skipped
+    if scored:  # what was sampled; reward/mean is logged of the rows the source returns (trained on)
+        metrics["reward/sampled_mean"] = sum(scored) / len(scored)
     if len(batch):
         lengths = batch.completion_lengths.float()  # [N]
         metrics.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max())})
@@ -173,11 +180,15 @@ class DynamicSource(DatasetSource):
     question order are kept, so the global batch is the same whatever the process count. The
     surplus informative groups of the last round are dropped (as DAPO does)."""
 
+    @dataclass
+    class Config:
+        max_rounds: int = allowed(4, AT_LEAST_1)  # sampling rounds of prompts_per_step questions per step at most
+
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         ctx, s = self.ctx, self.ctx.settings
         kept, chosen, sampled, reducer, times = [], [], [], MetricsReducer(), {}
         groups = informative = 0
-        for rounds in range(1, s.max_rounds + 1):
+        for rounds in range(1, ctx.args.max_rounds + 1):
             examples, keys = ctx.questions(s.prompts_per_step)
             batch, metrics = sample_and_score(ctx, examples, keys, s.samples_per_prompt)
             for k in [k for k in metrics if k.startswith("time/")]:
@@ -198,7 +209,7 @@ class DynamicSource(DatasetSource):
         metrics.update(times)
         metrics.update({"dynamic/rounds": float(rounds), "dynamic/groups_kept": float(len(chosen)),
                         "dynamic/informative_frac": informative / max(groups, 1),
-                        "dynamic/sampled_reward_mean": sum(sampled) / max(len(sampled), 1)})
+                        "reward/sampled_mean": sum(sampled) / max(len(sampled), 1)})  # over every round
         return RolloutBatch.concat(kept, ctx.pad_token_id), metrics
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 from accelerate.utils import DistributedType
 
+from rlzoo.config import source_config
 from rlzoo.errors import ConfigError
 from rlzoo.interface import Algorithm, Example, RolloutBatch
 from rlzoo.registry import DATA_SOURCES
@@ -244,7 +245,9 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         dist=dist,
         pad_token_id=tokenizer.pad_token_id,
     )
-    source = DATA_SOURCES.get(source_name)(ctx)
+    source_cls = DATA_SOURCES.get(source_name)
+    ctx.args = source_config(source_name, source_cls, stage_cfg.data.source_args, name)
+    source = source_cls(ctx)
     st = Stage(
         name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
         scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
