@@ -115,3 +115,21 @@ def test_paper_config_errors_are_one_line(override, message):
 
     with pytest.raises(ConfigError, match=message):
         plan(load_config(Path("configs/compare_paper.yaml"), TINY + [override]))
+
+
+def test_a_finished_run_is_the_same_run_after_a_key_was_removed_or_the_compare_section_changed(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import RunConfig, to_yaml
+    from rlzoo.run.compare import _same_config
+
+    config = OmegaConf.merge(OmegaConf.structured(RunConfig), {"stages": {"rl": {"algorithm": "grpo", "steps": 3}}})
+    stored = OmegaConf.to_container(config)
+    stored["stages"]["rl"]["data"]["max_rounds"] = 4  # a key an earlier rlzoo had
+    stored["compare"]["seeds"] = [7]  # the comparison around the run, not the run
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(OmegaConf.create(stored)))
+    assert _same_config(path, config)
+    stored["stages"]["rl"]["steps"] = 4  # a change to what the run trains
+    path.write_text(to_yaml(OmegaConf.create(stored)))
+    assert not _same_config(path, config)

@@ -100,12 +100,30 @@ def _same_config(path: Path, config: DictConfig) -> bool:
     from rlzoo.config import RunConfig
 
     try:
-        stored = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+        stored = _without_removed_keys(OmegaConf.load(path), RunConfig)
     except Exception:  # a config from an incompatible version: train again
         return False
     mine = OmegaConf.merge(OmegaConf.structured(RunConfig), config)
     trained = [{k: v for k, v in OmegaConf.to_container(c, resolve=True).items() if k != "compare"} for c in (stored, mine)]
     return trained[0] == trained[1]
+
+
+def _without_removed_keys(stored: DictConfig, schema: type) -> DictConfig:
+    """``stored`` merged over ``schema``, leaving out the keys rlzoo no longer has (a key that no
+    longer exists changes nothing a run does now, e.g. ``data.max_rounds``, now
+    ``data.source_args.max_rounds``); any other mismatch raises."""
+    from omegaconf.errors import ConfigKeyError
+
+    for _ in range(100):
+        try:
+            return OmegaConf.merge(OmegaConf.structured(schema), stored)
+        except ConfigKeyError as e:
+            parent, _, key = (e.full_key or "").rpartition(".")
+            node = OmegaConf.select(stored, parent) if parent else stored
+            if not key or node is None or key not in node:
+                raise
+            node.pop(key)
+    raise ValueError("too many removed keys")
 
 
 def _rl_parts(stages: list[str], rl_stage: str) -> list[str]:
