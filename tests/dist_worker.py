@@ -4,8 +4,9 @@
 
 Builds a tiny model and a fixed batch of 6 questions x 2 samples (seeded, the same in every
 process), gives rank r the questions of ``SPLIT`` (``even``: 3 + 3; ``uneven``: 5 + 1; ``empty``:
-6 + 0), and runs GRPO (rows shuffled into minibatches), DPO (pairs kept whole) and PPO (a value
-model, whitening over the global batch), each for 2 updates x 3 minibatches x micro-batches of 2
+6 + 0), and runs GRPO (rows shuffled into minibatches), DPO (pairs kept whole), PPO (a value
+model, whitening over the global batch) and the later variants (REINFORCE++'s normalisation over
+the global batch, GSPO's sequence ratios, RLOO's leave-one-out baselines, ...), each for 2 updates x 3 minibatches x micro-batches of 2
 rows, through ``train_on_batch`` with a real Accelerator. Rank 0 saves the final weights of each
 to ``OUT/<algorithm>.pt`` and the step's metrics, reduced over ranks as a stage reduces them, to
 ``OUT/<algorithm>_metrics.json``. On one process every split is the whole batch.
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 SPLITS = {"even": [3, 3], "uneven": [5, 1], "empty": [6, 0]}
+ALGORITHMS = ("grpo", "dpo", "ppo", "dr_grpo", "rloo", "gspo", "cispo", "reinforce_pp", "dapo")  # every one sampling-based
 
 
 def fixed_batch(tokenizer):
@@ -93,7 +95,7 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
     cfg = OptimConfig(updates_per_batch=2, minibatches=3, micro_batch_size=2, grad_clip=1.0)
     means, weight, shared = train_on_batch(rt, algo, batch, optimizer, cfg,
                                            "seq-mean-token-mean" if algo.loss_agg is None else algo.loss_agg,
-                                           None, torch.Generator().manual_seed(1))
+                                           9.0, torch.Generator().manual_seed(1))  # 9: Dr. GRPO's constant (the batch's width)
     reducer = MetricsReducer()  # as a stage step reduces them
     if rows:
         reducer.add(prep_metrics, rows)
@@ -112,5 +114,5 @@ def run(algorithm_name: str, split: str, out: Path) -> None:
 if __name__ == "__main__":
     out, split = Path(sys.argv[1]), sys.argv[2]
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("grpo", "dpo", "ppo"):
+    for name in ALGORITHMS:
         run(name, split, out)

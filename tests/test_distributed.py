@@ -54,7 +54,9 @@ def one_process_updates(tmp_path_factory):
 @pytest.mark.parametrize("split", ["uneven", "empty"])
 def test_updates_on_a_split_batch_equal_one_process(one_process_updates, tmp_path, split):
     launch(2, "tests/dist_worker.py", str(tmp_path), split)
-    for algorithm in ("grpo", "dpo", "ppo"):
+    from dist_worker import ALGORITHMS
+
+    for algorithm in ALGORITHMS:
         one = torch.load(one_process_updates / f"{algorithm}.pt")
         two = torch.load(tmp_path / f"{algorithm}.pt")
         assert max_diff(one, two) < 1e-5, algorithm

@@ -1,5 +1,6 @@
-"""A 2-step smoke run of each post-DeepSeekMath variant through `rlzoo train` on the tiny model:
-the loss is finite (each variant's maths is tested in its own file)."""
+"""A 2-step smoke run of each post-DeepSeekMath variant through `rlzoo train` on the tiny model, in
+bf16 autocast: the loss is finite (each variant's maths is tested in its own file; fp32 runs, 2
+processes, resume and LoRA in tests/test_distributed.py and tests/test_variants_runs.py)."""
 
 import json
 import math
@@ -26,7 +27,7 @@ def test_two_steps_train(tmp_path, name, extra):
     from rlzoo.train import train
 
     cfg = load_config(None, [
-        *TINY_MODEL, f"output_dir={tmp_path}", "logging.progress=false", "eval.samples=0", "eval.max_new_tokens=4",
+        *TINY_MODEL, "mixed_precision=bf16", f"output_dir={tmp_path}", "logging.progress=false", "eval.samples=0", "eval.max_new_tokens=4",
         "task.synthetic.eval_size=2", f"stages.rl.algorithm={name}", "stages.rl.steps=2", "stages.rl.data.prompts_per_step=4",
         "stages.rl.data.samples_per_prompt=4", "stages.rl.generation.max_new_tokens=8", "stages.rl.optim.lr=1e-2",
         "stages.rl.optim.micro_batch_size=3", "stages.rl.reward.name=test_variants_len", *extra,

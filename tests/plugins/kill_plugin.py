@@ -46,6 +46,6 @@ def _wrapped(name: str, prefix: str, variable: str, act):
     return register_data_source(f"{prefix}_{name}")(Wrapped)
 
 
-for _name in ("dataset", "online", "offline"):
+for _name in ("dataset", "online", "offline", "dynamic"):
     _wrapped(_name, "killing", "RLZOO_TEST_KILL_AT", _kill)
     _wrapped(_name, "gated", "RLZOO_TEST_GATE_AT", _wait_for_gate)
