@@ -271,3 +271,35 @@ def test_doctests():
     for module in (rlzoo.reward_models.model, rlzoo.reward_models.labels):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
+
+
+def test_an_ensemble_of_reward_models_is_their_mean_or_min_and_clip_bounds_every_score(tiny_model, tokenizer, task, tmp_path):
+    from rlzoo.errors import ConfigError
+    from rlzoo.rewards import make_reward
+
+    folders = []
+    for seed in (0, 1):  # two reward models that disagree
+        rm = reward_model_from_lm(tiny_model)
+        randomise_head(rm, seed)
+        rm.save_pretrained(tmp_path / f"rm{seed}")
+        tokenizer.save_pretrained(tmp_path / f"rm{seed}")
+        folders.append(str(tmp_path / f"rm{seed}"))
+    batch = gold_batch(tokenizer, task)
+
+    def values(name, **kwargs):
+        reward = make_reward({"name": name, "kwargs": kwargs}).functions[0].fn
+        return torch.tensor(reward(batch).values)
+
+    a, b = values("orm", model=folders[0]), values("orm", model=folders[1])
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(values("orm", model=folders), (a + b) / 2)
+    torch.testing.assert_close(values("orm", model=folders, ensemble="min"), torch.minimum(a, b))
+    lo, hi = float(a.min() + 1e-3), float(a.max() - 1e-3)
+    torch.testing.assert_close(values("orm", model=folders[0], clip=[lo, hi]), a.clamp(lo, hi))
+    prm = make_reward({"name": "prm", "kwargs": {"model": folders, "ensemble": "min", "clip": [0.2, 0.6]}}).functions[0].fn(batch)
+    ends = prm.step_ends.bool()
+    assert ends.any() and prm.step_rewards[ends].min() >= 0.2 and prm.step_rewards[ends].max() <= 0.6
+    for kwargs, message in (({"ensemble": "max"}, "ensemble must be one of mean, min"), ({"clip": [0.5, 0.2]}, "clip must be"),
+                            ({"clip": 0.5}, "clip must be")):
+        with pytest.raises(ConfigError, match=message):
+            make_reward({"name": "orm", "kwargs": {"model": folders, **kwargs}})

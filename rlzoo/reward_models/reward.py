@@ -14,6 +14,16 @@ without gradients, on the device the batch is on; it is loaded once, on first us
 
     reward: {name: prm, kwargs: {model: prm, step_rule: line}}
 
+Two remedies for reward hacking (docs/reward_models.md) are options of both:
+
+* an **ensemble**: ``model`` a list of reward models (folders or stage names, e.g. two stages
+  trained on different samples); each token's probability is their ``ensemble`` (``mean``, or
+  ``min``, the worst case: a sample must fool every model; Coste et al. 2023);
+* **score clipping**: ``clip: [lo, hi]`` bounds every probability (a completion's value and each
+  step reward), so the policy gains nothing by pushing a score past ``hi``.
+
+    reward: {name: orm, kwargs: {model: [orm, orm_b], ensemble: min, clip: [0.0, 0.5]}}
+
 * ``oracle_prm``: no model, the embedded task's exact step oracle
   (:func:`rlzoo.data.synthetic.step_oracle`): 1 at the end of every step on a correct path, 0 at
   every other step end; the completion's value is 1 when every step is right. It gives step
@@ -32,6 +42,7 @@ import torch
 from rlzoo.registry import register_reward
 
 AGGREGATES = ("min", "last", "prod")
+ENSEMBLES = ("mean", "min")
 
 
 @dataclass
@@ -54,29 +65,44 @@ class _ModelReward:
     needs_batch = True
     process = False
 
-    def __init__(self, model: str, batch_size: int = 32, dtype: str = "float32") -> None:
-        self.path, self.batch_size, self.dtype = model, batch_size, dtype
-        self._model = self._tokenizer = None
+    def __init__(self, model: str | list[str], batch_size: int = 32, dtype: str = "float32", ensemble: str = "mean",
+                 clip: list[float] | None = None) -> None:
+        from rlzoo.errors import ConfigError
+
+        self.paths = [model] if isinstance(model, str) else list(model)
+        if not self.paths or not all(isinstance(p, str) for p in self.paths):
+            raise ConfigError(f"reward {self.name}: model must be a folder or stage name, or a list of them; got {model!r}")
+        if ensemble not in ENSEMBLES:
+            raise ConfigError(f"reward {self.name}: ensemble must be one of {', '.join(ENSEMBLES)}; got '{ensemble}'")
+        if clip is not None and not (isinstance(clip, (list, tuple)) and len(clip) == 2 and all(isinstance(c, (int, float)) for c in clip) and 0 <= clip[0] < clip[1] <= 1):
+            raise ConfigError(f"reward {self.name}: clip must be [lo, hi] with 0 <= lo < hi <= 1; got {clip!r}")
+        self.batch_size, self.dtype, self.ensemble, self.clip = batch_size, dtype, ensemble, clip
+        self._models: list | None = None
+        self._tokenizer = None
 
     def _load(self, device) -> None:
-        if self._model is None:
+        if self._models is None:
             from rlzoo.reward_models.model import load_reward_model
             from rlzoo.runtime.models import load_pretrained
 
-            self._model = load_reward_model(self.path, self.dtype).to(device).eval()
-            _, self._tokenizer = load_pretrained(self.path, dtype=self.dtype, tokenizer_only=True)
+            self._models = [load_reward_model(p, self.dtype).to(device).eval() for p in self.paths]
+            _, self._tokenizer = load_pretrained(self.paths[0], dtype=self.dtype, tokenizer_only=True)
 
     def token_probs(self, batch) -> torch.Tensor:
-        """[N, T] sigmoid of the reward model's score at every token, in micro-batches."""
+        """[N, T] sigmoid of the reward model's score at every token (the ensemble's, clipped), in micro-batches."""
         from rlzoo.reward_models.model import token_probs
 
         self._load(batch.input_ids.device)
-        return token_probs(self._model, batch.input_ids, batch.attention_mask, self.batch_size)
+        probs = torch.stack([token_probs(m, batch.input_ids, batch.attention_mask, self.batch_size) for m in self._models])
+        probs = probs.mean(0) if self.ensemble == "mean" else probs.min(0).values  # [N, T]
+        return probs.clamp(*self.clip) if self.clip is not None else probs
 
 
 @register_reward("orm")
 class OutcomeModelReward(_ModelReward):
     """An outcome reward model: the probability it gives each completion at its last token."""
+
+    name = "orm"
 
     def __call__(self, batch) -> ModelScores:
         from rlzoo.reward_models.model import outcome_scores
@@ -90,12 +116,14 @@ class ProcessModelReward(_ModelReward):
 
     process = True
 
-    def __init__(self, model: str, step_rule: str = "line", aggregate: str = "min", batch_size: int = 32,
-                 dtype: str = "float32") -> None:
+    name = "prm"
+
+    def __init__(self, model: str | list[str], step_rule: str = "line", aggregate: str = "min", batch_size: int = 32,
+                 dtype: str = "float32", ensemble: str = "mean", clip: list[float] | None = None) -> None:
         from rlzoo.errors import ConfigError
         from rlzoo.reward_models.steps import STEP_RULES
 
-        super().__init__(model, batch_size, dtype)
+        super().__init__(model, batch_size, dtype, ensemble, clip)
         if aggregate not in AGGREGATES:
             raise ConfigError(f"reward prm: aggregate must be one of {', '.join(AGGREGATES)}; got '{aggregate}'")
         STEP_RULES.get(step_rule)

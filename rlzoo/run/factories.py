@@ -133,8 +133,9 @@ def make_reward(stage_cfg: DictConfig, run_dir: Path | None = None, stage_names:
     spec = OmegaConf.to_container(stage_cfg.reward, resolve=True)
     for f in reward_specs(spec):
         model = (f.get("kwargs") or {}).get("model")
-        if model in stage_names and run_dir is not None:
-            f["kwargs"]["model"] = str(run_dir / model / "final")
+        if run_dir is not None and model is not None:  # a name, or a list of them (an ensemble)
+            resolved = [str(run_dir / m / "final") if m in stage_names else m for m in ([model] if isinstance(model, str) else model)]
+            f["kwargs"]["model"] = resolved[0] if isinstance(model, str) else resolved
     return build(spec, tokenizer)
 
 

@@ -162,14 +162,15 @@ def _check_model_references(cfg: DictConfig, name: str, stage: DictConfig) -> No
     """A reward model named in a stage's reward (``kwargs.model``) is an earlier reward-model stage or a folder."""
     names = list(cfg.stages)
     for f in reward_specs(OmegaConf.to_container(stage.reward, resolve=True)):
-        ref = (f.get("kwargs") or {}).get("model")
-        if ref is None:
-            continue
-        if ref in cfg.stages:
-            if ref not in names[: names.index(name)] or cfg.stages[ref].kind != "reward_model":
-                raise ConfigError(f"stages.{name}.reward: model '{ref}' is not an earlier reward-model stage")
-        elif not Path(ref).expanduser().is_dir():
-            raise ConfigError(f"stages.{name}.reward: model {ref} is neither a reward-model stage of this run nor a folder")
+        refs = (f.get("kwargs") or {}).get("model")
+        for ref in [refs] if isinstance(refs, str) else refs or []:  # a list: an ensemble
+            if not isinstance(ref, str):
+                raise ConfigError(f"stages.{name}.reward: model {ref!r} is not a folder or a stage name")
+            if ref in cfg.stages:
+                if ref not in names[: names.index(name)] or cfg.stages[ref].kind != "reward_model":
+                    raise ConfigError(f"stages.{name}.reward: model '{ref}' is not an earlier reward-model stage")
+            elif not Path(ref).expanduser().is_dir():
+                raise ConfigError(f"stages.{name}.reward: model {ref} is neither a reward-model stage of this run nor a folder")
 
 
 def validate_reward_model_stage(cfg: DictConfig, name: str, stage: DictConfig) -> None:
