@@ -81,7 +81,8 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
         "compare.passk={samples: 4, ks: [1, 2, 4], entries: [grpo], num_examples: 3}",
         "compare.entries=[{algorithm: grpo}, {algorithm: grpo, label: grpo_orm, before: [orm], "
         "iterative: {iterations: 2, reward_model_stage: orm, replay: 0.5}, "
-        "overrides: ['reward={name: orm, kwargs: {model: orm}}', 'reward_diagnostics=[rule]']}]",
+        "overrides: ['reward={name: orm, kwargs: {model: orm}}', 'reward_diagnostics=[rule]']}, "
+        "{algorithm: grpo, label: grpo_4, overrides: [steps=4]}, {algorithm: rloo}]",  # as many steps as the iterations; a variant
     ])
     report = compare(cfg, "rlzoo compare configs/compare_paper.yaml (test)")
     text = report.read_text()
@@ -98,6 +99,12 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
     for png in ("accuracy", "reward", "hacking", "passk"):
         assert (tmp_path / f"paper_{png}.png").stat().st_size > 1000, png
     assert json.loads((runs / "sft" / "sft" / "final" / "passk.json").read_text())["result"]["pass@4"] >= 0
+    assert "\n| rloo | " in text  # a later variant is an entry like any other
+    figure6 = text[text.index("## Iterative RL (Figure 6)"):]
+    assert "| iteration 0 (step 2) | iteration 1 (step 4) |" in figure6  # the grpo_4 run is the same-steps baseline
+    assert "\n| grpo_orm | " in figure6 and "\n| grpo_4 | " in figure6 and "\n| grpo | " not in figure6.split("##")[1]
+    hacking = text[text.index("## Learned rewards under pressure"):]
+    assert "\n| grpo_orm | rule | " in hacking
 
 
 @pytest.mark.parametrize("override, message", [

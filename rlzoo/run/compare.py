@@ -410,6 +410,8 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
                          f"{mean('other_seconds'):.0f} | {_mean_std([b['peak_memory_mb'] for b in items], digits=0)} |")
     if passk:
         lines += ["", *passk_table(passk, cfg.compare.passk)]
+    for section in (iterative_table(cfg, curves), hacking_table(curves)):
+        lines += ["", *section] if section else []
     lines += ["", *claims(sft, results, budgets or {}, passk or {}, sets), ""]
     plots = plot_curves(report, curves, start_accuracy=sft["eval"]["accuracy"])
     plots += plot_hacking(report, curves)
@@ -488,7 +490,81 @@ CLAIMS = [
     ("d", "process supervision beats outcome supervision: GRPO+PRM over GRPO+ORM", "grpo_prm", "grpo_orm", "accuracy"),
     ("d", "the exact step oracle bounds process supervision: GRPO+oracle PRM over GRPO+PRM", "grpo_oracle_prm", "grpo_prm", "accuracy"),
     ("f", "a random reward does not match the real one: GRPO (rule) over GRPO (random)", "grpo", "grpo_random", "accuracy"),
+    ("h", "iterative RL beats a fixed reward model at equal RL steps: GRPO+ORM iterative over GRPO+ORM for as many steps",
+     "grpo_orm_iterative", "grpo_orm_120", "accuracy"),
+    ("i", "remedy: a stronger KL term helps a learned reward: GRPO+ORM with beta 0.2 over beta 0.04", "grpo_orm_kl", "grpo_orm", "accuracy"),
+    ("i", "remedy: a reward model trained on 3x the questions helps", "grpo_orm_more", "grpo_orm", "accuracy"),
+    ("i", "remedy: an ensemble of two reward models (worst case) helps", "grpo_orm_ensemble", "grpo_orm", "accuracy"),
+    ("i", "remedy: clipping the reward model's score helps", "grpo_orm_clip", "grpo_orm", "accuracy"),
 ]
+
+
+def _at(runs: list[dict], key: str, step: int) -> list[float]:
+    """Each seed's value of curve ``key`` at ``step`` (seeds without one left out)."""
+    return [v for run in runs for x, v in run.get(key, []) if x == step]
+
+
+def hacking_table(curves: dict) -> list[str]:
+    """Reward hacking, measured: for each entry trained on one reward while a diagnostic (the rule)
+    graded the same samples, the training reward and the true accuracy of the samples over the
+    first and the last tenth of the RL steps (mean over seeds). A training reward that rises while
+    the true accuracy does not is the reward model being exploited."""
+    rows = []
+    for label, runs in curves.items():
+        keys = sorted({k for run in runs for k in run if k.startswith("diag/")})
+        steps = sorted({x for run in runs for x, _ in run.get("reward", [])})
+        if not keys or not steps:
+            continue
+        tenth = max(1, len(steps) // 10)
+        first, last = set(steps[:tenth]), set(steps[-tenth:])
+
+        def mean(key: str, window: set) -> float:
+            values = [v for run in runs for x, v in run.get(key, []) if x in window]
+            return statistics.fmean(values) if values else float("nan")
+
+        r0, r1 = mean("reward", first), mean("reward", last)
+        for key in keys:
+            t0, t1 = mean(key, first), mean(key, last)
+            rows.append(f"| {label} | {key[len('diag/'):]} | {r0:.3f} → {r1:.3f} ({r1 - r0:+.3f}) | "
+                        f"{100 * t0:.1f} → {100 * t1:.1f} ({100 * (t1 - t0):+.1f}) |")
+    if not rows:
+        return []
+    return ["## Learned rewards under pressure", "",
+            "The training reward (a reward model's score, or a random coin) against the true accuracy of the same samples "
+            "(`reward_diagnostics`: the rule, never trained on), mean of the first and of the last tenth of the RL steps, "
+            "over seeds. A training reward that rises while the accuracy of the samples does not is reward hacking; the "
+            "remedies' entries (`grpo_orm_*`) change one thing each against `grpo_orm` (claims (i) below).", "",
+            "| method | graded by | training reward, first → last tenth | true accuracy of the samples %, first → last tenth |",
+            "|---|---|---:|---:|", *rows]
+
+
+def iterative_table(cfg: DictConfig, curves: dict) -> list[str]:
+    """Figure 6: each iterative entry's held-out accuracy at the end of every iteration, beside the
+    entries trained for as many RL steps in one go (a reward model never retrained), mean ± std."""
+    lines = []
+    for entry in cfg.compare.entries:
+        if not entry.iterative:
+            continue
+        label = entry.label or entry.algorithm
+        runs = curves.get(label, [])
+        iterations = int(entry.iterative.get("iterations", 1))
+        total = max((x for run in runs for x, _ in run.get("accuracy", [])), default=0)
+        if not total or iterations < 2:
+            continue
+        ends = [total * (k + 1) // iterations for k in range(iterations)]
+        same = [other for other, r in curves.items() if other != label
+                and max((x for run in r for x, _ in run.get("accuracy", [])), default=0) == total]
+        lines += ["| method | " + " | ".join(f"iteration {k} (step {x})" for k, x in enumerate(ends)) + " |",
+                  "|---|" + "---:|" * len(ends)]
+        for name in [label, *same]:
+            lines.append(f"| {name} | " + " | ".join(_mean_std(_at(curves[name], "accuracy", x), 100) for x in ends) + " |")
+    if not lines:
+        return []
+    return ["## Iterative RL (Figure 6)", "",
+            "Held-out greedy accuracy (%) at the end of each iteration: the RL stage run again from the current policy "
+            "(its reference reset to it) after the reward model kept training on the current policy's samples (10% "
+            "replay of its earlier data), against the same number of RL steps with the first reward model kept.", "",
+            *lines]
 
 
 def claims(sft: dict, results: dict, budgets: dict, passk: dict, sets: list[str]) -> list[str]:
