@@ -128,6 +128,7 @@ class SyntheticConfig:
     eval_format: Optional[str] = allowed(None, choices=FORMATS)  # format of the held-out set; None = format
     format_hint: bool = True  # prompts say which format is wanted; false: one neutral prompt, the model picks
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # corrupt a share of the training cot solutions (off by default)
+    wording: str = allowed("default", choices=("default", "other"))  # the sentences problems are told in; "other": the same problems in other words (an out-of-domain held-out set)
 
 
 @dataclass

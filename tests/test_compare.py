@@ -105,6 +105,15 @@ def test_paper_compare_parallel_before_stages_iterative_budgets_and_passk(tmp_pa
     assert "\n| grpo_orm | " in figure6 and "\n| grpo_4 | " in figure6 and "\n| grpo | " not in figure6.split("##")[1]
     hacking = text[text.index("## Learned rewards under pressure"):]
     assert "\n| grpo_orm | rule | " in hacking
+    # an out-of-domain set added to the finished comparison: every run is evaluated on it, none trained again
+    summaries = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
+    cfg.eval.sets["reworded"] = {"synthetic": {"wording": "other", "eval_size": 2}}
+    text = compare(cfg, "rlzoo compare configs/compare_paper.yaml (test, a set added)").read_text()
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == summaries
+    assert "| shifted | longer | pot | reworded |" in text and "failed" not in text
+    assert len(list(runs.rglob("late_sets.json"))) == 1 + 4  # the SFT run and every entry's
+    row = next(line for line in text.splitlines() if line.startswith("| grpo_orm | ") and line.count("|") == 7)
+    assert "n/a" not in row
 
 
 @pytest.mark.parametrize("override, message", [

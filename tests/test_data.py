@@ -515,3 +515,15 @@ def test_parquet_files_and_saved_datasets_are_read_through_hugging_face_datasets
     datasets.Dataset.from_list(bad_row).to_parquet(str(tmp_path / "rows.parquet"))
     with pytest.raises(DataError, match=r"rows.parquet:2: field 'answer' has no final '#### N' line"):
         load_examples(tmp_path / "rows.parquet")
+
+
+def test_other_wording_tells_the_same_problems_in_other_sentences():
+    from rlzoo.data.synthetic import SyntheticTask, step_oracle
+    from rlzoo.config import SyntheticConfig
+
+    default = SyntheticTask(SyntheticConfig(eval_size=30)).eval_examples()
+    other = SyntheticTask(SyntheticConfig(eval_size=30, wording="other")).eval_examples()
+    assert [(e.answer, e.meta["steps"], e.solution) for e in default] == [(e.answer, e.meta["steps"], e.solution) for e in other]
+    assert all(a.prompt != b.prompt for a, b in zip(default, other))
+    assert not any(" has " in e.prompt.split(".")[0] or "How many" in e.prompt for e in other)
+    assert all(all(step_oracle(e, e.solution.strip().splitlines())) for e in other)  # the oracle grades the same steps

@@ -30,7 +30,8 @@ noise is drawn from its own generator seeded by the stream's seed, so it never c
 problems are drawn; held-out problems and the tokenizer's corpus are never corrupted.
 
 Difficulty is set by :class:`SyntheticConfig` (operand range, number of operations, which
-operators). The held-out evaluation set is a fixed list drawn from its own seed, in one format
+operators). ``wording: other`` tells the same problems (the same seed draws the same numbers and
+operations) in other sentences (:data:`WORDINGS`), for a held-out set in words no stage trained on. The held-out evaluation set is a fixed list drawn from its own seed, in one format
 (``eval_format``); training problems whose question equals an evaluation question (in any format)
 are skipped, so the two never overlap.
 
@@ -56,6 +57,16 @@ ADD = ["{who} buys {b} more {item}.", "{who} finds {b} more {item}.", "{who} get
 SUB = ["{who} gives away {b} {item}.", "{who} loses {b} {item}.", "{who} sells {b} {item}."]
 MUL = ["{who} ends up with {b} times as many {item}.", "The number of {item} grows {b} times."]
 DIV = ["{who} splits the {item} into {b} equal piles and keeps one pile."]
+WORDINGS = {  # task.synthetic.wording: the same problems (each list as long as its counterpart) told in other words
+    "default": {"start": "{who} has {a} {item}.", "+": ADD, "-": SUB, "*": MUL, "/": DIV,
+                "ask": "How many {item} does {who} have now?"},
+    "other": {"start": "At first, {who} owns {a} {item}.",
+              "+": ["Then {who} receives another {b} {item}.", "{b} extra {item} come to {who}.", "A neighbour hands {who} {b} {item}."],
+              "-": ["{who} uses up {b} of the {item}.", "{b} {item} go missing.", "{who} trades away {b} {item}."],
+              "*": ["The pile of {item} becomes {b} times bigger.", "{who} multiplies the {item} by {b}."],
+              "/": ["{who} shares the {item} fairly among {b} friends and keeps a single share."],
+              "ask": "What number of {item} does {who} hold at the end?"},
+}
 
 PROMPT_SUFFIX = {  # appended to the question; says which solution format is wanted
     "cot": "",
@@ -335,15 +346,14 @@ class SyntheticTask:
                 b = rng.choice(divisors)
                 y = x // b
             if 0 <= y <= cfg.max_value:
-                template = rng.choice({"+": ADD, "-": SUB, "*": MUL, "/": DIV}[op])
+                template = rng.choice(WORDINGS[cfg.wording][op])
                 return op, b, template, y
         return None
 
-    @staticmethod
-    def _example(steps: list[tuple], start: dict, fmt: str, make_prompt: Callable[[str, str], str]) -> tuple[str, Example]:
+    def _example(self, steps: list[tuple], start: dict, fmt: str, make_prompt: Callable[[str, str], str]) -> tuple[str, Example]:
         """(question, example): the problem of ``steps`` asked and solved in format ``fmt``."""
-        who, item = start["who"], start["item"]
-        sentences = [f"{who} has {start['a']} {item}."]
+        who, item, words = start["who"], start["item"], WORDINGS[self.cfg.wording]
+        sentences = [words["start"].format(who=who, a=start["a"], item=item)]
         cot_lines, pot_lines = [], [f"x = {start['a']}"]
         x = start["a"]
         for op, b, template, y in steps:
@@ -352,7 +362,7 @@ class SyntheticTask:
             cot_lines.append(f"{x} {sym} {b} = {y}.")
             pot_lines.append(f"x = x {sym if op != '/' else '//'} {b}")
             x = y
-        sentences.append(f"How many {item} does {who} have now?")
+        sentences.append(words["ask"].format(who=who, item=item))
         question = " ".join(sentences)
         prompt = make_prompt(question, fmt)
         program = "```python\n" + "\n".join(pot_lines) + "\nprint(x)\n```"

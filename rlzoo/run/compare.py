@@ -105,7 +105,48 @@ def _same_config(path: Path, config: DictConfig) -> bool:
         return False
     mine = OmegaConf.merge(OmegaConf.structured(RunConfig), config)
     trained = [{k: v for k, v in OmegaConf.to_container(c, resolve=True).items() if k != "compare"} for c in (stored, mine)]
+    for c in trained:  # an extra held-out set is evaluated on the finished run (_late_sets), not trained again
+        c["eval"].pop("sets", None)
     return trained[0] == trained[1]
+
+
+def _late_sets(config: DictConfig, run_dir: Path, stage: str, result: dict) -> dict:
+    """``result`` (the summary of a finished run's ``stage``) with its ``eval`` completed for the sets
+    of ``config.eval.sets`` it was not evaluated on when it trained (a set added to the comparison
+    later, or changed since): the stage's final checkpoint evaluated on them now, as the run would
+    have, cached in ``run_dir/late_sets.json``. So an out-of-domain set added to a finished
+    comparison costs an evaluation per run, not a retraining."""
+    stored_file = run_dir / "config.yaml"
+    if "error" in result or not config.eval.sets or not stored_file.is_file():
+        return result
+    current = OmegaConf.to_container(config.eval.sets, resolve=True)
+    stored = OmegaConf.to_container(OmegaConf.load(stored_file), resolve=True).get("eval", {}).get("sets") or {}
+    late = [name for name in current if stored.get(name) != current[name]]
+    if not late:
+        return result
+    cache_file = run_dir / "late_sets.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    todo = [name for name in late if cache.get(name, {}).get("set") != current[name]]
+    if todo:
+        from rlzoo.run.evaluation import run_eval
+        from rlzoo.run.factories import eval_sets, make_eval_reward
+        from rlzoo.runtime.models import load_stage_result
+        from rlzoo.runtime.stage import make_accelerator
+
+        print(f"[compare] {run_dir}: evaluating {stage} on the later sets {', '.join(todo)}", flush=True)
+        only = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+        only.eval.sets = {name: current[name] for name in todo}
+        examples = eval_sets(only)
+        model, tokenizer = load_stage_result(run_dir / stage / "final")
+        model.eval()
+        with make_accelerator(config.mixed_precision).autocast():
+            for name in todo:
+                cache[name] = {"set": current[name], "eval": run_eval(config, model, tokenizer, examples[name], make_eval_reward(config))}
+        atomic_write_text(cache_file, json.dumps(cache, indent=1))
+    evals = {k: v for k, v in result["eval"].items() if k.split("/")[0] not in late}
+    for name in late:
+        evals.update({f"{name}/{k}": v for k, v in cache[name]["eval"].items()})
+    return {**result, "eval": evals}
 
 
 def _without_removed_keys(stored: DictConfig, schema: type) -> DictConfig:
@@ -244,6 +285,7 @@ def compare(cfg: DictConfig, command: str) -> Path:
     sft = _run(sft_config, sft_dir, out / "sft.log")[-1]
     if "error" in sft:
         raise RuntimeError(f"the shared SFT stage failed: {sft['error']} (log: {out / 'sft.log'})")
+    sft = _late_sets(sft_config, sft_dir, c.sft_stage, sft)
 
     def one(run: tuple[str, int, DictConfig, Path]) -> list[dict]:
         label, seed, config, run_dir = run
@@ -261,6 +303,7 @@ def compare(cfg: DictConfig, command: str) -> Path:
         parts = _rl_parts(ran, c.rl_stage)
         by_name = {s.get("name"): s for s in stages}
         final = by_name.get(parts[-1], stages[-1]) if "error" not in stages[-1] else stages[-1]
+        final = _late_sets(config, run_dir, parts[-1], final)
         results.setdefault(label, []).append(final)
         finals.append((label, run_dir, final))
         rows = _rows(run_dir / "metrics.jsonl")
