@@ -142,6 +142,25 @@ class FilesConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """The user's own prompt/answer file (``task.name: dataset``, docs/data.md "Your own data").
+
+    Columns are mapped to an Example by name: ``prompt`` (a string, or TRL's list of chat
+    messages), ``answer`` (a string or a number), ``solution`` (optional); every other column goes
+    into ``Example.meta``, so a TRL-style reward gets it as a keyword argument."""
+
+    train: Optional[str] = None  # training rows (required): jsonl, parquet, csv, arrow, or a datasets.save_to_disk folder
+    eval: Optional[str] = None  # held-out rows, same formats; None = hold out eval_size rows of train (never trained on)
+    eval_size: Optional[int] = allowed(None, AT_LEAST_1)  # first N rows of eval (None = all); without eval: N rows of train (None = 10%, 1..500)
+    eval_seed: int = allowed(0, AT_LEAST_0)  # without eval: the seed of the shuffle that picks the held-out rows of train
+    prompt: str = "prompt"  # column of the prompt: a string, or a list of {role, content} chat messages (needs task.chat_template)
+    answer: str = "answer"  # column of the gold answer: a string or a number
+    solution: Optional[str] = None  # column of the reference solution (for SFT); None = "solution" when the file has one
+    template: Optional[str] = None  # None = the prompt as it is; cot, pot, tir = rlzoo's template; else a format string: {prompt}, {column}
+    format: Optional[str] = allowed(None, choices=FORMATS)  # meta["format"] (any_format grades by it); None = the template's if cot/pot/tir, else cot
+
+
+@dataclass
 class GenerationConfig:
     """Sampling settings."""
 
@@ -182,9 +201,10 @@ class ModelConfig:
 class TaskConfig:
     """Where problems come from (docs/data.md)."""
 
-    name: str = allowed("synthetic", choices=("synthetic", "gsm8k", "math"))  # "synthetic" (embedded, on the fly), "gsm8k" or "math" (jsonl files under files)
+    name: str = allowed("synthetic", choices=("synthetic", "gsm8k", "math", "dataset"))  # "synthetic" (embedded, on the fly), "gsm8k" or "math" (jsonl files under files), "dataset" (your own file, under dataset)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     files: FilesConfig = field(default_factory=FilesConfig)  # the files of the gsm8k and math tasks
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the file of the dataset task: your own prompt/answer rows
     chat_template: bool = False  # wrap every prompt in the tokenizer's chat template (instruct models)
 
 

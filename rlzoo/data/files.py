@@ -30,9 +30,11 @@ disk. Blank lines are skipped. Parquet, csv and arrow files and folders saved wi
 numbered from 1 in errors. A folder of a ``DatasetDict`` (several splits) is an error that names
 its splits: a file is one split, and which one a task trains or evaluates on is the user's choice.
 
-:class:`FileTask` makes a task of two files (``task.name: gsm8k`` or ``math``, paths under
-``task.files``) with the interface of the synthetic task: ``train_stream(seed)``,
-``eval_examples()`` and ``corpus()``.
+:class:`HeldOutFiles` makes a task of a training file and a held-out set (an eval file, or rows
+held out of the training file) with the interface of the synthetic task: ``train_stream(seed)``,
+``eval_examples()`` and ``corpus()``. :class:`FileTask` is the ``gsm8k`` and ``math`` tasks (paths
+under ``task.files``); :class:`rlzoo.data.dataset.DatasetTask` the user's own file
+(``task.name: dataset``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from rlzoo.config import FilesConfig
 from rlzoo.data.templates import check_format, format_prompt
@@ -81,7 +83,7 @@ def missing_data(path: Path, key: str) -> str:
     return f"{key}: file not found: {path}"
 
 
-def _noun(path: str | Path) -> str:
+def field_noun(path: str | Path) -> str:
     """What a file's fields are called in errors: jsonl has fields, a table has columns."""
     return "field" if Path(path).suffix not in DATASET_SUFFIXES and not Path(path).is_dir() else "column"
 
@@ -213,7 +215,7 @@ def load_examples(path: str | Path, *, format: str = "cot", limit: int | None = 
 def _unlike(path: str | Path, row: dict[str, Any], expected: str) -> str:
     """What makes ``row`` not a row of the ``expected`` schema: the missing field, or else the
     missing ``#### N`` line of a GSM8K answer."""
-    noun = _noun(path)
+    noun = field_noun(path)
     missing = [f for f in _FIELDS[expected] if f not in row]
     if missing:
         return f"missing {noun}{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)} (it has {sorted(row)})"
@@ -239,14 +241,15 @@ class Row:
         if key not in self.data or (optional and self.data[key] is None):
             if optional:
                 return None
-            raise self.error(f"missing {_noun(self.path)} '{key}' ({self.schema} rows need {', '.join(_FIELDS[self.schema])})")
+            need = f" ({self.schema} rows need {', '.join(_FIELDS[self.schema])})" if self.schema in _FIELDS else ""
+            raise self.error(f"missing {field_noun(self.path)} '{key}'{need}")
         value = self.data[key]
         if isinstance(value, str):
             return value
         if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         kind = "a string or a number" if numbers else "a string"
-        raise self.error(f"field '{key}' must be {kind}, got {type(value).__name__}")
+        raise self.error(f"{field_noun(self.path)} '{key}' must be {kind}, got {type(value).__name__}")
 
     def meta(self, fmt: str, **extra: Any) -> dict[str, Any]:
         return {"source": self.schema, "format": fmt, "line": self.line, **extra}
@@ -286,51 +289,81 @@ _ROW_PARSERS = {"gsm8k": _gsm8k, "math": _math, "plain": _plain}
 # -- a task of two files --------------------------------------------------------------------------
 
 
-class FileTask:
-    """A training file and a held-out file, with the synthetic task's interface.
+def default_holdout_size(rows: int) -> int:
+    """How many rows of a training file are held out when no eval file is given: 10%, at most
+    500, at least 1."""
+    return max(1, min(500, rows // 10))
 
-    Both files must exist when the task is built (files are read when first needed). The held-out
-    set is the first ``eval_size`` rows of the eval file, in file order. Training rows whose prompt
-    equals the prompt of *any* row of the eval file are skipped, so ``train_stream`` never yields a
-    held-out problem (e.g. ``math/test_full.jsonl`` for training against MATH-500 leaves PRM800K's
-    12,000-problem train split).
+
+class HeldOutFiles:
+    """Training rows and held-out rows read from files, with the synthetic task's interface:
+    ``train_stream(seed)``, ``eval_examples()``, ``train_examples()`` and ``corpus()``.
+
+    ``load(path)`` reads one file into Examples (:func:`load_examples` for GSM8K and MATH, the
+    column mapping of :class:`rlzoo.data.dataset.DatasetTask` for the user's own file); files are
+    read when first needed, and must exist when the task is built. Errors name the config keys
+    under ``key`` (``task.files``, ``task.dataset``).
+
+    * With an eval file, the held-out set is its first ``eval_size`` rows (all when None), in
+      file order, and training rows whose prompt equals the prompt of *any* row of the eval file
+      are skipped.
+    * Without one (``eval_path`` None), ``eval_size`` rows of the training file are held out
+      (None: :func:`default_holdout_size`), picked by a shuffle seeded with ``eval_seed`` so that
+      the file's order does not bias them, and kept in file order; training rows whose prompt
+      equals a held-out prompt are skipped, so a held-out problem is never trained on.
+
+    ``skipped_overlap`` counts the training file's rows left out (held out, or with a held-out
+    prompt) once ``train_examples()`` has run.
     """
 
-    def __init__(self, name: str, cfg: FilesConfig) -> None:
-        if name not in DEFAULT_FILES:
-            raise ValueError(f"task.name: unknown file task '{name}'; known: {', '.join(FILE_TASKS)}")
-        check_format(cfg.format, "task.files.format")
-        if cfg.eval_size is not None and cfg.eval_size < 1:
-            raise ValueError(f"task.files.eval_size must be >= 1 or null; got {cfg.eval_size}")
-        self.name, self.cfg = name, cfg
-        default_train, default_eval = DEFAULT_FILES[name]
-        self.train_path = Path(cfg.train or default_train)
-        self.eval_path = Path(cfg.eval or default_eval)
-        for key, path in (("train", self.train_path), ("eval", self.eval_path)):
-            if not is_data_path(path):
-                raise DataError(missing_data(path, f"task.files.{key}"))
-        if self.train_path.resolve() == self.eval_path.resolve():
-            raise DataError(f"task.files.train and task.files.eval are the same file: {self.eval_path}")
+    def __init__(self, key: str, train_path: Path, eval_path: Optional[Path], load: Callable[[Path], list[Example]], *,
+                 eval_size: Optional[int] = None, eval_seed: int = 0) -> None:
+        if eval_size is not None and eval_size < 1:
+            raise ValueError(f"{key}.eval_size must be >= 1 or null; got {eval_size}")
+        for name, path in (("train", train_path), ("eval", eval_path)):
+            if path is not None and not is_data_path(path):
+                raise DataError(missing_data(path, f"{key}.{name}"))
+        if eval_path is not None and train_path.resolve() == eval_path.resolve():
+            raise DataError(f"{key}.train and {key}.eval are the same file: {eval_path}")
+        self.key, self.train_path, self.eval_path, self.load = key, train_path, eval_path, load
+        self.eval_size, self.eval_seed = eval_size, eval_seed
+        self._train_rows: list[Example] | None = None
         self._eval: list[Example] | None = None
-        self._eval_prompts: set[str] = set()
+        self._held_out: set[str] = set()
         self._train: list[Example] | None = None
+
+    def _rows(self) -> list[Example]:
+        if self._train_rows is None:
+            self._train_rows = self.load(self.train_path)
+        return self._train_rows
 
     def eval_examples(self) -> list[Example]:
         if self._eval is None:
-            rows = load_examples(self.eval_path, format=self.cfg.format, schema=self.name)
-            self._eval_prompts = {ex.prompt.strip() for ex in rows}
-            self._eval = rows[: self.cfg.eval_size] if self.cfg.eval_size else rows
+            if self.eval_path is not None:
+                rows = self.load(self.eval_path)
+                self._held_out = {ex.prompt.strip() for ex in rows}
+                self._eval = rows[: self.eval_size] if self.eval_size else rows
+            else:
+                rows = self._rows()
+                n = self.eval_size or default_holdout_size(len(rows))
+                if n >= len(rows):
+                    raise DataError(f"{self.key}.eval_size: holding out {n} of the {len(rows)} rows of {self.train_path} "
+                                    f"leaves none to train on (give a smaller eval_size, or a held-out file as {self.key}.eval)")
+                picked = sorted(random.Random(self.eval_seed).sample(range(len(rows)), n))
+                self._eval = [rows[i] for i in picked]
+                self._held_out = {ex.prompt.strip() for ex in self._eval}
         return list(self._eval)
 
     def train_examples(self) -> list[Example]:
         """Every training row that is not a held-out problem, in file order."""
         if self._train is None:
             self.eval_examples()
-            rows = load_examples(self.train_path, format=self.cfg.format, schema=self.name)
-            self._train = [ex for ex in rows if ex.prompt.strip() not in self._eval_prompts]
+            rows = self._rows()
+            self._train = [ex for ex in rows if ex.prompt.strip() not in self._held_out]
             self.skipped_overlap = len(rows) - len(self._train)
             if not self._train:
-                raise DataError(f"task.files.train: every row of {self.train_path} is also in {self.eval_path}")
+                held = self.eval_path or "the rows held out of it"
+                raise DataError(f"{self.key}.train: every row of {self.train_path} has the prompt of a held-out row ({held})")
         return self._train
 
     def train_stream(self, seed: int) -> Iterator[Example]:
@@ -348,3 +381,19 @@ class FileTask:
         rows = self.train_examples()
         picked = random.Random(seed).sample(rows, min(n, len(rows)))
         return [ex.prompt + (ex.solution or "") for ex in picked]
+
+
+class FileTask(HeldOutFiles):
+    """The ``gsm8k`` or ``math`` task: a training file and a held-out file of that schema
+    (:class:`HeldOutFiles`; ``task.files``, defaults under ``../shared/data``). E.g.
+    ``math/test_full.jsonl`` for training against MATH-500 leaves PRM800K's 12,000-problem train
+    split, its 500 MATH-500 rows skipped."""
+
+    def __init__(self, name: str, cfg: FilesConfig) -> None:
+        if name not in DEFAULT_FILES:
+            raise ValueError(f"task.name: unknown file task '{name}'; known: {', '.join(FILE_TASKS)}")
+        check_format(cfg.format, "task.files.format")
+        self.name, self.cfg = name, cfg
+        default_train, default_eval = DEFAULT_FILES[name]
+        super().__init__("task.files", Path(cfg.train or default_train), Path(cfg.eval or default_eval),
+                         lambda path: load_examples(path, format=cfg.format, schema=name), eval_size=cfg.eval_size)

@@ -17,7 +17,9 @@ strings with one field, ``{question}``.
 
 The chat-template option (``task.chat_template: true``) wraps an already formatted prompt in the
 tokenizer's own chat template, as a single user turn followed by the assistant header, where
-examples meet the tokenizer (:func:`apply_chat_template`).
+examples meet the tokenizer (:func:`apply_chat_template`). An example whose prompt came as chat
+messages (TRL's conversational format, ``task.name: dataset``) keeps them in
+``meta["prompt_messages"]``, and those messages are rendered instead.
 
 The embedded synthetic task keeps its own short phrasing (``rlzoo.data.synthetic.PROMPT_SUFFIX``):
 its tiny model has a 256-token context.
@@ -44,6 +46,7 @@ TEMPLATES = {
 }
 
 CHAT_META_KEY = "chat_template"  # set on examples whose prompt is already wrapped
+MESSAGES_META_KEY = "prompt_messages"  # a conversational prompt's messages, [{"role", "content"}], rendered by the chat template
 
 
 def check_format(fmt: str, what: str = "format") -> str:
@@ -58,22 +61,24 @@ def format_prompt(question: str, fmt: str = "cot") -> str:
     return TEMPLATES[check_format(fmt)].format(question=question)
 
 
-def chat_prompt(prompt: str, tokenizer) -> str:
-    """``prompt`` as one user turn of ``tokenizer``'s chat template, ending in the assistant header."""
+def chat_prompt(prompt: str | list[dict[str, str]], tokenizer) -> str:
+    """``prompt`` through ``tokenizer``'s chat template, ending in the assistant header: a string as
+    one user turn, a list of ``{"role", "content"}`` messages as that conversation."""
     if not getattr(tokenizer, "chat_template", None):
         from rlzoo.errors import ConfigError
 
         raise ConfigError("task.chat_template is true but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def apply_chat_template(examples: Iterable[Example], tokenizer) -> list[Example]:
     """Copies of ``examples`` whose prompts are wrapped in the tokenizer's chat template.
 
     The unwrapped prompt is kept in ``meta["raw_prompt"]``; an example already wrapped
-    (``meta["chat_template"]`` true) is returned unchanged, so wrapping twice is harmless.
+    (``meta["chat_template"]`` true) is returned unchanged, so wrapping twice is harmless. An
+    example with ``meta["prompt_messages"]`` (a conversational prompt) has those messages
+    rendered, not its ``prompt`` as one user turn.
     Answers and solutions are untouched (a solution is the assistant's reply; the runtime appends
     EOS, which for chat models is the end-of-turn token).
     """
@@ -83,7 +88,7 @@ def apply_chat_template(examples: Iterable[Example], tokenizer) -> list[Example]
             out.append(ex)
             continue
         meta = {**ex.meta, CHAT_META_KEY: True, "raw_prompt": ex.prompt}
-        out.append(replace(ex, prompt=chat_prompt(ex.prompt, tokenizer), meta=meta))
+        out.append(replace(ex, prompt=chat_prompt(ex.meta.get(MESSAGES_META_KEY) or ex.prompt, tokenizer), meta=meta))
     return out
 
 

@@ -146,7 +146,8 @@ def _columns(examples: Sequence) -> dict[str, list]:
     """The examples' fields as TRL's dataset columns: ``answer``, ``solution`` and every meta key."""
     keys = list(dict.fromkeys(k for ex in examples for k in ex.meta))
     columns = {"answer": [ex.answer for ex in examples], "solution": [ex.solution for ex in examples]}
-    columns.update({k: [ex.meta.get(k) for ex in examples] for k in keys if k not in columns and k not in ("prompts", "completions")})
+    taken = {*columns, "prompts", "completions", "completion_ids"}  # the call's own arguments: a meta key of that name is left out
+    columns.update({k: [ex.meta.get(k) for ex in examples] for k in keys if k not in taken})
     return columns
 
 

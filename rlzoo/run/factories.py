@@ -22,7 +22,8 @@ from rlzoo.registry import ALGORITHMS
 def build_task(cfg: DictConfig):
     """The task object of ``cfg.task``: ``train_stream(seed)``, ``eval_examples()`` and ``corpus()``.
 
-    ``synthetic`` is generated on the fly; ``gsm8k`` and ``math`` read jsonl files (docs/data.md).
+    ``synthetic`` is generated on the fly; ``gsm8k`` and ``math`` read their files (``task.files``),
+    ``dataset`` the user's own prompt/answer file (``task.dataset``); docs/data.md.
     """
     from rlzoo.data.files import FILE_TASKS, FileTask
 
@@ -33,9 +34,13 @@ def build_task(cfg: DictConfig):
             return SyntheticTask(OmegaConf.to_object(cfg.task.synthetic))
         if cfg.task.name in FILE_TASKS:
             return FileTask(cfg.task.name, OmegaConf.to_object(cfg.task.files))
+        if cfg.task.name == "dataset":
+            from rlzoo.data.dataset import DatasetTask
+
+            return DatasetTask(OmegaConf.to_object(cfg.task.dataset), chat_template=cfg.task.chat_template)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    raise ConfigError(f"task.name: unknown task '{cfg.task.name}'; known: synthetic, {', '.join(FILE_TASKS)}")
+    raise ConfigError(f"task.name: unknown task '{cfg.task.name}'; known: synthetic, {', '.join(FILE_TASKS)}, dataset")
 
 
 def eval_set_task_config(cfg: DictConfig, name: str) -> DictConfig:
