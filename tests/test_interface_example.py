@@ -117,3 +117,48 @@ def test_source_args_are_checked_against_the_source_config(tmp_path):
         validate(load_config(None, [*base, "stages.rl.data.source_args.kep=2"]))
     with pytest.raises(ConfigError, match=r"^stages.rl.data.source_args.keep: data source 'online' takes no settings"):
         validate(load_config(None, [*TINY_MODEL, "stages.rl.algorithm=grpo", "stages.rl.data.source_args.keep=2"]))
+
+
+BAD_ALGORITHM = '''
+from dataclasses import dataclass
+
+import torch
+
+from rlzoo.interface import NoExtras
+from rlzoo.registry import register_algorithm
+
+
+@register_algorithm("baseline_in_coefficients")
+class BaselineInCoefficients(NoExtras):
+    """The mistake the docs warn about: a baseline over the rows coefficients() happens to see."""
+
+    @dataclass
+    class Config:
+        pass
+
+    data_source, needs, loss_agg, group_coupled, min_samples_per_prompt = "online", frozenset(), None, False, 2
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def coefficients(self, batch, logp):
+        adv = batch.rewards - batch.rewards.mean()  # [n]: the mean of whatever rows share the micro-batch
+        return adv[:, None] * batch.loss_mask, {}
+'''
+
+
+def test_coefficients_that_read_other_rows_of_the_micro_batch_stop_the_run_in_one_line(tmp_path):
+    import pytest
+
+    from rlzoo.errors import ConfigError
+    from rlzoo.train import train
+
+    plugin = tmp_path / "bad_algo.py"
+    plugin.write_text(BAD_ALGORITHM)
+    cfg = load_config(None, [*TINY_MODEL, f"plugins=[{plugin}]", f"output_dir={tmp_path / 'run'}", "logging.progress=false",
+                             "eval.samples=0", "eval.max_new_tokens=4", "task.synthetic.eval_size=2",
+                             "stages.rl.algorithm=baseline_in_coefficients", "stages.rl.steps=1",
+                             "stages.rl.data.prompts_per_step=2", "stages.rl.data.samples_per_prompt=4",
+                             "stages.rl.generation.max_new_tokens=8", "stages.rl.reward.name=test_example_even_length"])
+    with pytest.raises(ConfigError, match=r"^algorithm .*coefficients\(\) of a row depend on the other rows of its micro-batch"):
+        train(cfg)

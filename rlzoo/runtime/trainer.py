@@ -49,6 +49,7 @@ class Runtime:
     dist: Dist | None = None
     reference_is_base: bool = False  # a LoRA policy: the reference is the policy with its adapters off (no copy)
     data_source: str = "dataset"  # the stage's data source (RuntimeView.data_source)
+    rows_checked: bool = False  # check_rows_independent has run for this stage's algorithm
 
     def __post_init__(self) -> None:
         if self.dist is None:
@@ -216,6 +217,25 @@ class _Means:
         return out
 
 
+def check_rows_independent(algorithm, micro: RolloutBatch, logp: torch.Tensor, coef: torch.Tensor) -> None:
+    """The trainer cuts minibatches into micro-batches wherever ``optim.micro_batch_size`` falls, so a
+    row's coefficient must not depend on which other rows share its micro-batch (unless the
+    algorithm is ``group_coupled``, whose groups are kept whole). Checked once per stage on a real
+    micro-batch: its coefficients, computed again on its two halves, must be the same. A group
+    statistic computed in ``coefficients`` (a baseline over the rows it sees) fails here, in one
+    line, instead of training on wrong advantages without a word; it belongs in ``prepare``."""
+    half = len(micro) // 2
+    parts = [algorithm.coefficients(micro.select(rows), logp[rows])[0] for rows in (list(range(half)), list(range(half, len(micro))))]
+    again = torch.cat(parts)  # [n, T]
+    if not torch.allclose(again.float(), coef.float(), rtol=1e-4, atol=1e-6):
+        from rlzoo.errors import ConfigError
+
+        name = getattr(algorithm, "name", type(algorithm).__name__)
+        raise ConfigError(f"algorithm {name}: coefficients() of a row depend on the other rows of its micro-batch "
+                          f"(max difference {float((again - coef).abs().max()):.3g}); compute group statistics in "
+                          "prepare(), which sees whole groups (docs/interface.md), or set group_coupled = True")
+
+
 def train_on_batch(
     rt: Runtime,
     algorithm,
@@ -258,6 +278,9 @@ def train_on_batch(
                 if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
                     micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
                 coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
+                if not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1:
+                    check_rows_independent(algorithm, micro, logp.detach(), coef)
+                    rt.rows_checked = True
                 loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
                 acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
                 extra, extra_metrics = algorithm.extra_loss(micro, rt)  # [n, T] or None
