@@ -198,7 +198,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rlzoo.run.compare import compare
 
     command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
-    report = compare(cfg, command)
+    report = compare(cfg, command, report_only=args.report_only)
     print(report.read_text())
     return 0
 
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train each listed algorithm from one SFT checkpoint over seeds; write a report")
     p.add_argument("config", help="YAML config with a compare: section")
     p.add_argument("overrides", nargs="*", default=[], help="dotted.key=value overrides")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the finished runs (the others are listed as not run)")
     p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("export", help="write a stage's final folder as a Hugging Face model (--merge: LoRA merged in)")
     p.add_argument("checkpoint", help="a stage's final folder, e.g. runs/quickstart/grpo/final")

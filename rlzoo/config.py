@@ -338,6 +338,7 @@ class CompareEntry:
     overrides: list[str] = field(default_factory=list)  # key=value overrides of the RL stage, e.g. "data.source=online"
     before: list[str] = field(default_factory=list)  # stages of the config run first in the entry's own run, from the SFT checkpoint (e.g. [orm]: a reward model the RL stage's reward names)
     iterative: dict[str, Any] = field(default_factory=dict)  # overrides of ``iterative`` for this entry (iterative RL; rl_stage is compare.rl_stage)
+    seeds: list[int] = field(default_factory=list)  # this entry's seeds (e.g. fewer for a costly entry); empty = compare.seeds
 
 
 @dataclass

@@ -149,3 +149,21 @@ def test_a_finished_run_is_the_same_run_after_a_key_was_removed_or_the_compare_s
     stored["stages"]["rl"]["steps"] = 4  # a change to what the run trains
     path.write_text(to_yaml(OmegaConf.create(stored)))
     assert not _same_config(path, config)
+
+
+def test_report_only_trains_nothing_and_lists_what_did_not_run(tmp_path):
+    import pytest
+
+    from rlzoo.errors import UserError
+
+    base = TINY + [f"output_dir={tmp_path / 'runs'}", f"compare.report={tmp_path / 'report.md'}", "compare.seeds=[0, 1]",
+                   "sft.steps=2", "rl.steps=2", "rl.data.prompts_per_step=2", "rl.data.samples_per_prompt=2",
+                   "rl.generation.max_new_tokens=8"]
+    with pytest.raises(UserError, match="--report-only: the shared SFT run .* has not finished"):
+        compare(load_config(Path("configs/compare.yaml"), base), "(test)", report_only=True)
+    compare(load_config(Path("configs/compare.yaml"), base + ["compare.entries=[{algorithm: grpo, seeds: [0]}]"]), "(test)")
+    summaries = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
+    cfg = load_config(Path("configs/compare.yaml"), base + ["compare.entries=[{algorithm: grpo}, {algorithm: rft, seeds: [0]}]"])
+    text = compare(cfg, "rlzoo compare configs/compare.yaml --report-only (test)", report_only=True).read_text()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")} == summaries  # nothing trained
+    assert "| grpo (1 failed) |" in text and "| rft (seeds [0], 1 failed) |" in text and "not run (rlzoo compare --report-only" in text

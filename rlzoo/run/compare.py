@@ -96,6 +96,18 @@ def _run(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
     return json.loads(summary.read_text())["stages"]
 
 
+def _finished(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
+    """The summary's stages of a run of ``config`` that has finished, trained nothing; else ``[{"error": "not run"}]``."""
+    summary = run_dir / "summary.json"
+    from rlzoo.config import expand_iterative
+
+    if (run_dir / "config.yaml").is_file() and _same_config(run_dir / "config.yaml", config) and summary.is_file():
+        stages = json.loads(summary.read_text())["stages"]
+        if len(stages) == len(expand_iterative(config).stages):
+            return stages
+    return [{"error": "not run (rlzoo compare --report-only: no finished run of this config)"}]
+
+
 def _same_config(path: Path, config: DictConfig) -> bool:
     from rlzoo.config import RunConfig
 
@@ -264,16 +276,20 @@ def plan(cfg: DictConfig) -> tuple[DictConfig, list[tuple[str, int, DictConfig, 
     runs: list[tuple[str, int, DictConfig, Path]] = []
     for index, (entry, label) in enumerate(zip(c.entries, labels)):
         # the entry's start, the shared SFT checkpoint, is written by the comparison: validated without it
-        _validate(entry_config(cfg, entry, c.seeds[0], out / label / f"seed{c.seeds[0]}", None), f"compare.entries[{index}] ({label})")
-        for seed in c.seeds:
+        first = (entry.seeds or c.seeds)[0]
+        _validate(entry_config(cfg, entry, first, out / label / f"seed{first}", None), f"compare.entries[{index}] ({label})")
+        for seed in entry.seeds or c.seeds:
             run_dir = out / label / f"seed{seed}"
             runs.append((label, seed, entry_config(cfg, entry, seed, run_dir, str(checkpoint)), run_dir))
     return sft_config, runs
 
 
-def compare(cfg: DictConfig, command: str) -> Path:
-    """Run the comparison of ``cfg``; returns the report's path."""
+def compare(cfg: DictConfig, command: str, report_only: bool = False) -> Path:
+    """Run the comparison of ``cfg``; returns the report's path. With ``report_only`` nothing is
+    trained: the report is written from the runs that have finished, the others listed as not run
+    (a comparison stopped for lack of time still reports what it has)."""
     c = cfg.compare
+    obtain = _finished if report_only else _run
     sft_config, runs = plan(cfg)
     out = Path(cfg.output_dir or f"runs/{cfg.name}")
     sft_dir = out / "sft"
@@ -282,7 +298,9 @@ def compare(cfg: DictConfig, command: str) -> Path:
     t0 = time.perf_counter()
 
     print(f"[compare] SFT stage '{c.sft_stage}' -> {sft_dir}", flush=True)
-    sft = _run(sft_config, sft_dir, out / "sft.log")[-1]
+    sft = obtain(sft_config, sft_dir, out / "sft.log")[-1]
+    if "error" in sft and report_only:
+        raise UserError(f"rlzoo compare --report-only: the shared SFT run in {sft_dir} has not finished, so there is nothing to report")
     if "error" in sft:
         raise RuntimeError(f"the shared SFT stage failed: {sft['error']} (log: {out / 'sft.log'})")
     sft = _late_sets(sft_config, sft_dir, c.sft_stage, sft)
@@ -290,7 +308,7 @@ def compare(cfg: DictConfig, command: str) -> Path:
     def one(run: tuple[str, int, DictConfig, Path]) -> list[dict]:
         label, seed, config, run_dir = run
         print(f"[compare] {label} seed {seed}", flush=True)
-        return _run(config, run_dir, out / f"{label}_seed{seed}.log")
+        return obtain(config, run_dir, out / f"{label}_seed{seed}.log")
 
     with ThreadPoolExecutor(max_workers=c.parallel) as pool:  # each run is its own process; threads only wait
         finished = list(pool.map(one, runs))
@@ -311,7 +329,7 @@ def compare(cfg: DictConfig, command: str) -> Path:
         curves.setdefault(label, []).append(_curves(rows, parts, steps))
         if "error" not in final:
             budgets.setdefault(label, []).append(budget(rows, stages, parts))
-    passk = pass_at_k_curves(cfg, out, checkpoint, finals) if c.passk.samples else {}
+    passk = pass_at_k_curves(cfg, out, checkpoint, finals, cached_only=report_only) if c.passk.samples else {}
     report = Path(c.report)
     write_report(report, cfg, command, sft, results, curves, time.perf_counter() - t0, budgets=budgets, passk=passk)
     return report
@@ -324,14 +342,15 @@ def config_stage_names(config: DictConfig) -> list[str]:
     return list(expand_iterative(config).stages)
 
 
-def pass_at_k_curves(cfg: DictConfig, out: Path, checkpoint: Path, finals: list[tuple[str, Path, dict]]) -> dict[str, list[dict[str, float]]]:
+def pass_at_k_curves(cfg: DictConfig, out: Path, checkpoint: Path, finals: list[tuple[str, Path, dict]],
+                     cached_only: bool = False) -> dict[str, list[dict[str, float]]]:
     """Figure 7: Pass@K and Maj@K (every K of ``compare.passk.ks``) of the SFT checkpoint (``"SFT"``)
     and of the final checkpoint of each run of the entries in ``compare.passk.entries`` (``finals``:
     label, run folder, final RL stage result of every run), one list per label
     (one result per seed). Each checkpoint is evaluated by ``rlzoo eval`` in its own process
     (``compare.parallel`` at once), from one set of ``samples`` samples per problem that every K
     reads; a result is kept beside its checkpoint (``passk.json``) and reused while the settings
-    and the weights are the same."""
+    and the weights are the same (``cached_only``: only those are read, nothing is evaluated)."""
     c = cfg.compare
     p = c.passk
     settings = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -352,6 +371,8 @@ def pass_at_k_curves(cfg: DictConfig, out: Path, checkpoint: Path, finals: list[
         cached = folder / "passk.json"
         if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
             return label, json.loads(cached.read_text())["result"]
+        if cached_only:
+            return label, None
         print(f"[compare] Pass@K of {label}: {folder}", flush=True)
         args = [sys.executable, "-m", "rlzoo.cli", "eval", str(folder), "--config", str(yaml)]
         if cfg.threads:
@@ -405,7 +426,7 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
         "",
         f"Every method starts from the same SFT checkpoint (stage `{cfg.compare.sft_stage}`, "
         f"{sft['steps']} steps) and runs stage `{cfg.compare.rl_stage}` for {rl.steps} steps of "
-        f"{rl.data.prompts_per_step} questions, seeds {list(cfg.compare.seeds)}. Held-out set: "
+        f"{rl.data.prompts_per_step} questions, seeds {list(cfg.compare.seeds)} (unless an entry names its own). Held-out set: "
         f"{sft['eval'].get('num_examples')} problems of task `{cfg.task.name}`; Pass@k and Maj@k from "
         f"{cfg.eval.samples} samples per problem at temperature {cfg.eval.temperature}. Metrics in %, "
         f"mean ± std over seeds; time in seconds and peak memory in MB (peak RSS on CPU, CUDA max "
@@ -425,7 +446,9 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
         wall = _mean_std([b["wall_seconds"] for b in spent], digits=0)
         mem = _mean_std([b["peak_memory_mb"] for b in spent], digits=0)
         failed = len(runs) - len(ok)
-        lines.append(f"| {label}{f' ({failed} failed)' if failed else ''} | " + " | ".join(cells) + f" | {wall} | {mem} |")
+        own = next((list(e.seeds) for e in cfg.compare.entries if (e.label or e.algorithm) == label and e.seeds), None)
+        note = ", ".join(([f"seeds {own}"] if own else []) + ([f"{failed} failed"] if failed else []))
+        lines.append(f"| {label}{f' ({note})' if note else ''} | " + " | ".join(cells) + f" | {wall} | {mem} |")
     errors = [(label, r["error"]) for label, runs in results.items() for r in runs if "error" in r]
     if errors:
         lines += ["", "Failed runs:", ""] + [f"- {label}: {err}" for label, err in errors]
@@ -629,14 +652,17 @@ def claims(sft: dict, results: dict, budgets: dict, passk: dict, sets: list[str]
             return [sft["eval"][key]] if key in sft["eval"] else []
         return _metric(ok(label), key)
 
-    def line(tag: str, claim: str, a: list[float], b: list[float], what: str, scale: float = 100.0, unit: str = "points") -> None:
+    def line(tag: str, claim: str, a: list[float], b: list[float], what: str, scale: float = 100.0, unit: str = "points",
+             single: bool = False) -> None:
         d, se = difference(a, b)
-        out.append(f"- **({tag}) {claim}** ({what}): {scale * d:+.1f} {unit}, 2 s.e. {2 * scale * se:.1f}: {verdict(d, se)}.")
+        judged = "one seed, no spread to judge it by" if single else verdict(d, se)
+        out.append(f"- **({tag}) {claim}** ({what}): {scale * d:+.1f} {unit}, 2 s.e. {2 * scale * se:.1f}: {judged}.")
 
     for tag, claim, better, worse, key in CLAIMS:
         a, b = values(better, key), values(worse, key)
         if a and b:
-            line(tag, claim, a, b, f"greedy accuracy, {better} − {worse}")
+            single = any(len(x) == 1 for x, label in ((a, better), (b, worse)) if label != "SFT")  # an entry run on one seed
+            line(tag, claim, a, b, f"greedy accuracy, {better} − {worse}", single=single)
         if tag == "c" and budgets.get("grpo") and budgets.get("ppo"):
             line("c", "GRPO needs less memory than PPO", [x["peak_memory_mb"] for x in budgets["ppo"]],
                  [x["peak_memory_mb"] for x in budgets["grpo"]], "peak MB, ppo − grpo", scale=1.0, unit="MB")
