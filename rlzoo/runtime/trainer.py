@@ -49,6 +49,7 @@ class Runtime:
     dist: Dist | None = None
     reference_is_base: bool = False  # a LoRA policy: the reference is the policy with its adapters off (no copy)
     data_source: str = "dataset"  # the stage's data source (RuntimeView.data_source)
+    sharded: bool = False  # parallel: fsdp: policy, reference and value model are FSDP2-sharded, not prepared by accelerate
 
     def __post_init__(self) -> None:
         if self.dist is None:
@@ -101,6 +102,15 @@ class Runtime:
         return self.dist.sum(values.detach().cpu()).to(values.dtype).to(values.device)
 
     # -- distribution --------------------------------------------------------------------------
+
+    def gathered(self, *models: torch.nn.Module | None):
+        """A block in which the sharded ``models`` hold their whole weights, so that each process
+        runs its own number of no-grad passes (every process enters it; a no-op without sharding)."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from rlzoo.runtime.sharding import gathered
+
+        return gathered(*models)
 
     def models_with_grad(self) -> list[torch.nn.Module]:
         return [m for m in (self.policy, self.value_model) if m is not None]
@@ -341,6 +351,8 @@ def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) ->
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             continue
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))  # sharded: over the whole gradient
+        if hasattr(norm, "full_tensor"):  # a DTensor (FSDP2): the same number on every process
+            norm = norm.full_tensor()
         norms["optim/grad_norm" if i == 0 else f"optim/grad_norm_{group.get('name', i)}"] = float(norm)
     return norms
