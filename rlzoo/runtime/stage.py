@@ -55,12 +55,12 @@ def make_accelerator(mixed_precision: str):
     # ``forward_sync_buffers`` yet, so torch's deprecation warning of this flag is silenced in prepare.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=[ddp])
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(
-            f"accelerate launch with {accelerator.distributed_type.value} is not supported yet: rollouts and evaluation "
-            "generate with the policy, which needs its parameters gathered under sharding (docs/distributed.md); "
-            "use data parallel (configs/accelerate/ddp.yaml)"
-        )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("accelerate's FSDP plugin is not used: shard with the run config key parallel: fsdp (FSDP2, "
+                          "docs/distributed.md), launched with torchrun or configs/accelerate/ddp.yaml")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("DeepSpeed is not supported: it steps the optimizer inside backward and takes one model per engine, "
+                          "while rlzoo trains the policy and PPO's value model with one optimizer; shard with parallel: fsdp")
     return accelerator
 
 

@@ -337,14 +337,9 @@ def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) ->
     (a value model's gradients never shrink the policy's step); returns the norms before clipping:
     ``optim/grad_norm`` for the first group (the policy), ``optim/grad_norm_<name>`` for the others.
 
-    Under FSDP and DeepSpeed, gradients are sharded and accelerate clips them as one group.
+    Sharded (``parallel: fsdp``), the gradients are DTensors and each norm is that of the whole
+    gradient over every process's shard (a collective), so clipping is the unsharded run's.
     """
-    from accelerate.utils import DistributedType
-
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = acc.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        return {"optim/grad_norm": float(norm) if norm is not None else float("nan")}
     acc.unscale_gradients(optimizer)
     norms = {}
     for i, group in enumerate(optimizer.param_groups):
