@@ -58,6 +58,10 @@ def test_five_stages_sharded_on_two_processes_equal_one_plain_process(tmp_path):
     for a, b in zip(summary_one, summary_two):
         for key, value in a["eval"].items():
             assert b["eval"][key] == pytest.approx(value, abs=1e-5, nan_ok=True), (a["name"], key)
+    exported = tmp_path / "exported"  # a sharded run's final folder is a plain Hugging Face folder
+    subprocess.run([sys.executable, "-m", "rlzoo", "export", str(two / "dpo" / "final"), str(exported)], cwd=ROOT, env=ENV,
+                   check=True, capture_output=True)
+    assert max_diff(load_file(exported / "model.safetensors"), load_file(two / "dpo" / "final" / "model.safetensors")) == 0.0
 
 
 def test_lora_value_model_and_checkpointing_sharded_equal_plain(tmp_path):

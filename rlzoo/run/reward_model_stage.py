@@ -95,7 +95,7 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     if skeleton is not None:
         from rlzoo.runtime.sharding import plain_copy
 
-        unwrapped = plain_copy(rm, skeleton)  # every process: the whole trained model
+        unwrapped = plain_copy(rm, skeleton).to(accelerator.device)  # every process: the whole trained model
     else:
         unwrapped = accelerator.unwrap_model(rm)
     evaluation = held_out_metrics(unwrapped, data["eval"].to(accelerator.device), prm, ocfg.micro_batch_size)
