@@ -122,8 +122,9 @@ class Stage:
         return self.rt.gathered(self.rt.policy)
 
     def plain_lm(self) -> torch.nn.Module:
-        """The policy's LM as an ordinary module with the current weights, the same on every
-        process (sharded: gathered into a plain copy, a collective; LoRA adapters not merged)."""
+        """The policy's LM as an ordinary module with the trained weights, the same on every
+        process (sharded: gathered into a plain copy in CPU memory, a collective, taken once at
+        the end of the stage; LoRA adapters not merged)."""
         if not self.rt.sharded:
             return self.lm
         if self._plain is None:
