@@ -8,6 +8,7 @@ each parameter, gradient and optimizer moment once take the steps 1 unsharded pr
   checkpointing: 2 sharded processes equal 1 plain one; FSDP on 1 process (no launcher) is the
   plain run bitwise.
 * bf16 autocast: FSDP on 1 process is the plain run bitwise, KL exactly 0 at the first update.
+* A process holding no question samples alone (no lockstep generation) and the run still equals 1.
 * SIGKILL inside sharded stages, then ``--resume`` from the sharded checkpoints
   (torch.distributed.checkpoint), ends bitwise equal to the uninterrupted sharded run.
 """
@@ -86,6 +87,33 @@ def test_bf16_sharded_on_one_process_is_the_plain_run_with_kl_zero_at_first(tmp_
         assert all(torch.equal(a[k], b[k]) for k in a), stage
     first = next(r for r in rows(tmp_path / "fsdp") if r["stage"] == "grpo")
     assert first["kl/k3"] == 0.0  # policy and sharded reference share one precision path
+
+
+def test_a_process_with_no_question_samples_alone_and_sharded_equals_plain(tmp_path):
+    """One question per step on 2 sharded processes: process 1 holds none, so the two call
+    ``generate`` (plain and tool-integrated) a different number of times; sampling from gathered
+    weights is no collective (Hugging Face's lockstep ``synced_gpus`` would deadlock here)."""
+    import yaml
+
+    one_question = {"prompts_per_step": 1, "samples_per_prompt": 4}
+    stage = {"steps": 2, "generation": {"max_new_tokens": 10}, "reward": {"name": "test_length_parity"},
+             "optim": {"lr": 1e-3, "micro_batch_size": 4}}
+    cfg = {
+        "name": "one_question", "logging": {"progress": False}, "plugins": ["tests/plugins/dp_plugin.py"],
+        "task": {"synthetic": {"eval_size": 1}}, "eval": {"samples": 0, "max_new_tokens": 8},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+        "stages": {
+            "grpo": {**stage, "algorithm": "grpo", "data": one_question, "generation": {"max_new_tokens": 10, "tool_rounds": 1}},
+            "rft": {**stage, "algorithm": "rft", "data": {**one_question, "source": "offline", "pool_prompts": 1}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    launch(1, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'one'}")
+    launch(2, "-m", "rlzoo", "train", str(path), "parallel=fsdp", f"output_dir={tmp_path / 'two'}", timeout=180)
+    for name in ("grpo", "rft"):
+        a, b = (load_file(tmp_path / d / name / "final" / "model.safetensors") for d in ("one", "two"))
+        assert max_diff(a, b) < 1e-5, name
 
 
 KILL_RUN = [
