@@ -388,6 +388,7 @@ class RunConfig:
     output_dir: Optional[str] = None  # where outputs go
     seed: int = allowed(0, Range(0, 2**32 - 1))  # seed of everything (torch, python, numpy, data order)
     mixed_precision: str = allowed("no", choices=("no", "bf16", "fp16"))  # autocast of every model (policy, reference, value): no, bf16 or fp16 (fp16 needs a GPU)
+    parallel: str = allowed("ddp", choices=("ddp", "fsdp"))  # several processes: ddp replicates weights and optimizer on each; fsdp shards them (FSDP2, layer by layer; docs/distributed.md)
     threads: Optional[int] = allowed(None, AT_LEAST_1)  # torch CPU threads (None = torch's default, one per core)
     plugins: list[str] = field(default_factory=list)  # modules or .py files imported first (user algorithms)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of rlzoo in one command, for a lent GPU machine (the device tool) or your own:
 #   the gpu-marked tests (bf16 path, fp16 over two stages, sampling log-probs, GRPO vs PPO memory),
-#   the memory benchmark's table, and a two-stage run (SFT then GRPO) with its step times.
+#   the memory benchmark's table, a two-stage run (SFT then GRPO) with its step times, and the same
+#   two stages, shorter, sharded with FSDP2 (parallel=fsdp, NCCL) against the plain run.
 # It prints the figures; docs/distributed.md records them with the card's name.
 #
 # On a machine where rlzoo is installed (bash scripts/setup.sh) it uses .venv. On the device
@@ -40,5 +41,20 @@ for stage in ("sft", "grpo"):
     print(f"{stage}: {len(t)} steps, median step {statistics.median(t):.3f} s")
 for s in json.load(open(f"{sys.argv[1]}/summary.json"))["stages"]:
     print(s["name"], "wall", s["wall_seconds"], "s, peak", s["peak_memory_mb"], "MB, accuracy", round(100 * s["eval"]["accuracy"], 1))
+PY
+echo "== FSDP2 on the GPU: SFT 20 steps, GRPO 3 steps, parallel=fsdp (torchrun, NCCL) vs the plain run, bf16"
+short="configs/quickstart.yaml sft.steps=20 grpo.steps=3 mixed_precision=bf16 logging.progress=false eval.samples=0"
+plain=$(mktemp -d); sharded=$(mktemp -d)
+$PY -m rlzoo train $short output_dir="$plain" || status=1
+$PY -m torch.distributed.run --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m rlzoo train $short parallel=fsdp \
+    output_dir="$sharded" || status=1
+$PY - "$plain" "$sharded" <<'PY'
+import json, sys
+from safetensors.torch import load_file
+for stage in ("sft", "grpo"):
+    a, b = (load_file(f"{d}/{stage}/final/model.safetensors") for d in sys.argv[1:3])
+    print(stage, "max weight difference fsdp vs plain:", max(float((a[k].float() - b[k].float()).abs().max()) for k in a))
+for d in sys.argv[1:3]:
+    print([(s["name"], s["wall_seconds"], s["peak_memory_mb"]) for s in json.load(open(f"{d}/summary.json"))["stages"]])
 PY
 exit $status

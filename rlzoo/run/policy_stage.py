@@ -37,14 +37,15 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
     st = build_stage(name, stage, algo, lm, tokenizer, stage_prompts(cfg, name, index, stage, ctx.task, tokenizer),
                      model_cfg=cfg.model, mixed_precision=cfg.mixed_precision, seed=cfg.seed + index,
                      sample_seed=mix_seed(cfg.seed, index, "rollouts"), reward=reward,
-                     diagnostics=make_diagnostics(stage, tokenizer))
+                     diagnostics=make_diagnostics(stage, tokenizer), parallel=cfg.parallel)
     st.global_step = global_step
     if checkpoint is not None:
         st.load(checkpoint)
     eval_reward = make_eval_reward(cfg)
 
     def evaluate() -> dict[str, float]:
-        return st.autocast(run_evals, cfg, st.lm, tokenizer, ctx.eval_examples, ctx.eval_sets, eval_reward, ctx.dist)
+        with st.gathered():  # sharded: each process evaluates its block with the whole weights
+            return st.autocast(run_evals, cfg, st.lm, tokenizer, ctx.eval_examples, ctx.eval_sets, eval_reward, ctx.dist)
 
     run_steps(ctx, name, f"{name} ({stage.algorithm})", done=st.step, steps=stage.steps, global_step=global_step,
               step=lambda: train_step(st), rules=StopRules(name, stage.optim.max_nonfinite_steps, out / name, reward=reward.name,
@@ -56,7 +57,8 @@ def run_policy_stage(ctx: RunContext, index: int, name: str, stage: DictConfig, 
     result = {"name": name, "algorithm": stage.algorithm, "steps": stage.steps, "wall_seconds": round(st.seconds_trained, 2),
               "peak_memory_mb": round(peak_memory_mb(st.accelerator.device), 1)}
     base = stage_base(cfg, out, index, stage, ctx.kinds)
-    write_final(ctx, name, lambda folder: save_model(st.lm, tokenizer, folder, base),
+    trained_lm = st.plain_lm()  # sharded: gathered by every process before the main one writes it
+    write_final(ctx, name, lambda folder: save_model(trained_lm, tokenizer, folder, base),
                 {"stage": name, "step": st.step, "global_step": st.global_step, "result": result})
     evaluation = evaluate()
     ctx.log_eval(name, stage.steps, evaluation, st.global_step)

@@ -69,9 +69,16 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
     if lm is not policy:
         del policy
     rm.train()
+    skeleton = None
+    if cfg.parallel == "fsdp":  # sharded in place (FSDP2), as a policy stage's models are
+        from rlzoo.runtime.sharding import autocast_forward, meta_copy, shard
+
+        skeleton = meta_copy(rm)
+        autocast_forward(shard(rm, accelerator.device, "reward model"), accelerator)
     optimizer, scheduler = make_optimizer([{"params": [p for p in rm.parameters() if p.requires_grad], "lr": ocfg.lr,
                                             "name": "reward_model"}], ocfg, stage.steps)
-    rm, optimizer = accelerator.prepare(rm, optimizer)
+    if skeleton is None:
+        rm, optimizer = accelerator.prepare(rm, optimizer)
     trainer = RewardModelTrainer(accelerator, dist, rm, optimizer, scheduler, train.to(accelerator.device), prm=prm,
                                  batch_size=rm_cfg.batch_size, micro_batch_size=ocfg.micro_batch_size, grad_clip=ocfg.grad_clip,
                                  seed=mix_seed(cfg.seed, index, "order"), pad_token_id=tokenizer.pad_token_id)
@@ -85,7 +92,12 @@ def run_reward_model_stage(ctx: RunContext, index: int, name: str, stage: DictCo
                               loss="rm/loss"),
               stopped=lambda s: f"stopped at reward-model stage {name} step {s}; its labelled data is saved and --resume "
                                 "restarts its training")
-    unwrapped = accelerator.unwrap_model(rm)
+    if skeleton is not None:
+        from rlzoo.runtime.sharding import plain_copy
+
+        unwrapped = plain_copy(rm, skeleton).to(accelerator.device)  # every process: the whole trained model
+    else:
+        unwrapped = accelerator.unwrap_model(rm)
     evaluation = held_out_metrics(unwrapped, data["eval"].to(accelerator.device), prm, ocfg.micro_batch_size)
     result = {"name": name, "kind": "reward_model", "type": rm_cfg.type, "algorithm": f"{rm_cfg.type} ({rm_cfg.labels})",
               "steps": stage.steps, "wall_seconds": round(time.perf_counter() - t0, 2),

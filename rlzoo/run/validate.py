@@ -69,6 +69,9 @@ def validate(cfg: DictConfig) -> list[tuple[str, DictConfig, Algorithm]]:
     make_eval_reward(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision: fp16 needs a GPU (on a CPU use bf16)")
+    if cfg.parallel == "fsdp" and cfg.mixed_precision == "fp16":
+        raise ConfigError("parallel: fsdp does not take mixed_precision: fp16 (its loss scaler does not handle sharded "
+                          "gradients); use bf16")
     _check_task(cfg, "")
     for set_name in cfg.eval.sets:
         set_task = eval_set_task_config(cfg, set_name)

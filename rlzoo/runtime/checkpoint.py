@@ -5,8 +5,10 @@ Two kinds (docs/runs.md):
 * ``<stage>/checkpoint-<step>/`` during a stage, every ``save_every`` steps and on Ctrl-C:
   ``accelerator.save_state`` (the trained models, optimizer, every process's RNG states, the
   schedule and the stage's own state: step, data position, offline pool, shuffling generator)
-  plus ``trainer_state.json``. The newest ``save_total_limit`` are kept; a new one is complete
-  before an old one is deleted, so there is never a moment without a checkpoint.
+  plus ``trainer_state.json``; under ``parallel: fsdp`` the models and optimizer are in
+  ``sharded/`` instead, each process's shards written by ``torch.distributed.checkpoint``. The
+  newest ``save_total_limit`` are kept; a new one is complete before an old one is deleted, so
+  there is never a moment without a checkpoint.
 * ``<stage>/final/`` when the stage has trained: a Hugging Face model folder (or, for a LoRA stage,
   the adapter and the path of its base) with the tokenizer, ``rlzoo_config.yaml`` and
   ``trainer_state.json``: what the next stage, ``rlzoo eval`` and ``rlzoo export`` read.
@@ -146,6 +148,9 @@ def damage(folder: Path) -> str | None:
     for file in sorted(folder.iterdir()):
         if file.suffix in TORCH_FILES and (problem := torch_file_damage(file)):
             return problem
+    sharded = folder / "sharded"  # parallel: fsdp (torch.distributed.checkpoint writes .metadata after every shard)
+    if sharded.is_dir() and not (sharded / ".metadata").is_file():
+        return f"{sharded / '.metadata'} is missing"
     return damaged_safetensors(folder)
 
 

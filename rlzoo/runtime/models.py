@@ -231,7 +231,9 @@ class ValueModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).last_hidden_state  # [N, T, H]
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # [N, T]
+        # a tensor of its own, not a view of the head's output: FSDP2 hooks its backward on the
+        # output, and warns that an in-place op on a view would lose that hook
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).clone()  # [N, T]
 
 
 def build_value_model(policy: nn.Module, path: str | None = None) -> ValueModel:

@@ -133,11 +133,15 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     start = input_ids.shape[1]
     sampler = SeededSampler(seeds, start, temperature, top_p, offsets)
     kwargs = {"stopping_criteria": stopping_criteria} if stopping_criteria is not None else {}
+    # synced_gpus=False: each process generates its own rows alone, with whole weights (under
+    # parallel: fsdp, gathered first); Hugging Face would otherwise, for a model inside an FSDP
+    # module, step every process in lockstep, a collective per token that deadlocks when the
+    # processes call generate a different number of times (a process with no question)
     out = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
         do_sample=False, temperature=None, top_p=None, top_k=None,
         logits_processor=LogitsProcessorList([sampler]), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, **NEUTRAL_PROCESSORS, **kwargs,
+        eos_token_id=tokenizer.eos_token_id, synced_gpus=False, **NEUTRAL_PROCESSORS, **kwargs,
     )  # [B, start + L]
     new = out[:, start:]  # [B, L]
     return new, sampler.sampled_logprobs(new.shape[1])

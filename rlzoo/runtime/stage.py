@@ -55,12 +55,12 @@ def make_accelerator(mixed_precision: str):
     # ``forward_sync_buffers`` yet, so torch's deprecation warning of this flag is silenced in prepare.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=[ddp])
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(
-            f"accelerate launch with {accelerator.distributed_type.value} is not supported yet: rollouts and evaluation "
-            "generate with the policy, which needs its parameters gathered under sharding (docs/distributed.md); "
-            "use data parallel (configs/accelerate/ddp.yaml)"
-        )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("accelerate's FSDP plugin is not used: shard with the run config key parallel: fsdp (FSDP2, "
+                          "docs/distributed.md), launched with torchrun or configs/accelerate/ddp.yaml")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("DeepSpeed is not supported: it steps the optimizer inside backward and takes one model per engine, "
+                          "while rlzoo trains the policy and PPO's value model with one optimizer; shard with parallel: fsdp")
     return accelerator
 
 
@@ -94,6 +94,8 @@ class Stage:
     global_step: int = 0  # steps done in the run, this stage's included
     seconds: float = 0.0  # training time before the current session (a resumed stage)
     _started: float = 0.0
+    skeleton: torch.nn.Module | None = None  # sharded (parallel: fsdp): the policy's LM as a plain module on the meta device
+    _plain: torch.nn.Module | None = None
 
     @property
     def dist(self) -> Dist:
@@ -107,8 +109,29 @@ class Stage:
 
     @property
     def lm(self) -> torch.nn.Module:
-        """The policy's Hugging Face causal LM, unwrapped."""
+        """The policy's Hugging Face causal LM, unwrapped (sharded under FSDP: use it inside
+        :meth:`gathered`, or take :meth:`plain_lm`)."""
+        if self.rt.sharded:
+            return self.rt.policy.lm
         return self.accelerator.unwrap_model(self.rt.policy).lm
+
+    def gathered(self):
+        """A block in which the policy's weights are whole on every process (sharded: gathered
+        once, :func:`rlzoo.runtime.sharding.gathered`; every process enters it), so that each can
+        sample and evaluate its own rows."""
+        return self.rt.gathered(self.rt.policy)
+
+    def plain_lm(self) -> torch.nn.Module:
+        """The policy's LM as an ordinary module with the trained weights, the same on every
+        process (sharded: gathered into a plain copy in CPU memory, a collective, taken once at
+        the end of the stage; LoRA adapters not merged)."""
+        if not self.rt.sharded:
+            return self.lm
+        if self._plain is None:
+            from rlzoo.runtime.sharding import plain_copy
+
+            self._plain = plain_copy(self.lm, self.skeleton)
+        return self._plain
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -144,6 +167,10 @@ class Stage:
         self.dist.barrier()
         try:
             self.accelerator.save_state(str(tmp), safe_serialization=True)
+            if self.rt.sharded:  # models and optimizer: each process its shards
+                from rlzoo.runtime.sharding import save_sharded
+
+                save_sharded(tmp, self.rt.models_with_grad(), self.optimizer)
             self.dist.barrier()
             if self.dist.is_main:
                 write_state(tmp, {"stage": self.name, "step": self.step, "global_step": self.global_step})
@@ -159,6 +186,12 @@ class Stage:
     def load(self, folder) -> None:
         """Continue from a step checkpoint written by :meth:`save`."""
         self.accelerator.load_state(str(folder))
+        if self.rt.sharded:
+            from pathlib import Path
+
+            from rlzoo.runtime.sharding import load_sharded
+
+            load_sharded(Path(folder), self.rt.models_with_grad(), self.optimizer)
 
     @property
     def seconds_trained(self) -> float:
@@ -167,7 +200,7 @@ class Stage:
     def close(self) -> torch.nn.Module:
         """Release the stage's optimizer, wrappers and accelerator state; returns the trained LM
         (a LoRA model's adapters merged into its weights: the next stage adds fresh ones)."""
-        lm = merged(self.lm)
+        lm = merged(self.plain_lm())
         self.accelerator.free_memory()
         self.rt = self.optimizer = self.scheduler = self.source = None
         return lm
@@ -187,14 +220,17 @@ def make_optimizer(param_groups: list[dict], ocfg, steps: int):
 
 
 def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module, tokenizer, prompts: Iterator[Example],
-                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, diagnostics: dict | None = None) -> Stage:
+                *, model_cfg, mixed_precision: str, seed: int, sample_seed: int, reward, diagnostics: dict | None = None,
+                parallel: str = "ddp") -> Stage:
     """The stage ``name`` starting from ``lm`` (trained in place), drawing questions from ``prompts``
     and scoring samples with ``reward`` (anything with ``score_batch(batch) -> metrics``, e.g. a
     :class:`rlzoo.rewards.Reward`); ``diagnostics`` (name -> reward) score the same samples for the
     logs only (``diag/<name>/mean``).
 
     ``seed`` seeds the data source's and the minibatches' shuffling, ``sample_seed`` the rollouts
-    (a row's seed is ``(sample_seed, its question's position, its sample index)``)."""
+    (a row's seed is ``(sample_seed, its question's position, its sample index)``). ``parallel``:
+    ``ddp`` (accelerate prepares the models) or ``fsdp`` (policy, value model and reference are
+    sharded with FSDP2, :mod:`rlzoo.runtime.sharding`)."""
     from rlzoo.runtime.sources import SourceContext
     from rlzoo.runtime.generation import encode_pairs, sample
 
@@ -221,18 +257,33 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         set_gradient_checkpointing(value_model.backbone, model_cfg.gradient_checkpointing)
         param_groups.append({"params": [p for p in value_model.parameters() if p.requires_grad], "lr": ocfg.value_lr or ocfg.lr,
                              "name": "value"})
-    optimizer, scheduler = make_optimizer(param_groups, ocfg, stage_cfg.steps)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+    skeleton = None
+    if parallel == "fsdp":  # sharded in place (FSDP2): accelerate keeps autocast, devices and RNGs, not the models
+        from rlzoo.runtime.sharding import autocast_forward, meta_copy, shard
+
+        skeleton = meta_copy(lm)  # the plain model the trained weights go back into (plain_lm)
+        for model, what in ((policy, "policy"), (value_model, "value model"), (reference, "reference")):
+            if model is not None:
+                shard(model, accelerator.device, what)
+                if model is not reference:  # the Runtime gives the reference the policy's autocast
+                    autocast_forward(model, accelerator)
+        param_groups[0]["params"] = [p for p in lm.parameters() if p.requires_grad]  # now the shards
         if value_model is not None:
-            policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
-        else:
-            policy, optimizer = accelerator.prepare(policy, optimizer)
-    if reference is not None:
-        reference.to(accelerator.device)  # not prepared: frozen, no DDP, not in checkpoints; the Runtime gives it the policy's autocast
+            param_groups[1]["params"] = [p for p in value_model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(param_groups, ocfg, stage_cfg.steps)
+    if parallel != "fsdp":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+            if value_model is not None:
+                policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+            else:
+                policy, optimizer = accelerator.prepare(policy, optimizer)
+        if reference is not None:
+            reference.to(accelerator.device)  # not prepared: frozen, no DDP, not in checkpoints; the Runtime gives it the policy's autocast
     source_name = stage_cfg.data.source or algorithm.data_source
     rt = Runtime(accelerator, policy, tokenizer, reference, value_model, ocfg.micro_batch_size, dist,
-                 reference_is_base="reference" in algorithm.needs and reference is None, data_source=source_name)
+                 reference_is_base="reference" in algorithm.needs and reference is None, data_source=source_name,
+                 sharded=parallel == "fsdp")
     device = accelerator.device
     ctx = SourceContext(
         prompts=prompts,
@@ -252,7 +303,7 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         name=name, cfg=stage_cfg, algorithm=algorithm, accelerator=accelerator, rt=rt, optimizer=optimizer,
         scheduler=scheduler, source=source, ctx=ctx, loss_agg=resolve_loss_agg(algorithm, ocfg.loss_agg),
         agg_constant=ocfg.loss_agg_constant or float(stage_cfg.generation.max_new_tokens),
-        generator=torch.Generator().manual_seed(seed), _started=time.perf_counter(),
+        generator=torch.Generator().manual_seed(seed), _started=time.perf_counter(), skeleton=skeleton,
     )
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(st)
@@ -293,22 +344,24 @@ def train_step(st: Stage) -> dict[str, float]:
     local: dict[str, float] = {}
     t0 = time.perf_counter()
     drawn = (st.ctx.position, st.ctx.generated, st.ctx.generated_tokens)
-    batch, source_metrics = st.source.next_batch(st.step)  # 1. data source
+    with rt.gathered(rt.policy):  # sharded: whole weights for the no-grad passes, every process at once
+        batch, source_metrics = st.source.next_batch(st.step)  # 1. data source
     samples, tokens = dist.sum([float(st.ctx.generated - drawn[1]), float(st.ctx.generated_tokens - drawn[2])]).tolist()  # every rank's
     rows = float(len(batch))
     shared = reward_statistics(dist, batch)
     local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
-    with timed(local, "time/reference"):
+    with timed(local, "time/reference"), rt.gathered(rt.policy if rt.reference_is_base else rt.reference):
         if "reference" in algo.needs:
             batch.ref_logprobs = rt.reference_logprobs(batch)  # 2. reference [N, T]
-    with timed(local, "time/old_logprobs"):
-        ocfg = st.cfg.optim
-        used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
-        if "old_logprobs" in algo.needs and not used_once:
-            batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
-        # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
-    with timed(local, "time/prepare"):
-        batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
+    with rt.gathered(rt.policy, rt.value_model):
+        with timed(local, "time/old_logprobs"):
+            ocfg = st.cfg.optim
+            used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
+            if "old_logprobs" in algo.needs and not used_once:
+                batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
+            # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
+        with timed(local, "time/prepare"):
+            batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
     reducer = MetricsReducer()
     if rows:
         reducer.add({**source_metrics, **prep_metrics}, rows)
@@ -327,7 +380,7 @@ def train_step(st: Stage) -> dict[str, float]:
     st.scheduler.step()
     st.step += 1
     st.global_step += 1
-    if dist.world > 1 and st.accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+    if dist.world > 1 and not rt.sharded and st.accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         shared["dist/replica_max_diff"] = replica_divergence(dist, st.rt.models_with_grad())
     local["time/step"] = time.perf_counter() - t0
     reducer.add(local)

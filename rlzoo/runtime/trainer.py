@@ -50,6 +50,7 @@ class Runtime:
     reference_is_base: bool = False  # a LoRA policy: the reference is the policy with its adapters off (no copy)
     data_source: str = "dataset"  # the stage's data source (RuntimeView.data_source)
     rows_checked: bool = False  # check_rows_independent has run for this stage's algorithm
+    sharded: bool = False  # parallel: fsdp: policy, reference and value model are FSDP2-sharded, not prepared by accelerate
 
     def __post_init__(self) -> None:
         if self.dist is None:
@@ -102,6 +103,15 @@ class Runtime:
         return self.dist.sum(values.detach().cpu()).to(values.dtype).to(values.device)
 
     # -- distribution --------------------------------------------------------------------------
+
+    def gathered(self, *models: torch.nn.Module | None):
+        """A block in which the sharded ``models`` hold their whole weights, so that each process
+        runs its own number of no-grad passes (every process enters it; a no-op without sharding)."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from rlzoo.runtime.sharding import gathered
+
+        return gathered(*models)
 
     def models_with_grad(self) -> list[torch.nn.Module]:
         return [m for m in (self.policy, self.value_model) if m is not None]
@@ -350,20 +360,17 @@ def clip_param_groups(acc, optimizer: torch.optim.Optimizer, max_norm: float) ->
     (a value model's gradients never shrink the policy's step); returns the norms before clipping:
     ``optim/grad_norm`` for the first group (the policy), ``optim/grad_norm_<name>`` for the others.
 
-    Under FSDP and DeepSpeed, gradients are sharded and accelerate clips them as one group.
+    Sharded (``parallel: fsdp``), the gradients are DTensors and each norm is that of the whole
+    gradient over every process's shard (a collective), so clipping is the unsharded run's.
     """
-    from accelerate.utils import DistributedType
-
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = acc.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        return {"optim/grad_norm": float(norm) if norm is not None else float("nan")}
     acc.unscale_gradients(optimizer)
     norms = {}
     for i, group in enumerate(optimizer.param_groups):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             continue
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))  # sharded: over the whole gradient
+        if hasattr(norm, "full_tensor"):  # a DTensor (FSDP2): the same number on every process
+            norm = norm.full_tensor()
         norms["optim/grad_norm" if i == 0 else f"optim/grad_norm_{group.get('name', i)}"] = float(norm)
     return norms
