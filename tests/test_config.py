@@ -56,7 +56,7 @@ def test_config_loads_and_validates(path, tmp_path):
         from rlzoo.run.compare import plan
 
         sft, runs = plan(cfg)
-        assert len(runs) == len(cfg.compare.entries) * len(cfg.compare.seeds)
+        assert len(runs) == sum(len(e.seeds or cfg.compare.seeds) for e in cfg.compare.entries)  # an entry's own seeds, or all
 
 
 @pytest.mark.parametrize("override, message", [
