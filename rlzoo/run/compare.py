@@ -326,7 +326,8 @@ def compare(cfg: DictConfig, command: str, report_only: bool = False) -> Path:
         finals.append((label, run_dir, final))
         rows = _rows(run_dir / "metrics.jsonl")
         steps = {name: config.stages[c.rl_stage].steps for name in parts}
-        curves.setdefault(label, []).append(_curves(rows, parts, steps))
+        if "error" not in final:  # a run that did not finish draws no curve
+            curves.setdefault(label, []).append(_curves(rows, parts, steps))
         if "error" not in final:
             budgets.setdefault(label, []).append(budget(rows, stages, parts))
     passk = pass_at_k_curves(cfg, out, checkpoint, finals, cached_only=report_only) if c.passk.samples else {}
@@ -369,7 +370,7 @@ def pass_at_k_curves(cfg: DictConfig, out: Path, checkpoint: Path, finals: list[
         key = {"eval": OmegaConf.to_container(settings.eval), "task": OmegaConf.to_container(settings.task),
                "weights": weights.stat().st_mtime_ns if weights.is_file() else None}
         cached = folder / "passk.json"
-        if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+        if cached.is_file() and _same_passk_key(json.loads(cached.read_text()).get("key"), key):
             return label, json.loads(cached.read_text())["result"]
         if cached_only:
             return label, None
@@ -392,6 +393,22 @@ def pass_at_k_curves(cfg: DictConfig, out: Path, checkpoint: Path, finals: list[
         if result is not None:
             curves.setdefault(label, []).append(result)
     return curves
+
+
+def _same_passk_key(stored: dict | None, key: dict) -> bool:
+    """Whether a cached Pass@K result was made with these settings and weights: the stored ``eval``
+    and ``task`` sections are read over today's schema first, so a key rlzoo added since (with its
+    default) does not make the result stale."""
+    from rlzoo.config import EvalConfig, TaskConfig
+
+    if not stored or stored.get("weights") != key["weights"]:
+        return False
+    try:
+        return all(OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), stored[part]), resolve=True)
+                   == OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), key[part]), resolve=True)
+                   for part, schema in (("eval", EvalConfig), ("task", TaskConfig)))
+    except Exception:  # noqa: BLE001 - a key from an incompatible version: evaluate again
+        return False
 
 
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
