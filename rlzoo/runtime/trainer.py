@@ -237,7 +237,7 @@ def check_rows_independent(algorithm, micro: RolloutBatch, logp: torch.Tensor, c
     half = len(micro) // 2
     parts = [algorithm.coefficients(micro.select(rows), logp[rows])[0] for rows in (list(range(half)), list(range(half, len(micro))))]
     again = torch.cat(parts)  # [n, T]
-    if not torch.allclose(again.float(), coef.float(), rtol=1e-4, atol=1e-6):
+    if not torch.allclose(again.float(), coef.float(), rtol=1e-4, atol=1e-6, equal_nan=True):  # NaN: the non-finite guard's case
         from rlzoo.errors import ConfigError
 
         name = getattr(algorithm, "name", type(algorithm).__name__)
