@@ -17,6 +17,7 @@ its own, and a step whose gradient norm is not finite is not applied (``train/sk
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -233,9 +234,12 @@ def check_rows_independent(algorithm, micro: RolloutBatch, logp: torch.Tensor, c
     algorithm is ``group_coupled``, whose groups are kept whole). Checked once per stage on a real
     micro-batch: its coefficients, computed again on its two halves, must be the same. A group
     statistic computed in ``coefficients`` (a baseline over the rows it sees) fails here, in one
-    line, instead of training on wrong advantages without a word; it belongs in ``prepare``."""
+    line, instead of training on wrong advantages without a word; it belongs in ``prepare``.
+    ``algorithm`` is a copy taken before the micro-batch's own call, so an algorithm that keeps
+    state across calls is checked from the state that call saw and is itself left untouched."""
     half = len(micro) // 2
-    parts = [algorithm.coefficients(micro.select(rows), logp[rows])[0] for rows in (list(range(half)), list(range(half, len(micro))))]
+    parts = [copy.deepcopy(algorithm).coefficients(micro.select(rows), logp[rows])[0]  # each half from the same state
+             for rows in (list(range(half)), list(range(half, len(micro))))]
     again = torch.cat(parts)  # [n, T]
     if not torch.allclose(again.float(), coef.float(), rtol=1e-4, atol=1e-6, equal_nan=True):  # NaN: the non-finite guard's case
         from rlzoo.errors import ConfigError
@@ -287,9 +291,11 @@ def train_on_batch(
                 logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
                 if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
                     micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
+                checking = not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1
+                before = copy.deepcopy(algorithm) if checking else None  # its state as this call finds it
                 coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
-                if not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1:
-                    check_rows_independent(algorithm, micro, logp.detach(), coef)
+                if checking:
+                    check_rows_independent(before, micro, logp.detach(), coef)
                     rt.rows_checked = True
                 loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
                 acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
