@@ -197,7 +197,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from rlzoo.run.compare import compare
 
-    command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
+    command = "rlzoo compare " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides, *(["--report-only"] if args.report_only else [])])
     report = compare(cfg, command, report_only=args.report_only)
     print(report.read_text())
     return 0
