@@ -55,3 +55,25 @@ def assert_coefficient_is_native_gradient(algo, batch, logp0, native, mode: str,
     (-native(logp)).backward()
     torch.testing.assert_close(grad_coef, logp.grad, rtol=1e-5, atol=1e-7)
     return metrics
+
+
+def one_question_config(tmp_path):
+    """A GRPO stage (tool-integrated sampling) and an offline RFT stage with one question per step,
+    written to ``tmp_path/config.yaml``: on 2 processes, process 1 holds no question."""
+    import yaml
+
+    one_question = {"prompts_per_step": 1, "samples_per_prompt": 4}
+    stage = {"steps": 2, "generation": {"max_new_tokens": 10}, "reward": {"name": "test_length_parity"},
+             "optim": {"lr": 1e-3, "micro_batch_size": 4}}
+    cfg = {
+        "name": "one_question", "logging": {"progress": False}, "plugins": ["tests/plugins/dp_plugin.py"],
+        "task": {"synthetic": {"eval_size": 1}}, "eval": {"samples": 0, "max_new_tokens": 8},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+        "stages": {
+            "grpo": {**stage, "algorithm": "grpo", "data": one_question, "generation": {"max_new_tokens": 10, "tool_rounds": 1}},
+            "rft": {**stage, "algorithm": "rft", "data": {**one_question, "source": "offline", "pool_prompts": 1}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -97,22 +97,9 @@ def test_a_process_with_no_question_samples_alone_and_sharded_equals_plain(tmp_p
     """One question per step on 2 sharded processes: process 1 holds none, so the two call
     ``generate`` (plain and tool-integrated) a different number of times; sampling from gathered
     weights is no collective (Hugging Face's lockstep ``synced_gpus`` would deadlock here)."""
-    import yaml
+    from helpers import one_question_config
 
-    one_question = {"prompts_per_step": 1, "samples_per_prompt": 4}
-    stage = {"steps": 2, "generation": {"max_new_tokens": 10}, "reward": {"name": "test_length_parity"},
-             "optim": {"lr": 1e-3, "micro_batch_size": 4}}
-    cfg = {
-        "name": "one_question", "logging": {"progress": False}, "plugins": ["tests/plugins/dp_plugin.py"],
-        "task": {"synthetic": {"eval_size": 1}}, "eval": {"samples": 0, "max_new_tokens": 8},
-        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
-        "stages": {
-            "grpo": {**stage, "algorithm": "grpo", "data": one_question, "generation": {"max_new_tokens": 10, "tool_rounds": 1}},
-            "rft": {**stage, "algorithm": "rft", "data": {**one_question, "source": "offline", "pool_prompts": 1}},
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path = one_question_config(tmp_path)
     launch(1, "-m", "rlzoo", "train", str(path), f"output_dir={tmp_path / 'one'}")
     launch(2, "-m", "rlzoo", "train", str(path), "parallel=fsdp", f"output_dir={tmp_path / 'two'}", timeout=180)
     for name in ("grpo", "rft"):
