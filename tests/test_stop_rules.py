@@ -123,4 +123,4 @@ def test_a_reward_model_reward_without_its_model_names_the_key(tmp_path):
     # it was "_ModelReward.__init__() missing 1 required positional argument: 'model'"
     stage = {**GRPO, "reward": {"name": "orm"}}
     line = one_error_line(rlzoo(config(tmp_path, {"grpo": stage}), f"output_dir={tmp_path / 'run'}"))
-    assert line == "rlzoo: error: reward 'orm' needs kwargs.model (its kwargs: model, batch_size, dtype)", line
+    assert line == "rlzoo: error: reward 'orm' needs kwargs.model (its kwargs: model, batch_size, dtype, ensemble, clip)", line
