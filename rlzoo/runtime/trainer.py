@@ -228,6 +228,15 @@ class _Means:
         return out
 
 
+def _copy_or_none(algorithm):
+    """A deep copy of ``algorithm``, or None when it cannot be copied (it holds a lock, a process
+    group...): then the rows check is skipped rather than the run stopped."""
+    try:
+        return copy.deepcopy(algorithm)
+    except Exception:  # noqa: BLE001 - whatever a plugin holds
+        return None
+
+
 def check_rows_independent(algorithm, micro: RolloutBatch, logp: torch.Tensor, coef: torch.Tensor) -> None:
     """The trainer cuts minibatches into micro-batches wherever ``optim.micro_batch_size`` falls, so a
     row's coefficient must not depend on which other rows share its micro-batch (unless the
@@ -238,7 +247,7 @@ def check_rows_independent(algorithm, micro: RolloutBatch, logp: torch.Tensor, c
     ``algorithm`` is a copy taken before the micro-batch's own call, so an algorithm that keeps
     state across calls is checked from the state that call saw and is itself left untouched."""
     half = len(micro) // 2
-    parts = [copy.deepcopy(algorithm).coefficients(micro.select(rows), logp[rows])[0]  # each half from the same state
+    parts = [copy.deepcopy(algorithm).coefficients(micro.select(rows), logp[rows])[0]  # each half from the same state (copyable: checked by the caller)
              for rows in (list(range(half)), list(range(half, len(micro))))]
     again = torch.cat(parts)  # [n, T]
     if not torch.allclose(again.float(), coef.float(), rtol=1e-4, atol=1e-6, equal_nan=True):  # NaN: the non-finite guard's case
@@ -292,7 +301,8 @@ def train_on_batch(
                 if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
                     micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
                 checking = not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1
-                before = copy.deepcopy(algorithm) if checking else None  # its state as this call finds it
+                before = _copy_or_none(algorithm) if checking else None  # its state as this call finds it
+                checking = before is not None
                 coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                 if checking:
                     check_rows_independent(before, micro, logp.detach(), coef)
