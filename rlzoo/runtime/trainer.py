@@ -302,6 +302,7 @@ def train_on_batch(
                     micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
                 checking = not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1
                 before = _copy_or_none(algorithm) if checking else None  # its state as this call finds it
+                rt.rows_checked = rt.rows_checked or (checking and before is None)  # cannot be copied: not checked
                 checking = before is not None
                 coef, metrics = algorithm.coefficients(micro, logp.detach())  # [n, T]
                 if checking:
