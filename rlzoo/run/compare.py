@@ -76,11 +76,8 @@ def _run(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
     stored = run_dir / "config.yaml"
     summary = run_dir / "summary.json"
     same = stored.is_file() and _same_config(stored, config)
-    from rlzoo.config import expand_iterative
-
-    expected = len(expand_iterative(config).stages)
-    if same and summary.is_file() and len(json.loads(summary.read_text())["stages"]) == expected:
-        return json.loads(summary.read_text())["stages"]
+    if same and (done := _finished_stages(config, run_dir)) is not None:
+        return done
     path = log.with_suffix(".yaml")
     atomic_write_text(path, to_yaml(config))
     flags = ["--resume"] if same else ["--overwrite"] if stored.is_file() else []
@@ -96,15 +93,23 @@ def _run(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
     return json.loads(summary.read_text())["stages"]
 
 
-def _finished(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
-    """The summary's stages of a run of ``config`` that has finished, trained nothing; else ``[{"error": "not run"}]``."""
-    summary = run_dir / "summary.json"
+def _finished_stages(config: DictConfig, run_dir: Path) -> list[dict[str, Any]] | None:
+    """The summary's stages when ``run_dir`` holds a finished run (every stage summarised); else None.
+    The caller has checked that the stored config is ``config``'s (:func:`_same_config`)."""
     from rlzoo.config import expand_iterative
 
-    if (run_dir / "config.yaml").is_file() and _same_config(run_dir / "config.yaml", config) and summary.is_file():
-        stages = json.loads(summary.read_text())["stages"]
-        if len(stages) == len(expand_iterative(config).stages):
-            return stages
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return None
+    stages = json.loads(summary.read_text())["stages"]
+    return stages if len(stages) == len(expand_iterative(config).stages) else None
+
+
+def _finished(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
+    """The summary's stages of a run of ``config`` that has finished, trained nothing; else ``[{"error": "not run"}]``."""
+    stored = run_dir / "config.yaml"
+    if stored.is_file() and _same_config(stored, config) and (done := _finished_stages(config, run_dir)) is not None:
+        return done
     return [{"error": "not run (rlzoo compare --report-only: no finished run of this config)"}]
 
 
