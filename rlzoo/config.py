@@ -192,6 +192,7 @@ class ModelConfig:
     dtype: str = allowed("float32", choices=("float32", "bfloat16", "float16"))  # weight dtype: float32, bfloat16 or float16 (autocast is ``mixed_precision``)
     logprob_chunk_size: int = allowed(4096, AT_LEAST_0)  # rows per chunk of the log-prob head; 0 = plain full-logits forward
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and value model): less memory, more time
+    share_prompts: bool = True  # log-prob passes run a prompt shared by several rows (G samples, a DPO pair) once; false: every row runs its own (always so under parallel: fsdp)
     dropout: bool = False  # keep the model's dropout in training passes (default: every log-prob pass runs without it)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters; the reference is then the model with its adapter off
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # size of the embedded model

@@ -51,6 +51,56 @@ def test_left_padding_does_not_change_logprobs(tiny_model, task, tokenizer):
         torch.testing.assert_close(alone[0, 1:], together[i, keep_cols][1:], rtol=1e-4, atol=1e-5)
 
 
+def _sampled_groups(tiny_model, task, tokenizer, questions=3, samples=4):
+    """A GRPO-like batch: ``samples`` completions of each question, two prompt widths joined by
+    left padding (as batches from two generation calls are)."""
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0)
+    parts = [sample(tiny_model, tokenizer, task.eval_examples()[i : i + 2], samples, cfg, seed=3, keys=[i, i + 1])
+             for i in range(0, 2 * questions, 2)]
+    return RolloutBatch.concat(parts, tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_shared_prompts_give_the_full_passs_logprobs_and_gradients(tiny_model, task, tokenizer, chunk):
+    # the G rows of a question share their prompt: it is run once and its keys and values are
+    # handed to each row; log-probs of the completions and the gradient equal the full pass
+    batch = _sampled_groups(tiny_model, task, tokenizer)
+    p = int(batch.loss_mask.bool().any(0).nonzero()[0])  # the first trained column
+    weights = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
+    out, grads = [], []
+    for prefix in (0, p):
+        tiny_model.zero_grad()
+        logp = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, chunk_size=chunk, temperature=0.7,
+                              prefix_len=prefix)
+        (logp * weights).sum().backward()
+        out.append(logp)
+        grads.append(torch.cat([q.grad.flatten() for q in tiny_model.parameters()]))
+    torch.testing.assert_close(out[1] * batch.loss_mask, out[0] * batch.loss_mask, rtol=1e-5, atol=1e-5)
+    assert out[1][:, :p].abs().sum() == 0  # the prompts' own log-probs are not computed
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prompts_are_used_by_the_runtime_and_skipped_where_they_cannot_be(tiny_model, task, tokenizer, monkeypatch):
+    import rlzoo.runtime.logprobs as lp
+
+    batch = _sampled_groups(tiny_model, task, tokenizer)
+    calls = []
+    real = lp._shared_prefix_logprobs
+    monkeypatch.setattr(lp, "_shared_prefix_logprobs", lambda *a: calls.append(a[3].shape[0]) or real(*a))
+    rt = make_runtime(tiny_model, micro_batch_size=64)
+    rt.policy_logprobs(batch)
+    assert calls == [6]  # 24 rows, 6 distinct prompts
+    calls.clear()
+    distinct = _batch(task, tokenizer, 4)  # gold solutions of 4 questions: no prompt is shared
+    rt.policy_logprobs(distinct)
+    tiny_model.gradient_checkpointing_enable()
+    try:
+        rt.policy_logprobs(batch)  # checkpointing runs without a cache: the full pass
+    finally:
+        tiny_model.gradient_checkpointing_disable()
+    assert calls == []
+
+
 def test_completion_mask_stops_after_eos_and_at_the_generated_length():
     # eos 2, pad 0. Row 0 stops at its EOS (then generate's padding); row 1 at its first EOS; row 2
     # samples the pad id twice before its EOS: generated tokens, kept; row 3 came from a generate

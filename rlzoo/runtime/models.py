@@ -31,13 +31,18 @@ class LogProbModel(nn.Module):
     forward); ``temperature`` divides the logits. Generation and saving use ``lm`` directly.
     """
 
-    def __init__(self, lm: nn.Module, chunk_size: int = 4096) -> None:
+    def __init__(self, lm: nn.Module, chunk_size: int = 4096, share_prompts: bool = True) -> None:
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
+        self.share_prompts = share_prompts
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return token_logprobs(self.lm, input_ids, attention_mask, chunk_size=self.chunk_size, temperature=temperature)  # [N, T]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                prefix_len: int = 0) -> torch.Tensor:
+        """[N, T] log-probs; ``prefix_len``: the columns before it are prompts (not scored, and run
+        once for the rows that share one, unless ``share_prompts`` is off)."""
+        return token_logprobs(self.lm, input_ids, attention_mask, chunk_size=self.chunk_size, temperature=temperature,
+                              prefix_len=prefix_len if self.share_prompts else 0)  # [N, T]
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:

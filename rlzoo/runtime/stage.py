@@ -19,7 +19,6 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -33,7 +32,7 @@ from rlzoo.registry import DATA_SOURCES
 from rlzoo.runtime.distributed import Dist, MetricsReducer
 from rlzoo.runtime.models import (LogProbModel, ValueModel, add_lora, build_value_model, disable_dropout, frozen_copy, is_lora,
                                   merged, set_gradient_checkpointing)
-from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, train_on_batch
+from rlzoo.runtime.trainer import Runtime, resolve_loss_agg, timed, train_on_batch
 
 
 def make_accelerator(mixed_precision: str):
@@ -62,16 +61,6 @@ def make_accelerator(mixed_precision: str):
         raise ConfigError("DeepSpeed is not supported: it steps the optimizer inside backward and takes one model per engine, "
                           "while rlzoo trains the policy and PPO's value model with one optimizer; shard with parallel: fsdp")
     return accelerator
-
-
-@contextmanager
-def timed(metrics: dict[str, float], key: str):
-    """Adds the seconds the block takes to ``metrics[key]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - t0
 
 
 @dataclass
@@ -214,7 +203,11 @@ def make_optimizer(param_groups: list[dict], ocfg, steps: int):
 
     from rlzoo.config import SCHEDULES
 
-    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+    # the fused kernel (one pass over all parameters, CPU and CUDA): 10x less time than the
+    # per-tensor loop on a 26M-parameter CPU model (benchmarks/vs_trl.py, docs/performance.md)
+    params = [p for group in param_groups for p in group["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(param_groups, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay, fused=fused or None)
     return optimizer, get_scheduler(SCHEDULES[ocfg.schedule], optimizer, num_warmup_steps=ocfg.warmup_steps,
                                     num_training_steps=steps)
 
@@ -246,10 +239,13 @@ def build_stage(name: str, stage_cfg, algorithm: Algorithm, lm: torch.nn.Module,
         disable_dropout(lm)
     set_gradient_checkpointing(lm, model_cfg.gradient_checkpointing)
     lm.train()
-    policy = LogProbModel(lm, model_cfg.logprob_chunk_size)
+    # sharded, every process must make the same calls of each layer in a training pass (FSDP
+    # gathers weights per call), whatever rows it holds: no pass runs a shared prompt apart
+    share = model_cfg.share_prompts and parallel != "fsdp"
+    policy = LogProbModel(lm, model_cfg.logprob_chunk_size, share)
     reference = None
     if "reference" in algorithm.needs and not is_lora(lm):
-        reference = LogProbModel(frozen_copy(lm), model_cfg.logprob_chunk_size)
+        reference = LogProbModel(frozen_copy(lm), model_cfg.logprob_chunk_size, share)
     value_model: ValueModel | None = None
     param_groups = [{"params": [p for p in lm.parameters() if p.requires_grad], "lr": ocfg.lr, "name": "policy"}]
     if "value_model" in algorithm.needs:
@@ -373,7 +369,7 @@ def train_step(st: Stage) -> dict[str, float]:
     else:
         with timed(local, "time/train"):
             train_metrics, weight, train_shared = train_on_batch(
-                rt, algo, batch, st.optimizer, st.cfg.optim, st.loss_agg, st.agg_constant, st.generator)  # 5. update
+                rt, algo, batch, st.optimizer, st.cfg.optim, st.loss_agg, st.agg_constant, st.generator, local)  # 5. update
         if weight:
             reducer.add(train_metrics, weight)
         shared.update(train_shared)

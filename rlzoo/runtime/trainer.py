@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
@@ -61,10 +62,13 @@ class Runtime:
 
     def logprobs(self, batch: RolloutBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
         """[N, T] token log-probs of ``model`` (default: the policy) at the batch's temperature;
-        grad follows the caller's mode. Columns that are padding in every row are not computed."""
+        grad follows the caller's mode. Columns that are padding in every row are not computed, nor
+        are those before the first trained token of any row (0 there): the prompts, each computed
+        once for the rows that share it (:func:`~rlzoo.runtime.logprobs.token_logprobs`)."""
         model = self.policy if model is None else model
         lo, hi = _real_columns(batch.attention_mask)
-        logp = model(batch.input_ids[:, lo:hi], batch.attention_mask[:, lo:hi], batch.temperature)  # [N, hi - lo]
+        prefix = _first_trained_column(batch.loss_mask) - lo
+        logp = model(batch.input_ids[:, lo:hi], batch.attention_mask[:, lo:hi], batch.temperature, max(prefix, 0))  # [N, hi - lo]
         return torch.nn.functional.pad(logp, (lo, batch.input_ids.shape[1] - hi))  # [N, T]
 
     @torch.no_grad()
@@ -135,12 +139,28 @@ class Runtime:
             self.accelerator.backward(0.0 * m(ids, mask).sum())
 
 
+@contextlib.contextmanager
+def timed(metrics: dict[str, float], key: str):
+    """Adds the seconds the block takes to ``metrics[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - t0
+
+
 def _real_columns(attention_mask: torch.Tensor) -> tuple[int, int]:
     """[lo, hi): the columns where some row has a real token (outside, every row is padding)."""
     any_real = attention_mask.bool().any(0).nonzero().squeeze(-1)  # [T']
     if len(any_real) == 0:
         return 0, attention_mask.shape[1]
     return int(any_real[0]), int(any_real[-1]) + 1
+
+
+def _first_trained_column(loss_mask: torch.Tensor) -> int:
+    """The first column where some row has a trained token (0 when none has)."""
+    trained = loss_mask.bool().any(0).nonzero().squeeze(-1)  # [T']
+    return int(trained[0]) if len(trained) else 0
 
 
 def split_rows(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
@@ -268,6 +288,7 @@ def train_on_batch(
     loss_agg: str,
     agg_constant: float | None,
     generator: torch.Generator,
+    timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], float, dict[str, float]]:
     """All policy updates on one prepared batch (this rank's rows of it).
 
@@ -275,8 +296,11 @@ def train_on_batch(
     already the same on every rank: losses, gradient norms, skipped steps). A diagnostic that is a
     mean over tokens (``masked_mean``) is averaged over micro-batches by tokens and returned as a
     :class:`~rlzoo.functional.TokenMean` of all of them (the rows do not weigh it), so it is the
-    same whatever the micro-batch size and the process count.
+    same whatever the micro-batch size and the process count. ``timings``, when given, gets the
+    seconds spent in the policy's forward passes, backward passes and optimizer steps added to
+    ``time/forward``, ``time/backward`` and ``time/optimizer``.
     """
+    clock = {} if timings is None else timings
     acc, dist = rt.accelerator, rt.dist
     splitter = split_groups if algorithm.group_coupled else split_rows
     meter = _Means()
@@ -297,7 +321,8 @@ def train_on_batch(
 
             def backward(micro: RolloutBatch) -> None:
                 nonlocal has_extra
-                logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
+                with timed(clock, "time/forward"):
+                    logp = rt.logprobs(micro)  # [n, T] with grad, through the wrapped model
                 if "old_logprobs" in algorithm.needs and micro.old_logprobs is None:
                     micro.old_logprobs = logp.detach()  # used once: pi_old is this very pass, ratio exactly 1
                 checking = not rt.rows_checked and not algorithm.group_coupled and len(micro) > 1
@@ -309,11 +334,13 @@ def train_on_batch(
                     check_rows_independent(before, micro, logp.detach(), coef)
                     rt.rows_checked = True
                 loss = surrogate_loss(coef, logp, micro.loss_mask, loss_agg, **totals)
-                acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
+                with timed(clock, "time/backward"):
+                    acc.backward(loss * dist.world)  # DDP averages over ranks; the sum over ranks is the loss
                 extra, extra_metrics = algorithm.extra_loss(micro, rt)  # [n, T] or None
                 if extra is not None:
                     extra = aggregate(extra, micro.loss_mask, "token-mean", num_tokens=num_tokens)
-                    acc.backward(extra * dist.world)
+                    with timed(clock, "time/backward"):
+                        acc.backward(extra * dist.world)
                     has_extra = True
                     losses[1] += float(extra.detach())
                 elif rt.value_model is not None:
@@ -322,11 +349,12 @@ def train_on_batch(
                 meter.add({**metrics, **extra_metrics}, len(micro))
 
             accumulate(micros, max(c[2] for c in counts), rt.sync_gradients, rt.zero_backward, backward)
-            group_norms = clip_param_groups(acc, optimizer, optim_cfg.grad_clip)
+            with timed(clock, "time/optimizer"):
+                group_norms = clip_param_groups(acc, optimizer, optim_cfg.grad_clip)
+                outcome = optimizer_step(acc, optimizer, group_norms)
             for k, v in group_norms.items():
                 norms[k].append(v)
             steps += 1
-            outcome = optimizer_step(acc, optimizer, group_norms)
             overflows += outcome == "overflow"
             skipped += outcome == "skipped"
     losses[2] = float(has_extra)
