@@ -138,3 +138,24 @@ def test_a_sampled_pad_token_stays_in_the_completion(tiny_model, task, tokenizer
     with torch.no_grad():
         recomputed = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=1.0)
     torch.testing.assert_close(recomputed * batch.loss_mask, batch.sample_logprobs * batch.loss_mask, rtol=0, atol=1e-5)
+
+
+def test_prompts_prefilled_once_for_their_samples_give_the_tokens_of_a_full_prefill(tiny_model, task, tokenizer, monkeypatch):
+    # with G samples per prompt, each prompt's keys and values are computed once and repeated to
+    # its G rows; the same rows generated as separate prompts (no sharing) get the same tokens
+    import rlzoo.runtime.sampling as sampling
+    from rlzoo.runtime.sampling import generate
+
+    prefills = []
+    real = sampling._prompt_cache
+    monkeypatch.setattr(sampling, "_prompt_cache", lambda m, i, a, c: prefills.append((len(i), c)) or real(m, i, a, c))
+
+    ids, mask = encode_prompts(tokenizer, [ex.prompt for ex in task.eval_examples()[:3]], "cpu")  # left-padded
+    seeds = row_seeds(5, [0, 1, 2], 4)
+    args = dict(temperature=1.0, top_p=1.0, max_new_tokens=10)
+    shared, lp_shared = generate(tiny_model, tokenizer, ids, mask, seeds=seeds, num_return_sequences=4, **args)
+    alone, lp_alone = generate(tiny_model, tokenizer, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0), seeds=seeds,
+                               num_return_sequences=1, **args)
+    assert prefills == [(3, 4)]  # 3 prompts prefilled once, for 4 samples each; none for the separate rows
+    assert torch.equal(shared, alone)
+    torch.testing.assert_close(lp_shared, lp_alone, rtol=1e-5, atol=1e-5)

@@ -127,12 +127,14 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     repeated here (greedy-mode ``generate`` takes no ``num_return_sequences``), prompt-major as
     Hugging Face lays them out.
     """
+    kwargs = {"stopping_criteria": stopping_criteria} if stopping_criteria is not None else {}
     if num_return_sequences > 1:
+        if input_ids.shape[1] > 1:  # each prompt's keys and values computed once, then handed to its samples
+            kwargs.update(_prompt_cache(model, input_ids, attention_mask, num_return_sequences))
         input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # [B, start]
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)  # [B, start]
     start = input_ids.shape[1]
     sampler = SeededSampler(seeds, start, temperature, top_p, offsets)
-    kwargs = {"stopping_criteria": stopping_criteria} if stopping_criteria is not None else {}
     # synced_gpus=False: each process generates its own rows alone, with whole weights (under
     # parallel: fsdp, gathered first); Hugging Face would otherwise, for a model inside an FSDP
     # module, step every process in lockstep, a collective per token that deadlocks when the
@@ -145,3 +147,22 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     )  # [B, start + L]
     new = out[:, start:]  # [B, L]
     return new, sampler.sampled_logprobs(new.shape[1])
+
+
+def _prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int) -> dict:
+    """``{cache keyword: a KV cache}`` of every prompt but its last token, computed once per prompt
+    and repeated ``copies`` times (the rows ``generate`` will run), so that the prefill of the G
+    samples of a prompt is one forward, not G. ``generate`` then runs the last prompt token and
+    samples on; the tokens are those of the full prefill (the logits agree up to rounding)."""
+    import inspect
+
+    from rlzoo.runtime.logprobs import backbone, position_ids_from_mask
+
+    body = backbone(model)
+    key = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"  # transformers 5.x / 4.x
+    head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]  # [P, start - 1]
+    out = body(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids_from_mask(head_mask), use_cache=True)
+    cache = out.get("cache")
+    cache = out.get("past_key_values") if cache is None else cache
+    cache.batch_repeat_interleave(copies)
+    return {key: cache}
