@@ -392,13 +392,25 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 
 def _status_matches(pid: str, uid: str) -> bool:
+    """Whether process ``pid`` is live and has ``uid`` as real, effective or saved uid (read
+    from the first lines of /proc/<pid>/status: this runs for every process, several times a
+    program, so it parses only what it needs)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
-    state = fields.get("State", "").strip()[:1]
-    return state not in ("Z", "X", "") and uid in fields.get("Uid", "").split()[:3]
+    try:
+        text = os.read(fd, 4096)  # State and Uid are on the first lines
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    state_at, uid_at = text.find(b"\nState:"), text.find(b"\nUid:")
+    if state_at < 0 or uid_at < 0:
+        return False
+    state = text[state_at + 7 : state_at + 16].lstrip()[:1]
+    uids = text[uid_at + 5 : text.find(b"\n", uid_at + 1)].split()[:3]
+    return state not in (b"Z", b"X", b"") and uid.encode() in uids
 
 
 def _classify(stdout_b: bytes, stderr_b: bytes, reason: str | None, rc: int | None) -> ExecResult:
