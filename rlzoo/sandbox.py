@@ -226,7 +226,6 @@ def _execute_in(code: str, limits: _Limits, workdir: str) -> ExecResult:
     if isinstance(started, ExecResult):
         return started
     child, deadline = started
-    returncode = None
     try:
         on_exit = lambda: _kill_everything(child.pid, sandbox_id)  # noqa: E731
         stdout, stderr, reason = _collect(child, deadline, limits.max_output_bytes, on_exit)
@@ -236,8 +235,11 @@ def _execute_in(code: str, limits: _Limits, workdir: str) -> ExecResult:
             _kill_everything(child.pid, sandbox_id)
             child.reap()
         child.close()
-    if returncode is _SERVER_LOST:
-        return ExecResult(stdout="", ok=False, error="sandbox server died", stderr="")
+    if returncode is _SERVER_LOST:  # its exit status went with the server
+        if reason is None:
+            return dataclasses.replace(_classify(stdout, stderr, None, 0), ok=False,
+                                       error="sandbox server died")
+        returncode = None
     if reason is None and returncode is None:
         reason = "timeout"
     return _classify(stdout, stderr, reason, returncode)
@@ -441,6 +443,7 @@ class _PoolServer:
 _pool_lock = _thread.allocate_lock()
 _pool_servers: dict[bool, _PoolServer] = {}  # by site_packages, for the process _pool_owner
 _pool_owner = os.getpid()
+_pool_unavailable: dict[bool, float] = {}  # by site_packages: when a server last failed to start
 _pool_hooks_installed = False
 _pool_inherited: list[Any] = []  # a parent's servers seen after os.fork: left alone, never waited on
 
@@ -450,33 +453,38 @@ def _start_pooled(config: dict[str, Any], limits: _Limits) -> tuple[_PooledChild
 
     A server found dead, or that fails during the request, is replaced once.
     """
-    for attempt in range(2):
-        server = _pool_server(limits.site_packages, replace=attempt > 0)
+    failed = None
+    for _ in range(2):
+        server = _pool_server(limits.site_packages, failed)
         if server is None:
             return None
         deadline = time.monotonic() + limits.timeout_s
         child = server.submit({**config, "pooled": True})
         if child is not None:
             return child, deadline
+        failed = server
     return None
 
 
-def _pool_server(site_packages: bool, replace: bool = False) -> _PoolServer | None:
-    """This process's server for ``site_packages``, started (or restarted) if needed."""
-    global _pool_owner
+def _pool_server(site_packages: bool, failed: _PoolServer | None = None) -> _PoolServer | None:
+    """This process's server for ``site_packages``, started (or restarted) if needed; None when
+    none could start in the last minute. ``failed``: a server that just failed a request."""
     with _pool_lock:
         if _pool_owner != os.getpid():  # a forked caller: the parent's servers are not ours
             _forget_pool_servers()
         server = _pool_servers.get(site_packages)
-        if server is not None and (replace or not server.alive()):
+        if server is not None and (server is failed or not server.alive()):
             del _pool_servers[site_packages]
             server.close()
             server = None
         if server is None:
+            if time.monotonic() < _pool_unavailable.get(site_packages, float("-inf")) + 60:
+                return None
             _install_pool_hooks()
             try:
                 server = _pool_servers[site_packages] = _PoolServer(site_packages)
             except (OSError, AttributeError, ValueError):  # no server here: spawn per program
+                _pool_unavailable[site_packages] = time.monotonic()
                 return None
         return server
 
@@ -499,6 +507,7 @@ def _forget_pool_servers() -> None:
         server.socket.close()  # our copy only: the parent's server keeps running for the parent
         _pool_inherited.append(server.proc)
     _pool_servers.clear()
+    _pool_unavailable.clear()
     _pool_owner = os.getpid()
     _pool_lock = _thread.allocate_lock()  # another thread of the parent may have held it at fork
 
@@ -598,7 +607,7 @@ def _finish(child: Any, sandbox_id: int | None, deadline: float, reason: str | N
         reason = "timeout"
     _kill_everything(child.pid, sandbox_id)
     returncode = child.reap()
-    return None if reason == "timeout" and returncode is not _SERVER_LOST else returncode
+    return None if reason == "timeout" else returncode
 
 
 def _wait_unreaped(pid: int, deadline: float) -> bool:

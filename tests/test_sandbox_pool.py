@@ -224,8 +224,9 @@ def test_the_old_path_is_the_fallback_when_no_server_starts(monkeypatch):
         raise OSError("no server here")
 
     monkeypatch.setattr(sandbox._PoolServer, "__init__", cannot_start)
+    monkeypatch.setattr(sandbox, "_pool_unavailable", {})
     assert run_python("print(7)") == ExecResult(stdout="7\n", ok=True, error=None, stderr="")
-    assert not sandbox._pool_servers
+    assert not sandbox._pool_servers and False in sandbox._pool_unavailable
 
 
 def test_the_switch_keeps_the_old_path(monkeypatch):
