@@ -20,6 +20,15 @@ The caller side enforces a wall-clock timeout and an output cap by killing the c
 process group (and, when a private uid was used, every process of that uid), and removes the
 work folder afterwards. The child environment is a minimal dict (no inherited variables).
 
+Starting an interpreter per program costs most of a run's CPU, so by default the child is not
+started but forked: a *pool server* (an interpreter started exactly like such a child, one per
+``site_packages`` setting and caller process, on first use) forks one child per program; the
+child closes every fd of the server, takes the program's pipes, session, stdio, environment and
+working folder, and then runs the same bootstrap. The server never runs user code. The caller
+watches, kills and classifies exactly as for a spawned child; the server reaps only when told.
+``RLZOO_SANDBOX_POOL=0`` (or ``rlzoo.sandbox.USE_POOL = False``) starts an interpreter per
+program instead, which is also the fallback when no server can start.
+
 The OS mechanisms (rlimits, namespaces, uid, read-only mounts) are real kernel boundaries; the
 audit hook is a best-effort first line that gives clean error messages and covers gaps where
 the OS layers are unavailable, but it is *not* a security boundary against a determined
@@ -136,7 +145,7 @@ def run_python(
     max_processes: int = DEFAULT_LIMITS.max_processes,
     site_packages: bool = DEFAULT_LIMITS.site_packages,
 ) -> ExecResult:
-    """Run ``code`` in a sandboxed child interpreter and return what it printed.
+    """Run ``code`` in a sandboxed child process and return what it printed.
 
     ``timeout_s`` is wall-clock time for the whole child (the CPU-time rlimit is slightly
     larger). ``memory_mb`` caps the address space, ``max_output_bytes`` caps stdout (the child
