@@ -67,6 +67,7 @@ ENDINGS = {
         "import os, sys\nprint(sys.argv[0] == os.path.join(os.getcwd(), 'program.py'),"
         " dict(os.environ) | {'HOME': ''}, os.environ['HOME'] == os.getcwd())"
     ),
+    "interpreter state": "import sys\nprint(sys.path, sys.flags, sys.argv, __name__, sys.getrecursionlimit())",
     "session and umask": "import os\nprint(os.getsid(0) == os.getpgid(0), oct(os.umask(0o22)))",
 }
 
