@@ -321,7 +321,8 @@ def _start_spawned(config: dict[str, Any], limits: _Limits, workdir: str) -> Any
 # bootstrap as a spawned child, layer by layer in the same order. The caller watches the child
 # through a pidfd, so the watchdog above is shared by both paths.
 
-USE_POOL = os.environ.get("RLZOO_SANDBOX_POOL", "1") != "0"  # False: one fresh interpreter per program
+# False: a fresh interpreter per program (the environment variable is read once, at import)
+USE_POOL = os.environ.get("RLZOO_SANDBOX_POOL", "1") != "0"
 _SERVER_LOST = object()  # reap() when the server died under a running program
 _SERVER_START_S = 20.0  # how long a starting server may take to say it is ready
 _REPLY_GRACE_S = 30.0  # how long a live server may take to answer, beyond the program's timeout
@@ -454,7 +455,7 @@ _pool_servers: dict[bool, _PoolServer] = {}  # by site_packages, for the process
 _pool_owner = os.getpid()
 _pool_unavailable: dict[bool, float] = {}  # by site_packages: when a server last failed to start
 _pool_hooks_installed = False
-_pool_inherited: list[Any] = []  # a parent's servers seen after os.fork: left alone, never waited on
+_pool_inherited: list[Any] = []  # a parent's servers, seen after os.fork: never waited on
 
 
 def _start_pooled(config: dict[str, Any], limits: _Limits) -> tuple[_PooledChild, float] | None:
@@ -825,7 +826,7 @@ def _child_main(argv: list[str]) -> None:
 # The pool server ---------------------------------------------------------------------------
 
 
-def _serve(control_fd: int) -> tuple[dict[str, Any], tuple[int, int]]:
+def _serve(control_fd: int) -> tuple[dict[str, Any], tuple[int, int, int]]:
     """The pool server's loop: fork one child per request. Returns only in such a child.
 
     The server runs no user code and keeps nothing of a request but the child's pid, sandbox
@@ -859,6 +860,8 @@ def _serve(control_fd: int) -> tuple[dict[str, Any], tuple[int, int]]:
                     if request is None:  # the caller closed its end: stop
                         _stop_all(jobs)
                         os._exit(0)
+                    if not request:  # malformed: ignored
+                        continue
                     forked = _fork_job(request, sel, jobs)
                     if forked is not None:  # in the child: drop everything of the server's
                         for other in jobs.values():
@@ -869,13 +872,14 @@ def _serve(control_fd: int) -> tuple[dict[str, Any], tuple[int, int]]:
                         sel.close()
                         return forked[0], (forked[1], forked[2], server_pid)
                 elif key.fd == job["channel"].fileno():
-                    _on_channel(job, sel)
+                    _on_channel(job, sel, jobs)
                 else:  # the pidfd of a child the caller asked to reap: it has exited now
                     _reap_job(job, sel, jobs)
 
 
 def _receive_request(control: Any, array: Any, socket: Any) -> Any:
-    """(config, channel, stdout fd, stderr fd) from the caller, or None when it has gone."""
+    """(config, channel, stdout fd, stderr fd) from the caller; None when it has gone, () for
+    a malformed request."""
     try:
         data, ancillary, _, _ = control.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
     except ConnectionError:
@@ -889,7 +893,7 @@ def _receive_request(control: Any, array: Any, socket: Any) -> Any:
     if len(fds) != 3:
         for fd in fds:
             os.close(fd)
-        return ("bad request", None, None, None)
+        return ()
     return json.loads(data), socket.socket(fileno=fds[0]), fds[1], fds[2]
 
 
@@ -898,8 +902,6 @@ def _fork_job(request: Any, sel: Any, jobs: dict[int, dict[str, Any]]) -> Any:
     import selectors
 
     config, channel, out_w, err_w = request
-    if channel is None:
-        return None
     try:
         pid = os.fork()
     except OSError as exc:
@@ -921,11 +923,11 @@ def _fork_job(request: Any, sel: Any, jobs: dict[int, dict[str, Any]]) -> Any:
     jobs[channel.fileno()] = job
     sel.register(channel, selectors.EVENT_READ, job)
     if not _send_quietly(channel, f"pid {pid}".encode()):
-        _on_channel(job, sel)  # nobody to report to: kill and reap
+        _on_channel(job, sel, jobs)  # nobody to report to: kill and reap
     return None
 
 
-def _on_channel(job: dict[str, Any], sel: Any) -> None:
+def _on_channel(job: dict[str, Any], sel: Any, jobs: dict[int, dict[str, Any]]) -> None:
     """The caller said "reap" (it killed everything), or went away (then kill here first)."""
     import selectors
 
@@ -939,18 +941,17 @@ def _on_channel(job: dict[str, Any], sel: Any) -> None:
     if job["pidfd"] is not None:  # reap once it has exited (it was SIGKILLed, so soon)
         sel.register(job["pidfd"], selectors.EVENT_READ, job)
     else:
-        _reap_job(job, sel, None)
+        _reap_job(job, sel, jobs)
 
 
-def _reap_job(job: dict[str, Any], sel: Any, jobs: dict[int, dict[str, Any]] | None) -> None:
+def _reap_job(job: dict[str, Any], sel: Any, jobs: dict[int, dict[str, Any]]) -> None:
     _, status = os.waitpid(job["pid"], 0)
     if job["pidfd"] is not None:
         sel.unregister(job["pidfd"])
         os.close(job["pidfd"])
         job["pidfd"] = None
     _send_quietly(job["channel"], f"status {os.waitstatus_to_exitcode(status)}".encode())
-    if jobs is not None:
-        jobs.pop(job["channel"].fileno(), None)
+    jobs.pop(job["channel"].fileno(), None)
     job["channel"].close()
 
 
