@@ -982,7 +982,7 @@ def _become_fresh_child(config: dict[str, Any], out_w: int, err_w: int, server_p
     os.dup2(out_w, 1)
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
-    os.closerange(3, _max_fd())
+    _close_fds_above_stderr()
     os.setsid()
     import ctypes
 
@@ -996,11 +996,18 @@ def _become_fresh_child(config: dict[str, Any], out_w: int, err_w: int, server_p
     _fresh_stdio()
 
 
-def _max_fd() -> int:
+def _close_fds_above_stderr() -> None:
+    """Close every fd but 0-2: up to the fd limit at once, then any /proc/self/fd still lists."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    os.closerange(3, soft if soft != resource.RLIM_INFINITY else 1 << 20)
+    for name in os.listdir("/proc/self/fd"):  # above a since lowered limit, say
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:  # the listing's own fd, closed by now
+                pass
 
 
 def _die_with_parent(libc: Any) -> None:
