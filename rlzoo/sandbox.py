@@ -47,7 +47,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-__all__ = ["ExecResult", "run_python", "run_many", "sandbox_layers"]
+__all__ = ["ExecResult", "run_python", "run_many", "sandbox_layers", "close_pool"]
 
 _STDERR_TAIL_BYTES = 4096
 _SETUP_EXIT_CODE = 125
