@@ -20,6 +20,15 @@ The caller side enforces a wall-clock timeout and an output cap by killing the c
 process group (and, when a private uid was used, every process of that uid), and removes the
 work folder afterwards. The child environment is a minimal dict (no inherited variables).
 
+Starting an interpreter per program costs most of a run's CPU, so by default the child is not
+started but forked: a *pool server* (an interpreter started exactly like such a child, one per
+``site_packages`` setting and caller process, on first use) forks one child per program; the
+child closes every fd of the server, takes the program's pipes, session, stdio, environment and
+working folder, and then runs the same bootstrap. The server never runs user code. The caller
+watches, kills and classifies exactly as for a spawned child; the server reaps only when told.
+``RLZOO_SANDBOX_POOL=0`` (or ``rlzoo.sandbox.USE_POOL = False``) starts an interpreter per
+program instead, which is also the fallback when no server can start.
+
 The OS mechanisms (rlimits, namespaces, uid, read-only mounts) are real kernel boundaries; the
 audit hook is a best-effort first line that gives clean error messages and covers gaps where
 the OS layers are unavailable, but it is *not* a security boundary against a determined
@@ -29,6 +38,7 @@ docs/sandbox.md describes each guarantee and its limits.
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import json
 import os
@@ -37,13 +47,14 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-__all__ = ["ExecResult", "run_python", "run_many", "sandbox_layers"]
+__all__ = ["ExecResult", "run_python", "run_many", "sandbox_layers", "close_pool"]
 
 _STDERR_TAIL_BYTES = 4096
 _SETUP_EXIT_CODE = 125
 _SETUP_MARK = "rlzoo-sandbox-setup-error:"
 _PROGRAM_NAME = "program.py"
 _CHILD_FLAG = "--rlzoo-sandbox-child"
+_SERVER_FLAG = "--rlzoo-sandbox-server"
 # Loads this file by path (so its cached bytecode is used; a script would be recompiled on
 # every run) under a private name, then hands over to the bootstrap.
 _CHILD_LOADER = (
@@ -65,7 +76,7 @@ _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 32, 1024, 2048, 4096
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
 _SYS_MOUNT_SETATTR = 442
 _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 1
-_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -134,7 +145,7 @@ def run_python(
     max_processes: int = DEFAULT_LIMITS.max_processes,
     site_packages: bool = DEFAULT_LIMITS.site_packages,
 ) -> ExecResult:
-    """Run ``code`` in a sandboxed child interpreter and return what it printed.
+    """Run ``code`` in a sandboxed child process and return what it printed.
 
     ``timeout_s`` is wall-clock time for the whole child (the CPU-time rlimit is slightly
     larger). ``memory_mb`` caps the address space, ``max_output_bytes`` caps stdout (the child
@@ -210,8 +221,6 @@ def _execute(code: str, limits: _Limits) -> ExecResult:
 
 
 def _execute_in(code: str, limits: _Limits, workdir: str) -> ExecResult:
-    import subprocess
-
     program = os.path.join(workdir, _PROGRAM_NAME)
     with open(program, "w", encoding="utf-8") as handle:
         handle.write(code)
@@ -220,15 +229,76 @@ def _execute_in(code: str, limits: _Limits, workdir: str) -> ExecResult:
     if sandbox_id is not None:
         os.chown(workdir, sandbox_id, sandbox_id)
     config = _child_config(limits, workdir, sandbox_id)
-    argv = [sys.executable, "-I", "-B", *([] if limits.site_packages else ["-S"])]
-    argv += ["-c", _CHILD_LOADER, os.path.abspath(__file__), _CHILD_FLAG, json.dumps(config)]
-    env = {"PATH": _SAFE_PATH, "HOME": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    started = _start_pooled(config, limits) if USE_POOL else None
+    if started is None:
+        started = _start_spawned(config, limits, workdir)
+    if isinstance(started, ExecResult):
+        return started
+    child, deadline = started
+    try:
+        on_exit = lambda: _kill_everything(child.pid, sandbox_id)  # noqa: E731
+        stdout, stderr, reason = _collect(child, deadline, limits.max_output_bytes, on_exit)
+        returncode = _finish(child, sandbox_id, deadline, reason)
+    finally:
+        if not child.reaped:  # only on an unexpected error: still unreaped, pid safe
+            _kill_everything(child.pid, sandbox_id)
+            child.reap()
+        child.close()
+    if returncode is _SERVER_LOST:  # its exit status went with the server
+        if reason is None:
+            return dataclasses.replace(_classify(stdout, stderr, None, 0), ok=False,
+                                       error="sandbox server died")
+        returncode = None
+    if reason is None and returncode is None:
+        reason = "timeout"
+    return _classify(stdout, stderr, reason, returncode)
+
+
+def _interpreter_argv(site_packages: bool) -> list[str]:
+    argv = [sys.executable, "-I", "-B", *([] if site_packages else ["-S"])]
+    return argv + ["-c", _CHILD_LOADER, os.path.abspath(__file__)]
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    return {"PATH": _SAFE_PATH, "HOME": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+
+
+class _SpawnedChild:
+    """A child interpreter started for one program (``subprocess.Popen``), watched by the caller."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc, self.pid = proc, proc.pid
+        self.stdout_fd, self.stderr_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        self.pidfd = _open_pidfd(proc.pid)
+
+    @property
+    def reaped(self) -> bool:
+        return self.proc.returncode is not None
+
+    def wait_unreaped(self, deadline: float) -> bool:
+        return _wait_unreaped(self.pid, deadline)
+
+    def reap(self) -> int:
+        return self.proc.wait()
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def _start_spawned(config: dict[str, Any], limits: _Limits, workdir: str) -> Any:
+    """Start a fresh interpreter for this program: (child, deadline), or an ExecResult."""
+    import subprocess
+
+    argv = _interpreter_argv(limits.site_packages) + [_CHILD_FLAG, json.dumps(config)]
     deadline = time.monotonic() + limits.timeout_s
     try:
         proc = subprocess.Popen(
             argv,
             cwd=workdir,
-            env=env,
+            env=_child_env(workdir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -237,19 +307,230 @@ def _execute_in(code: str, limits: _Limits, workdir: str) -> ExecResult:
         )
     except OSError as exc:
         return ExecResult(stdout="", ok=False, error=f"spawn failed: {exc}")
-    try:
-        on_exit = lambda: _kill_everything(proc.pid, sandbox_id)  # noqa: E731
-        stdout, stderr, reason = _collect(proc, deadline, limits.max_output_bytes, on_exit)
-        returncode = _finish(proc, sandbox_id, deadline, reason)
-    finally:
-        if proc.returncode is None:  # only on an unexpected error: still unreaped, pid safe
-            _kill_everything(proc.pid, sandbox_id)
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-    if reason is None and returncode is None:
-        reason = "timeout"
-    return _classify(stdout, stderr, reason, returncode)
+    return _SpawnedChild(proc), deadline
+
+
+# Pool of pre-started servers (caller side) ----------------------------------------------
+#
+# A server is an interpreter started exactly like a per-program child (same flags, same minimal
+# environment) that has loaded this file and then waits in _serve. For each program the caller
+# sends it the program's config and three fds (a private reply channel, the write ends of the
+# stdout and stderr pipes); the server forks, replies with the new child's pid and never reaps
+# it until the caller, having killed whatever the program left, says "reap". The forked child
+# drops everything of the server's (fds, socket objects, stdio) and then runs the same
+# bootstrap as a spawned child, layer by layer in the same order. The caller watches the child
+# through a pidfd, so the watchdog above is shared by both paths.
+
+# False: a fresh interpreter per program (the environment variable is read once, at import)
+USE_POOL = os.environ.get("RLZOO_SANDBOX_POOL", "1") != "0"
+_SERVER_LOST = object()  # reap() when the server died under a running program
+_SERVER_START_S = 20.0  # how long a starting server may take to say it is ready
+_REPLY_GRACE_S = 30.0  # how long a live server may take to answer, beyond the program's timeout
+
+
+class _PooledChild:
+    """A program's child forked by a pool server; the caller holds the pipes and a pidfd."""
+
+    def __init__(self, pid: int, stdout_fd: int, stderr_fd: int, pidfd: int, channel: Any) -> None:
+        self.pid, self.stdout_fd, self.stderr_fd = pid, stdout_fd, stderr_fd
+        self.pidfd, self.channel, self.reaped = pidfd, channel, False
+
+    def wait_unreaped(self, deadline: float) -> bool:
+        import select
+
+        remaining = max(0.0, deadline - time.monotonic())
+        return bool(select.select([self.pidfd], [], [], remaining)[0])
+
+    def reap(self) -> Any:
+        """Ask the server to reap the child; its exit code, or _SERVER_LOST."""
+        import socket
+
+        self.reaped = True
+        try:
+            self.channel.settimeout(_REPLY_GRACE_S)
+            self.channel.send(b"reap", socket.MSG_NOSIGNAL)
+            reply = self.channel.recv(64).split()
+            if len(reply) == 2 and reply[0] == b"status":
+                return int(reply[1])
+        except OSError:
+            pass
+        return _SERVER_LOST
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.stdout_fd, self.stderr_fd):
+            os.close(fd)
+        self.channel.close()
+
+
+class _PoolServer:
+    """One running server interpreter, for one ``site_packages`` setting, in one caller process."""
+
+    def __init__(self, site_packages: bool) -> None:
+        import socket
+        import subprocess
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = _interpreter_argv(site_packages) + [_SERVER_FLAG, str(theirs.fileno())]
+            self.proc = subprocess.Popen(
+                argv,
+                cwd="/",
+                env=_child_env("/"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal is for the caller, not for it
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.socket = ours
+        try:
+            ours.settimeout(_SERVER_START_S)
+            if ours.recv(16) != b"ready":
+                raise OSError("the sandbox server did not start")
+            ours.settimeout(None)
+            os.close(os.pidfd_open(self.proc.pid))  # the watchdog needs pidfds of non-children
+        except BaseException:
+            self.close()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def submit(self, config: dict[str, Any]) -> _PooledChild | None:
+        """Have the server fork a child for ``config``; None if the server failed."""
+        import array
+        import socket
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = array.array("i", [theirs.fileno(), out_w, err_w])
+        try:
+            self.socket.sendmsg([json.dumps(config).encode()],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL)
+        except OSError:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            mine.close()
+            return None
+        finally:
+            theirs.close()
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            mine.settimeout(_REPLY_GRACE_S)
+            reply = mine.recv(64).split()
+            pid = int(reply[1]) if len(reply) == 2 and reply[0] == b"pid" else None
+            pidfd = os.pidfd_open(pid) if pid is not None else None  # unreaped until "reap": safe
+        except (OSError, ValueError):
+            pid = pidfd = None
+        if pidfd is None:  # the server died, failed to fork, or stopped answering
+            for fd in (out_r, err_r):
+                os.close(fd)
+            mine.close()
+            return None
+        return _PooledChild(pid, out_r, err_r, pidfd, mine)
+
+    def close(self) -> None:
+        """Closing the socket tells the server to kill what still runs and exit."""
+        import subprocess
+
+        self.socket.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# _thread, not threading: this file is also the children's bootstrap, which should stay lean
+_pool_lock = _thread.allocate_lock()
+_pool_servers: dict[bool, _PoolServer] = {}  # by site_packages, for the process _pool_owner
+_pool_owner = os.getpid()
+_pool_unavailable: dict[bool, float] = {}  # by site_packages: when a server last failed to start
+_pool_hooks_installed = False
+_pool_inherited: list[Any] = []  # a parent's servers, seen after os.fork: never waited on
+
+
+def _start_pooled(config: dict[str, Any], limits: _Limits) -> tuple[_PooledChild, float] | None:
+    """Fork this program's child from a pool server: (child, deadline), or None to spawn instead.
+
+    A server found dead, or that fails during the request, is replaced once.
+    """
+    failed = None
+    for _ in range(2):
+        server = _pool_server(limits.site_packages, failed)
+        if server is None:
+            return None
+        deadline = time.monotonic() + limits.timeout_s
+        child = server.submit({**config, "pooled": True})
+        if child is not None:
+            return child, deadline
+        failed = server
+    return None
+
+
+def _pool_server(site_packages: bool, failed: _PoolServer | None = None) -> _PoolServer | None:
+    """This process's server for ``site_packages``, started (or restarted) if needed; None when
+    none could start in the last minute. ``failed``: a server that just failed a request."""
+    with _pool_lock:
+        if _pool_owner != os.getpid():  # a forked caller: the parent's servers are not ours
+            _forget_pool_servers()
+        server = _pool_servers.get(site_packages)
+        if server is not None and (server is failed or not server.alive()):
+            del _pool_servers[site_packages]
+            server.close()
+            server = None
+        if server is None:
+            if time.monotonic() < _pool_unavailable.get(site_packages, float("-inf")) + 60:
+                return None
+            _install_pool_hooks()
+            try:
+                server = _pool_servers[site_packages] = _PoolServer(site_packages)
+            except (OSError, AttributeError, ValueError):  # no server here: spawn per program
+                _pool_unavailable[site_packages] = time.monotonic()
+                return None
+        return server
+
+
+def _install_pool_hooks() -> None:
+    """Once per process, with the first server: stop servers at exit, forget them after fork."""
+    global _pool_hooks_installed
+    if not _pool_hooks_installed:
+        import atexit
+
+        atexit.register(close_pool)
+        os.register_at_fork(after_in_child=_forget_pool_servers)
+        _pool_hooks_installed = True
+
+
+def _forget_pool_servers() -> None:
+    """In a forked caller: drop (without stopping) the parent's servers and start afresh."""
+    global _pool_owner, _pool_lock
+    for server in _pool_servers.values():
+        server.socket.close()  # our copy only: the parent's server keeps running for the parent
+        _pool_inherited.append(server.proc)
+    _pool_servers.clear()
+    _pool_unavailable.clear()
+    _pool_owner = os.getpid()
+    _pool_lock = _thread.allocate_lock()  # another thread of the parent may have held it at fork
+
+
+def close_pool() -> None:
+    """Stop this process's pool servers (they restart on the next run); called at exit."""
+    with _pool_lock:
+        if _pool_owner != os.getpid():
+            return
+        servers = list(_pool_servers.values())
+        _pool_servers.clear()
+    for server in servers:
+        server.close()
 
 
 def _child_config(limits: _Limits, workdir: str, sandbox_id: int | None) -> dict[str, Any]:
@@ -263,44 +544,40 @@ def _child_config(limits: _Limits, workdir: str, sandbox_id: int | None) -> dict
         "nofile": limits.max_open_files,
         "sandbox_id": sandbox_id,
         "audit_hook": limits.audit_hook,
+        "pooled": False,  # forked by a pool server (which then is the child's parent)
     }
 
 
 def _collect(
-    proc: Any, deadline: float, max_output: int, on_exit: Callable[[], None]
+    child: Any, deadline: float, max_output: int, on_exit: Callable[[], None]
 ) -> tuple[bytes, bytes, str | None]:
     """Read stdout (capped) and the stderr tail until both close, the deadline or the cap.
 
-    When the child itself exits (seen through a pidfd, still unreaped) ``on_exit`` kills
+    When the child itself exits (seen through its pidfd, still unreaped) ``on_exit`` kills
     whatever it left behind, so stray grandchildren holding the pipes cannot stall us.
     """
     import selectors
 
     out, err = bytearray(), bytearray()
-    pipes = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    pipes = {child.stdout_fd: out, child.stderr_fd: err}
     reason: str | None = None
-    pidfd = _open_pidfd(proc.pid)
     with selectors.DefaultSelector() as sel:
         for fd, buffer in pipes.items():
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ, buffer)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ, None)
-        try:
-            while reason is None and any(fd in sel.get_map() for fd in pipes):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    reason = "timeout"
-                    break
-                for key, _ in sel.select(remaining):
-                    if key.data is None:  # the child exited: sweep up what it left running
-                        sel.unregister(key.fd)
-                        on_exit()
-                    else:
-                        reason = _read_chunk(sel, key, out, err, max_output) or reason
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
+        if child.pidfd is not None:
+            sel.register(child.pidfd, selectors.EVENT_READ, None)
+        while reason is None and any(fd in sel.get_map() for fd in pipes):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = "timeout"
+                break
+            for key, _ in sel.select(remaining):
+                if key.data is None:  # the child exited: sweep up what it left running
+                    sel.unregister(key.fd)
+                    on_exit()
+                else:
+                    reason = _read_chunk(sel, key, out, err, max_output) or reason
     if len(out) > max_output:
         del out[max_output:]
     return bytes(out), bytes(err), reason
@@ -330,16 +607,16 @@ def _read_chunk(sel: Any, key: Any, out: bytearray, err: bytearray, max_output: 
     return None
 
 
-def _finish(proc: Any, sandbox_id: int | None, deadline: float, reason: str | None) -> int | None:
+def _finish(child: Any, sandbox_id: int | None, deadline: float, reason: str | None) -> Any:
     """Wait for the child (unless a limit already fired), clean up, return its status.
 
     The group is killed while the child is still unreaped, so its pid (= process group id)
     cannot have been recycled by an unrelated process. Returns None on a timeout.
     """
-    if reason is None and not _wait_unreaped(proc.pid, deadline):
+    if reason is None and not child.wait_unreaped(deadline):
         reason = "timeout"
-    _kill_everything(proc.pid, sandbox_id)
-    returncode = proc.wait()
+    _kill_everything(child.pid, sandbox_id)
+    returncode = child.reap()
     return None if reason == "timeout" else returncode
 
 
@@ -392,13 +669,25 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 
 def _status_matches(pid: str, uid: str) -> bool:
+    """Whether process ``pid`` is live and has ``uid`` as real, effective or saved uid (read
+    from the first lines of /proc/<pid>/status: this runs for every process, several times a
+    program, so it parses only what it needs)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
-    state = fields.get("State", "").strip()[:1]
-    return state not in ("Z", "X", "") and uid in fields.get("Uid", "").split()[:3]
+    try:
+        text = os.read(fd, 4096)  # State and Uid are on the first lines
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    state_at, uid_at = text.find(b"\nState:"), text.find(b"\nUid:")
+    if state_at < 0 or uid_at < 0:
+        return False
+    state = text[state_at + 7 : state_at + 16].lstrip()[:1]
+    uids = text[uid_at + 5 : text.find(b"\n", uid_at + 1)].split()[:3]
+    return state not in (b"Z", b"X", b"") and uid.encode() in uids
 
 
 def _classify(stdout_b: bytes, stderr_b: bytes, reason: str | None, rc: int | None) -> ExecResult:
@@ -512,17 +801,241 @@ def _remove_tree(path: str) -> None:
 
 
 def _child_main(argv: list[str]) -> None:
-    if len(argv) != 3 or argv[1] != _CHILD_FLAG:
+    if len(argv) == 3 and argv[1] == _SERVER_FLAG:
+        config, pipes = _serve(int(argv[2]))  # returns only in a forked child, once per program
+    elif len(argv) == 3 and argv[1] == _CHILD_FLAG:
+        config, pipes = json.loads(argv[2]), None
+    else:
         os.write(2, b"rlzoo.sandbox: internal child entry point, use run_python()\n")
         os._exit(2)
-    config = json.loads(argv[2])
     try:
+        if pipes is not None:
+            _become_fresh_child(config, *pipes)
         source, layers = _prepare_child(config)
     except BaseException as exc:  # fail closed: no user code runs without its sandbox
         os.write(2, f"{_SETUP_MARK} {type(exc).__name__}: {exc}\n".encode())
         os._exit(_SETUP_EXIT_CODE)
     sys._rlzoo_sandbox_layers = tuple(sorted(layers))  # type: ignore[attr-defined]
-    _run_user_code(source, os.path.join(config["workdir"], _PROGRAM_NAME))
+    filename = os.path.join(config["workdir"], _PROGRAM_NAME)
+    if pipes is None:
+        _run_user_code(source, filename)  # then the interpreter exits the usual way
+    else:
+        _run_user_code_and_exit(source, filename)
+
+
+# The pool server ---------------------------------------------------------------------------
+
+
+def _serve(control_fd: int) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    """The pool server's loop: fork one child per request. Returns only in such a child.
+
+    The server runs no user code and keeps nothing of a request but the child's pid, sandbox
+    uid and reply channel. Each child is reaped only when its caller says "reap" (after it has
+    killed the child's process group and uid), so the pid the caller kills by is never
+    recycled. When the caller goes away (its socket closes), the server kills and reaps every
+    child it still has, and exits.
+    """
+    import array
+    import gc
+    import selectors
+    import socket
+
+    import ctypes  # the children's bootstrap needs both; importing them once here saves time
+    import resource  # noqa: F401
+
+    ctypes.CDLL(None, use_errno=True)
+    server_pid = os.getpid()
+    control = socket.socket(fileno=control_fd)
+    jobs: dict[int, dict[str, Any]] = {}  # by channel fd: pid, sandbox_id, channel, pidfd
+    gc.collect()
+    gc.freeze()  # children then leave the server's objects alone (fewer copied pages)
+    with selectors.DefaultSelector() as sel:
+        sel.register(control, selectors.EVENT_READ, None)
+        control.send(b"ready")
+        while True:
+            for key, _ in sel.select():
+                job = key.data
+                if job is None:
+                    request = _receive_request(control, array, socket)
+                    if request is None:  # the caller closed its end: stop
+                        _stop_all(jobs)
+                        os._exit(0)
+                    if not request:  # malformed: ignored
+                        continue
+                    forked = _fork_job(request, sel, jobs)
+                    if forked is not None:  # in the child: drop everything of the server's
+                        for other in jobs.values():
+                            other["channel"].close()
+                            if other["pidfd"] is not None:
+                                os.close(other["pidfd"])
+                        control.close()
+                        sel.close()
+                        return forked[0], (forked[1], forked[2], server_pid)
+                elif key.fd == job["channel"].fileno():
+                    _on_channel(job, sel, jobs)
+                else:  # the pidfd of a child the caller asked to reap: it has exited now
+                    _reap_job(job, sel, jobs)
+
+
+def _receive_request(control: Any, array: Any, socket: Any) -> Any:
+    """(config, channel, stdout fd, stderr fd) from the caller; None when it has gone, () for
+    a malformed request."""
+    try:
+        data, ancillary, _, _ = control.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
+    except ConnectionError:
+        return None
+    if not data:
+        return None
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        return ()
+    return json.loads(data), socket.socket(fileno=fds[0]), fds[1], fds[2]
+
+
+def _fork_job(request: Any, sel: Any, jobs: dict[int, dict[str, Any]]) -> Any:
+    """Fork a child for one request. In the child: (config, stdout fd, stderr fd)."""
+    import selectors
+
+    config, channel, out_w, err_w = request
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(out_w)
+        os.close(err_w)
+        _send_quietly(channel, f"error {exc.errno}".encode())
+        channel.close()
+        return None
+    if pid == 0:
+        channel.close()
+        return config, out_w, err_w
+    os.close(out_w)
+    os.close(err_w)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    job = {"pid": pid, "sandbox_id": config["sandbox_id"], "channel": channel, "pidfd": pidfd}
+    jobs[channel.fileno()] = job
+    sel.register(channel, selectors.EVENT_READ, job)
+    if not _send_quietly(channel, f"pid {pid}".encode()):
+        _on_channel(job, sel, jobs)  # nobody to report to: kill and reap
+    return None
+
+
+def _on_channel(job: dict[str, Any], sel: Any, jobs: dict[int, dict[str, Any]]) -> None:
+    """The caller said "reap" (it killed everything), or went away (then kill here first)."""
+    import selectors
+
+    try:
+        message = job["channel"].recv(16)
+    except OSError:
+        message = b""
+    sel.unregister(job["channel"])
+    if message != b"reap":
+        _kill_everything(job["pid"], job["sandbox_id"])
+    if job["pidfd"] is not None:  # reap once it has exited (it was SIGKILLed, so soon)
+        sel.register(job["pidfd"], selectors.EVENT_READ, job)
+    else:
+        _reap_job(job, sel, jobs)
+
+
+def _reap_job(job: dict[str, Any], sel: Any, jobs: dict[int, dict[str, Any]]) -> None:
+    _, status = os.waitpid(job["pid"], 0)
+    if job["pidfd"] is not None:
+        sel.unregister(job["pidfd"])
+        os.close(job["pidfd"])
+        job["pidfd"] = None
+    _send_quietly(job["channel"], f"status {os.waitstatus_to_exitcode(status)}".encode())
+    jobs.pop(job["channel"].fileno(), None)
+    job["channel"].close()
+
+
+def _stop_all(jobs: dict[int, dict[str, Any]]) -> None:
+    for job in jobs.values():
+        _kill_everything(job["pid"], job["sandbox_id"])
+    for job in jobs.values():
+        os.waitpid(job["pid"], 0)
+
+
+def _send_quietly(channel: Any, message: bytes) -> bool:
+    import socket
+
+    try:
+        channel.send(message, socket.MSG_NOSIGNAL)
+        return True
+    except OSError:
+        return False
+
+
+def _become_fresh_child(config: dict[str, Any], out_w: int, err_w: int, server_pid: int) -> None:
+    """In a child forked by the server: look like a freshly spawned child before the bootstrap.
+
+    The same session, stdio, fds, environment and working folder a spawned child starts with;
+    the server's other fds (its socket, other programs' channels) are closed here.
+    """
+    os.dup2(err_w, 2)  # first, so that a failure below is reported like any setup failure
+    os.dup2(out_w, 1)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    _close_fds_above_stderr()
+    os.setsid()
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _die_with_parent(libc)
+    if os.getppid() != server_pid:  # the server died before we asked to die with it
+        os._exit(1)
+    os.chdir(config["workdir"])
+    os.environ.clear()
+    os.environ.update(_child_env(config["workdir"]))
+    _fresh_stdio()
+
+
+def _close_fds_above_stderr() -> None:
+    """Close every fd but 0-2: up to the fd limit at once, then any /proc/self/fd still lists."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    os.closerange(3, soft if soft != resource.RLIM_INFINITY else 1 << 20)
+    for name in os.listdir("/proc/self/fd"):  # above a since lowered limit, say
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:  # the listing's own fd, closed by now
+                pass
+
+
+def _die_with_parent(libc: Any) -> None:
+    """PR_SET_PDEATHSIG: a pooled child dies with its parent (so with the server). A uid change
+    clears it, so it is set again after each one."""
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _fresh_stdio() -> None:
+    """New sys.stdin/stdout/stderr over fds 0-2, built the way interpreter start-up builds them
+    (the server's were made for its own fds and may hold its state)."""
+    import io
+
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        old = getattr(sys, f"__{name}__")
+        buffered = io.open(fd, mode + "b", -1, closefd=False)
+        buffered.raw.name = f"<{name}>"
+        stream = io.TextIOWrapper(
+            buffered,
+            encoding=old.encoding,
+            errors=old.errors,
+            newline="\n",
+            line_buffering=old.line_buffering,
+            write_through=old.write_through,
+        )
+        stream.mode = mode
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
 
 
 def _prepare_child(config: dict[str, Any]) -> tuple[str, set[str]]:
@@ -545,6 +1058,8 @@ def _prepare_child(config: dict[str, Any]) -> tuple[str, set[str]]:
     _set_rlimits(config, with_nproc=True)
     os.chdir(workdir)
     layers |= _drop_privileges(ctypes, libc, config, layers)
+    if config["pooled"]:
+        _die_with_parent(libc)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
         layers.add("no_new_privs")
     _neutralise_process_spawning()
@@ -715,6 +1230,8 @@ def _relay(pid: int, ctypes: Any, libc: Any, config: dict[str, Any], layers: set
         for fd in (0, 1):  # only the program's own descendants should hold the pipes
             os.close(fd)
         _drop_privileges(ctypes, libc, config, layers)
+        if config["pooled"]:
+            _die_with_parent(libc)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code < 0:  # killed by a signal: die the same way
@@ -958,6 +1475,72 @@ def _run_user_code(source: str, filename: str) -> None:
         exc = exc.with_traceback(_user_frames(exc.__traceback__))
         sys.excepthook(type(exc), exc, exc.__traceback__)
         raise SystemExit(1) from None
+
+
+def _run_user_code_and_exit(source: str, filename: str) -> None:
+    """Run the program, then end the process as the interpreter would end it (``Py_FinalizeEx``):
+    wait for non-daemon threads, run atexit callbacks, flush stdio (exit code 120 if stdout
+    cannot be), let ``__main__``'s objects go (their ``__del__`` runs), flush again. What it
+    skips is tearing down every module and freeing the heap, which in a child forked from the
+    server would copy every page of the server's memory: about a third of a pooled run's CPU.
+    """
+    try:
+        _run_user_code(source, filename)
+        code = 0
+    except SystemExit as exc:
+        code = _system_exit_code(exc)
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+        flushed = _flush_std_files()
+        main = sys.modules.get("__main__")
+        if main is not None:  # like _PyModule_ClearDict: underscore names first, values to None
+            namespace = main.__dict__
+            for first in (True, False):
+                for name in [k for k in namespace if isinstance(k, str) and k != "__builtins__"]:
+                    if not first or name.startswith("_"):
+                        namespace[name] = None
+        import gc
+
+        gc.collect()  # the server's objects are frozen: this visits the program's only
+        if not (_flush_std_files() and flushed):
+            code = 120
+    finally:
+        os._exit(code & 0xFF)
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    """The exit status the interpreter gives an uncaught SystemExit (printing a non-int code)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code if -(1 << 63) <= code < (1 << 63) else -1
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _flush_std_files() -> bool:
+    """Flush sys.stdout and sys.stderr; False when stdout could not be flushed."""
+    ok = True
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name, None)
+        if stream is None or getattr(stream, "closed", True):
+            continue
+        try:
+            stream.flush()
+        except Exception:
+            if name == "stdout":
+                sys.unraisablehook(sys.UnraisableHookArgs((*sys.exc_info(), None, stream)))
+                ok = False
+    return ok
 
 
 def _user_frames(tb: Any) -> Any:

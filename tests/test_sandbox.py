@@ -4,6 +4,9 @@ Hostile programs are only run with the OS layers that make them safe: the audit 
 fork/kill/writes/sockets first, and the "OS layers alone" variants (audit hook switched off)
 run only where ``sandbox_layers()`` reports the kernel mechanism that contains them. As root
 the kernel ignores RLIMIT_NPROC, so the hook-less fork bomb needs the private-uid layer.
+
+Every test that runs a program runs twice: once with the child forked by the pool server, once
+with a fresh interpreter per program (``sandbox.USE_POOL``); both must give the same results.
 """
 
 from __future__ import annotations
@@ -20,6 +23,26 @@ from rlzoo import sandbox
 from rlzoo.sandbox import ExecResult, run_many, run_python, sandbox_layers
 
 AS_ROOT = os.geteuid() == 0
+# not about how the child is started: run once, on the default path
+PATH_INDEPENDENT = {
+    "test_invalid_limits_are_rejected",
+    "test_audit_hook_policy_in_process",
+    "test_run_many_keeps_order_bounds_concurrency_and_time",  # the thread pool; slow
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function.__name__ not in PATH_INDEPENDENT:
+        metafunc.parametrize("start_path", ["pool", "spawn"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How children are started: forked by the pool server, or spawned one interpreter each."""
+    path = getattr(request, "param", None)
+    if path is not None:
+        monkeypatch.setattr(sandbox, "USE_POOL", path == "pool")
+    return path or ("pool" if sandbox.USE_POOL else "spawn")
 
 
 @pytest.fixture(scope="module")
