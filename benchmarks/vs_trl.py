@@ -1,7 +1,7 @@
 """rlzoo beside TRL, like for like: GRPO and DPO steps at identical shapes, time per phase, peak memory.
 
     python benchmarks/vs_trl.py [--sizes small large] [--algos grpo dpo] [--steps 10] [--warmup 2]
-                                [--rounds 2] [--gc off on] [--out runs/vs_trl] [--max-load 0.5]
+                                [--rounds 2] [--gc off on] [--out runs/vs_trl] [--rlzoo-at DIR]
 
 Everything is built here, nothing is downloaded: a word-level tokenizer (decoding and encoding a
 text gives back the same tokens), two randomly initialised Llama models saved as Hugging Face
@@ -12,8 +12,8 @@ completion). The models' ``generation_config`` suppresses EOS, so every completi
 and prints them.
 
 Configs, each run in its own process (``OMP_NUM_THREADS=--threads``), ``--rounds`` times in
-alternating order, each one waiting for the machine to be idle (1-minute load below
-``--max-load``, up to ``--idle-wait`` seconds) first:
+alternating order, each one waiting for the machine to be idle (less than
+``--max-busy`` of the cores busy, up to ``--idle-wait`` seconds) first:
 
 * GRPO: ``--questions`` prompts x ``--samples`` completions a step, beta 0.04, one optimizer step
   per batch (no pi_old pass), the whole batch in one micro-batch, the sequence-mean token-mean loss
@@ -324,14 +324,29 @@ def spawn(argv: list[str], log: Path, cfg: dict, cwd: Path = ROOT) -> tuple[floa
     return usage.ru_maxrss / 1024, log
 
 
-def wait_for_idle(max_load: float, patience: float) -> float:
-    """Wait until the 1-minute load average is below ``max_load`` (at most ``patience`` s); the load then."""
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Share of all cores busy over the next ``seconds`` (from /proc/stat; 0 where it is missing)."""
+    def ticks():
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = ticks()
+        time.sleep(seconds)
+        total1, idle1 = ticks()
+    except OSError:
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(max_busy: float, patience: float) -> float:
+    """Wait until the cores are less than ``max_busy`` busy (at most ``patience`` s); the share then."""
     deadline = time.monotonic() + patience
-    load = os.getloadavg()[0]
-    while load > max_load and time.monotonic() < deadline:
-        time.sleep(5)
-        load = os.getloadavg()[0]
-    return load
+    busy = cpu_busy()
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -387,7 +402,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=48)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load average below this")
+    p.add_argument("--max-busy", type=float, default=0.1, help="wait until less than this share of the cores is busy")
     p.add_argument("--idle-wait", type=float, default=120.0, help="longest wait for an idle machine, seconds")
     p.add_argument("--out", default="runs/vs_trl")
     p.add_argument("--rlzoo-at", default=None, metavar="DIR",
@@ -413,7 +428,7 @@ def main() -> None:
     results: dict = {}
     for rnd in range(args.rounds):
         for algo, size, impl, gc in configs if rnd % 2 == 0 else configs[::-1]:
-            load = wait_for_idle(args.max_load, args.idle_wait)
+            busy = wait_for_idle(args.max_busy, args.idle_wait)
             cfg = {"algo": algo, "gc": gc, "model": info["models"][size]["path"], "assets": str(out / "assets"),
                    "run_dir": str(out / f"{algo}_{size}_{impl.replace('@', '_at_')}_gc{int(gc)}_r{rnd}"), "steps": args.steps,
                    "warmup": args.warmup, "questions": args.questions, "samples": args.samples,
@@ -423,7 +438,7 @@ def main() -> None:
             res = (run_trl if impl == "trl" else run_rlzoo)(cfg)
             results.setdefault((algo, size, impl, gc), []).append(res)
             print(f"round {rnd} {algo} {size} {impl} gc={'on' if gc else 'off'}: {statistics.median(res['step']):.3f} s/step, "
-                  f"peak {res['peak_rss_mb']:.0f} MiB (load before {load:.2f}, {time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"peak {res['peak_rss_mb']:.0f} MiB (cores {100 * busy:.0f}% busy before, {time.perf_counter() - t0:.0f} s)", flush=True)
     report(results, info, args)
 
 
