@@ -93,6 +93,7 @@ class DPO(NoExtras):
 
     data_source = "offline"
     needs: frozenset[str] = frozenset({"reference"})
+    logprobs_before_prepare = False  # prepare pairs rows by reward: the reference pass runs on the pairs only
     group_coupled = True
     min_samples_per_prompt = 2  # a pair needs a correct and a wrong output of one question
 

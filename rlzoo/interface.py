@@ -201,6 +201,14 @@ class Algorithm(Protocol):
                   (``generation.temperature: 0``) when this is above 1, since the outputs of a
                   question would all be the same
 
+    Optional (read with a default, so an algorithm without it is unchanged):
+
+    logprobs_before_prepare
+                  True (the default): ``ref_logprobs`` and ``old_logprobs`` are filled before
+                  ``prepare``, which may read them (PPO's KL reward). False: ``prepare`` reads
+                  neither, and the runtime fills them after it, for the rows it kept only (DPO
+                  keeps 2 of a question's G samples: the reference pass costs G/2 times less)
+
     :class:`NoExtras` gives ``prepare``, ``extra_loss`` and ``min_samples_per_prompt = 1`` their
     defaults. :func:`check_algorithm` is what ``rlzoo train`` checks of an algorithm before any work.
     """

@@ -93,12 +93,16 @@ def test_shared_prompts_are_used_by_the_runtime_and_skipped_where_they_cannot_be
     calls.clear()
     distinct = _batch(task, tokenizer, 4)  # gold solutions of 4 questions: no prompt is shared
     rt.policy_logprobs(distinct)
+    assert calls == []
     tiny_model.gradient_checkpointing_enable()
     try:
-        rt.policy_logprobs(batch)  # checkpointing runs without a cache: the full pass
+        rt.policy_logprobs(batch)  # no grad: nothing is recomputed, the cache is kept
+        assert calls == [6]
+        with torch.enable_grad():
+            rt.logprobs(batch)  # a checkpointed training pass runs without a cache: the full pass
+        assert calls == [6]
     finally:
         tiny_model.gradient_checkpointing_disable()
-    assert calls == []
 
 
 def test_completion_mask_stops_after_eos_and_at_the_generated_length():

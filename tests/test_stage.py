@@ -157,3 +157,22 @@ def test_a_stage_after_a_stage_holds_no_earlier_optimizer_and_unscales_once(tmp_
     assert sum(type(o) is torch.optim.AdamW for o in gc.get_objects()) == before
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/policy" in r] == [1, 2, 1, 2, 3]
+
+
+def test_dpo_scores_only_its_pairs_with_the_reference_and_its_first_step_is_the_early_passs():
+    # DPO's prepare keeps 2 of a question's samples and reads no log-prob, so the reference pass
+    # runs after it, on the pairs; the step equals one whose reference saw every sample first
+    overrides = ["grpo.algorithm=dpo", "grpo.data.samples_per_prompt=4", "grpo.data.pool_prompts=4",
+                 "grpo.optim.micro_batch_size=4", "grpo.optim.lr=1e-2"]
+    rows_seen, weights = [], []
+    for before in (False, True):
+        st = make_stage(*overrides)
+        st.algorithm.logprobs_before_prepare = before
+        reference = st.rt.reference_logprobs
+        st.rt.reference_logprobs = lambda batch: rows_seen.append(len(batch)) or reference(batch)
+        metrics = train_step(st)
+        assert metrics["train/num_sequences"] > 0
+        weights.append(torch.cat([p.detach().flatten() for p in st.rt.policy.parameters()]))
+    assert rows_seen[0] < rows_seen[1] == 8  # the pairs only, then all 2 x 4 samples of the step
+    assert rows_seen[0] == metrics["train/num_sequences"]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)

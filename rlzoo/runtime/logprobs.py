@@ -66,15 +66,19 @@ def token_logprobs(
     row), so the G samples of a question pay for their prompt once, in the forward and, under
     autograd, in the backward (its gradient is the sum over the rows, as it is when every row runs
     the prompt itself). Equal to the full pass up to floating-point rounding. Without sharing (every
-    prefix distinct) or under gradient checkpointing (which runs without a cache) the full pass runs.
+    prefix distinct), or with grad under gradient checkpointing (which runs without a cache), the
+    full pass runs.
     """
     n, t = input_ids.shape
     p = prefix_len
-    if 1 < p < t and not _checkpointed(model) and bool(attention_mask[:, p - 1].all()):
+    checkpointed = torch.is_grad_enabled() and _checkpointed(model)  # recomputed in backward: no cache to hand on
+    if 1 < p < t and not checkpointed and bool(attention_mask[:, p - 1].all()):
         head = torch.cat([input_ids[:, :p], attention_mask[:, :p].to(input_ids.dtype)], dim=1)  # [N, 2P]
         unique, rows = torch.unique(head, dim=0, return_inverse=True)  # [U, 2P], [N]
         if len(unique) < n:
-            return _shared_prefix_logprobs(model, input_ids, attention_mask, unique, rows, chunk_size, temperature)
+            logp = _shared_prefix_logprobs(model, input_ids, attention_mask, unique, rows, chunk_size, temperature)
+            if logp is not None:
+                return logp
     position_ids = position_ids_from_mask(attention_mask)  # [N, T]
     targets = input_ids[:, 1:]  # [N, T-1]
     if chunk_size <= 0:
@@ -115,7 +119,7 @@ def _head_logprobs(model: torch.nn.Module, hidden: Tensor, targets: Tensor, chun
 
 
 def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, prefixes: Tensor,
-                            rows: Tensor, chunk_size: int, temperature: float) -> Tensor:
+                            rows: Tensor, chunk_size: int, temperature: float) -> Tensor | None:
     """[N, T] log-probs of columns P.. (0 before) with each of the U distinct ``prefixes`` (their
     ids then their mask, [U, 2P]) run once; ``rows`` [N] is the prefix of each row."""
     t = input_ids.shape[1]
@@ -132,12 +136,16 @@ def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention
     if chunk_size <= 0:
         out = model(**first, logits_to_keep=1)
         cache = _cache_of(out)
+        if cache is None:  # a model (or transformers version) that gave no cache: the caller runs the full pass
+            return None
         cache.batch_select_indices(rows)  # every row gets its prefix's keys and values
         logits = torch.cat([out.logits[:, -1:][rows], model(**rest, **{key: cache}).logits[:, :-1]], dim=1)  # [N, T-P, V]
         logp = _logits_logprobs(logits, targets, temperature)  # [N, T-P]
     else:
         out = body(**first)
         cache = _cache_of(out)
+        if cache is None:
+            return None
         cache.batch_select_indices(rows)
         hidden = torch.cat([out.last_hidden_state[:, -1:][rows], body(**rest, **{key: cache}).last_hidden_state[:, :-1]],
                            dim=1)  # [N, T-P, H]: the states before tokens P..T-1

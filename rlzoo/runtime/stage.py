@@ -334,6 +334,21 @@ def replica_divergence(dist: Dist, models: list[torch.nn.Module]) -> float:
     return float((everyone - everyone[0]).abs().max())
 
 
+def logprob_passes(st: Stage, batch: RolloutBatch, local: dict[str, float]) -> None:
+    """The no-grad log-prob passes the algorithm needs, into ``batch``: the reference's, and pi_old
+    when the batch is used for more than one update (every process takes part, rows or not)."""
+    algo, rt = st.algorithm, st.rt
+    with timed(local, "time/reference"), rt.gathered(rt.policy if rt.reference_is_base else rt.reference):
+        if "reference" in algo.needs:
+            batch.ref_logprobs = rt.reference_logprobs(batch)  # [N, T]
+    with timed(local, "time/old_logprobs"), rt.gathered(rt.policy, rt.value_model):
+        ocfg = st.cfg.optim
+        used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
+        if "old_logprobs" in algo.needs and not used_once:
+            batch.old_logprobs = rt.policy_logprobs(batch)  # [N, T]: the sampling policy
+        # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
+
+
 def train_step(st: Stage) -> dict[str, float]:
     """One step of the stage (its ``st.step + 1``-th); returns its metrics, the same on every rank."""
     algo, rt, dist = st.algorithm, st.rt, st.dist
@@ -346,18 +361,14 @@ def train_step(st: Stage) -> dict[str, float]:
     rows = float(len(batch))
     shared = reward_statistics(dist, batch)
     local["time/data"] = time.perf_counter() - t0 - source_metrics.get("time/generate", 0.0) - source_metrics.get("time/reward", 0.0)
-    with timed(local, "time/reference"), rt.gathered(rt.policy if rt.reference_is_base else rt.reference):
-        if "reference" in algo.needs:
-            batch.ref_logprobs = rt.reference_logprobs(batch)  # 2. reference [N, T]
-    with rt.gathered(rt.policy, rt.value_model):
-        with timed(local, "time/old_logprobs"):
-            ocfg = st.cfg.optim
-            used_once = ocfg.updates_per_batch == 1 and ocfg.minibatches == 1
-            if "old_logprobs" in algo.needs and not used_once:
-                batch.old_logprobs = rt.policy_logprobs(batch)  # 3. pi_old [N, T]: the sampling policy
-            # a batch used for one update only: pi_old is the training pass's own log-probs (ratio exactly 1), no extra pass
-        with timed(local, "time/prepare"):
-            batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
+    # an algorithm whose prepare reads no log-prob gets them after it, for the rows it kept (DPO's pairs)
+    late = not getattr(algo, "logprobs_before_prepare", True)
+    if not late:
+        logprob_passes(st, batch, local)  # 2. reference, 3. pi_old
+    with rt.gathered(rt.policy, rt.value_model), timed(local, "time/prepare"):
+        batch, prep_metrics = algo.prepare(batch, rt)  # 4. advantages, pairs, filtering
+    if late:
+        logprob_passes(st, batch, local)
     reducer = MetricsReducer()
     if rows:
         reducer.add({**source_metrics, **prep_metrics}, rows)
