@@ -26,8 +26,10 @@ alternating order, each one waiting for the machine to be idle (less than
 
 Printed per config: median s/step over the steps after ``--warmup`` (and the spread over rounds),
 the median seconds of each phase (generate, reward, reference, policy forward, backward,
-optimizer), peak RSS of the process (``wait4``; on a GPU the CUDA peak is not measured here), and
-the TRL/rlzoo ratios for GC off vs off and on vs on. Without TRL installed (``pip install -e
+optimizer), generated tokens per second of generation, peak RSS of the process (``wait4``) and,
+with ``--device cuda``, the CUDA peak (max allocated), and the TRL/rlzoo ratios for GC off vs off
+and on vs on. On a GPU: ``--sizes model --model smollm2 --algos grpo --device cuda --bf16`` (any
+Hugging Face folder works as ``--model``; scripts/gpu_check.sh runs this). Without TRL installed (``pip install -e
 '.[bench]'``) only rlzoo is measured. ``--only rlzoo`` does the same on purpose, and is the step
 profile of rlzoo at any shape (``--questions``, ``--samples``, ``--prompt-tokens``, ``--new-tokens``).
 ``--rlzoo-at DIR`` adds the rlzoo of another checkout (with its own ``.venv``, if it has one) to the
@@ -76,7 +78,7 @@ def build_assets(out: Path, args) -> dict:
     assets = out / "assets"
     done = assets / "assets.json"
     key = {"sizes": sorted(args.sizes), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-           "rows": args.questions * (args.steps + args.warmup) * 2}
+           "rows": args.questions * (args.steps + args.warmup) * 2, "model": args.model}
     if done.is_file() and json.loads(done.read_text())["key"] == key:
         return json.loads(done.read_text())
     import random
@@ -96,7 +98,7 @@ def build_assets(out: Path, args) -> dict:
     sample = "w1 w22 w333"
     assert tokenizer.decode(tokenizer(sample)["input_ids"]) == sample, "the tokenizer must round-trip"
     info = {"key": key, "models": {}}
-    for size in args.sizes:
+    for size in [x for x in args.sizes if x in SIZES]:
         hidden, inter, layers, heads = SIZES[size]
         torch.manual_seed(0)
         cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -110,6 +112,15 @@ def build_assets(out: Path, args) -> dict:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         info["models"][size] = {"path": str(folder), "params": sum(p.numel() for p in model.parameters())}
+    if args.model:  # a real model (a folder, or smollm2), saved as a plain folder both libraries read
+        from rlzoo.runtime.models import load_pretrained, resolve_model
+
+        model, real_tokenizer = load_pretrained(*resolve_model(args.model))
+        model.generation_config.suppress_tokens = [real_tokenizer.eos_token_id]
+        folder = assets / "model"
+        model.save_pretrained(folder)
+        real_tokenizer.save_pretrained(folder)
+        info["models"]["model"] = {"path": str(folder), "params": sum(p.numel() for p in model.parameters())}
     rng = random.Random(0)
     text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
     rows = key["rows"]
@@ -149,6 +160,7 @@ def rlzoo_config(cfg: dict) -> dict:
         "task": {"name": "dataset", "dataset": {"train": f"{a}/prompts.jsonl", "eval": f"{a}/heldout.jsonl",
                                                  "template": None}},
         "model": {"path": cfg["model"], "gradient_checkpointing": cfg["gc"], "logprob_chunk_size": 0},
+        "mixed_precision": "bf16" if cfg["bf16"] else "no",
         "eval": {"samples": 0, "ks": [], "max_new_tokens": 4, "num_examples": 1},
         "logging": {"progress": False},
         "stages": {cfg["algo"]: stage},
@@ -173,6 +185,8 @@ def run_rlzoo(cfg: dict) -> dict:
     tokens = [r["data/sample_tokens"] / max(r["data/samples"], 1) for r in steps if r.get("data/samples")]
     out = {"step": [r["time/step"] for r in steps], "phases": phases, "peak_rss_mb": rss,
            "sequences": [r["train/num_sequences"] for r in steps]}
+    if cfg["device"] == "cuda":  # the stage's CUDA peak (max allocated)
+        out["peak_gpu_mb"] = json.loads((run_dir / "summary.json").read_text())["stages"][0]["peak_memory_mb"]
     if cfg["algo"] == "grpo":
         out["completion_tokens"] = statistics.fmean(tokens) if tokens else float("nan")
     return out
@@ -247,7 +261,7 @@ def run_trl_child(cfg: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
     common = dict(output_dir=cfg["run_dir"], max_steps=steps, learning_rate=1e-6, lr_scheduler_type="constant",
-                  gradient_checkpointing=cfg["gc"], bf16=False, use_cpu=True, report_to=[], logging_steps=1,
+                  gradient_checkpointing=cfg["gc"], bf16=cfg["bf16"], use_cpu=cfg["device"] == "cpu", report_to=[], logging_steps=1,
                   save_strategy="no", dataloader_num_workers=0, seed=0, disable_tqdm=True, max_grad_norm=1.0)
     q = cfg["questions"]
     if cfg["algo"] == "grpo":
@@ -286,6 +300,8 @@ def run_trl_child(cfg: dict) -> None:
     result["phases"]["train"] = [s["forward"] + s["backward"] + s["optimizer"] for s in kept]
     if lengths:
         result["completion_tokens"] = statistics.fmean(lengths[cfg["warmup"]:] or lengths)
+    if cfg["device"] == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(cfg["result"]).write_text(json.dumps(result))
 
 
@@ -357,8 +373,9 @@ def report(results: dict, info: dict, args) -> None:
     print(f"\n{args.questions} questions x {args.samples} samples (GRPO) or {args.questions} pairs (DPO), "
           f"prompts {args.prompt_tokens} tokens, completions {args.new_tokens} tokens, fp32, {args.threads} threads; "
           f"median of {args.steps} steps after {args.warmup} warm-up, {args.rounds} round(s)\n")
-    print("| config | impl | GC | s/step (rounds) | " + " | ".join(COLUMNS) + " | sequences | completion tokens | peak RSS MiB |")
-    print("|---|---|---|---|" + "---:|" * len(COLUMNS) + "---:|---:|---:|")
+    print("| config | impl | GC | s/step (rounds) | " + " | ".join(COLUMNS)
+          + " | sequences | completion tokens | generated tokens/s | peak RSS MiB | peak GPU MiB |")
+    print("|---|---|---|---|" + "---:|" * len(COLUMNS) + "---:|---:|---:|---:|---:|")
     medians = {}
     for (algo, size, impl, gc), runs in sorted(results.items()):
         per_round = [statistics.median(r["step"]) for r in runs]
@@ -368,10 +385,12 @@ def report(results: dict, info: dict, args) -> None:
         tokens = statistics.fmean(r.get("completion_tokens", float("nan")) for r in runs)
         seqs = statistics.fmean(x for r in runs for x in r["sequences"])
         rss = max(r["peak_rss_mb"] for r in runs)
+        gpu = max(r.get("peak_gpu_mb", float("nan")) for r in runs)
+        rate = seqs * tokens / ph[0] if ph[0] and ph[0] == ph[0] else float("nan")  # generated tokens / generate seconds
         params = info["models"][size]["params"] / 1e6
         print(f"| {algo} {size} ({params:.1f}M) | {impl} | {'on' if gc else 'off'} | {med:.3f} "
               f"({', '.join(f'{x:.3f}' for x in per_round)}) | " + " | ".join(fmt(x) for x in ph)
-              + f" | {seqs:.1f} | {fmt(tokens, 1)} | {rss:.0f} |")
+              + f" | {seqs:.1f} | {fmt(tokens, 1)} | {fmt(rate, 0)} | {rss:.0f} | {fmt(gpu, 0)} |")
     others = sorted({impl for (_, _, impl, _) in medians if impl != "rlzoo"})
     if not others:
         return
@@ -390,7 +409,11 @@ def report(results: dict, info: dict, args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["small", "large"], choices=sorted(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["small", "large"], choices=[*sorted(SIZES), "model"],
+                   help="'model': the --model folder")
+    p.add_argument("--model", default=None, help="a Hugging Face folder or smollm2 (GRPO only: its tokenizer is not word-level)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in both libraries (a GPU run)")
     p.add_argument("--algos", nargs="+", default=["grpo", "dpo"], choices=["grpo", "dpo"])
     p.add_argument("--gc", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--only", choices=["rlzoo", "trl"], default=None, help="measure one library only")
@@ -419,6 +442,10 @@ def main() -> None:
             raise SystemExit("TRL is not installed: pip install -e '.[bench]'")
         print("TRL is not installed (pip install -e '.[bench]'): measuring rlzoo alone")
         impls = ["rlzoo"]
+    if ("model" in args.sizes) != bool(args.model):
+        raise SystemExit("--model and --sizes model go together")
+    if args.model and "dpo" in args.algos:
+        raise SystemExit("--model: GRPO only (DPO's pairs are written as words of the benchmark's own tokenizer)")
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     info = build_assets(out, args)
@@ -432,7 +459,7 @@ def main() -> None:
             cfg = {"algo": algo, "gc": gc, "model": info["models"][size]["path"], "assets": str(out / "assets"),
                    "run_dir": str(out / f"{algo}_{size}_{impl.replace('@', '_at_')}_gc{int(gc)}_r{rnd}"), "steps": args.steps,
                    "warmup": args.warmup, "questions": args.questions, "samples": args.samples,
-                   "new_tokens": args.new_tokens, "threads": args.threads,
+                   "new_tokens": args.new_tokens, "threads": args.threads, "device": args.device, "bf16": args.bf16,
                    "checkout": str(Path(args.rlzoo_at).resolve()) if impl.startswith("rlzoo@") else None}
             t0 = time.perf_counter()
             res = (run_trl if impl == "trl" else run_rlzoo)(cfg)

@@ -2,7 +2,8 @@
 # Every GPU check of rlzoo in one command, for a lent GPU machine (the device tool) or your own:
 #   the gpu-marked tests (bf16 path, fp16 over two stages, sampling log-probs, GRPO vs PPO memory),
 #   the memory benchmark's table, a two-stage run (SFT then GRPO) with its step times, and the same
-#   two stages, shorter, sharded with FSDP2 (parallel=fsdp, NCCL) against the plain run.
+#   two stages, shorter, sharded with FSDP2 (parallel=fsdp, NCCL) against the plain run, and rlzoo
+#   beside TRL (GRPO on SmolLM2-135M in bf16: step time, phases, generated tokens/s, CUDA peak).
 # It prints the figures; docs/distributed.md records them with the card's name.
 #
 # On a machine where rlzoo is installed (bash scripts/setup.sh) it uses .venv. On the device
@@ -57,4 +58,7 @@ for stage in ("sft", "grpo"):
 for d in sys.argv[1:3]:
     print([(s["name"], s["wall_seconds"], s["peak_memory_mb"]) for s in json.load(open(f"{d}/summary.json"))["stages"]])
 PY
+echo "== rlzoo beside TRL on the GPU: SmolLM2-135M, bf16, GRPO 8 x 8 x 32 tokens (benchmarks/vs_trl.py)"
+$PY benchmarks/vs_trl.py --sizes model --model smollm2 --algos grpo --device cuda --bf16 --rounds 1 --steps 5 \
+    --warmup 2 --max-busy 1 --out /tmp/vs_trl_gpu || status=1
 exit $status

@@ -132,10 +132,10 @@ def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention
                 cache_position=torch.arange(p, t, device=input_ids.device))
     targets = input_ids[:, p:]  # [N, T-P]
     body = backbone(model)
-    key = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"  # transformers 5.x / 4.x
+    key = cache_keyword(body)
     if chunk_size <= 0:
         out = model(**first, logits_to_keep=1)
-        cache = _cache_of(out)
+        cache = cache_of(out)
         if cache is None:  # a model (or transformers version) that gave no cache: the caller runs the full pass
             return None
         cache.batch_select_indices(rows)  # every row gets its prefix's keys and values
@@ -143,7 +143,7 @@ def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention
         logp = _logits_logprobs(logits, targets, temperature)  # [N, T-P]
     else:
         out = body(**first)
-        cache = _cache_of(out)
+        cache = cache_of(out)
         if cache is None:
             return None
         cache.batch_select_indices(rows)
@@ -153,9 +153,13 @@ def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention
     return F.pad(logp, (p, 0))  # [N, T]
 
 
+def cache_keyword(body: torch.nn.Module) -> str:
+    """The keyword a model's forward takes a KV cache by: ``cache`` (transformers 5) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
-def _cache_of(out):
-    """The KV cache a forward returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+
+def cache_of(out):
+    """The KV cache a forward returned (``cache`` in transformers 5, ``past_key_values`` before), or None."""
     cache = out.get("cache")
     return out.get("past_key_values") if cache is None else cache
 
