@@ -45,6 +45,7 @@ the optimizer's ``step``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -203,21 +204,25 @@ class Phases:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.depth = 0
 
-    def wrap(self, obj, attr: str, phase: str) -> None:
-        inner = getattr(obj, attr)
+    def timed(self, fn, phase: str):
+        """``fn`` with its seconds added to ``phase`` (unless a timed call is already running)."""
 
-        def timed(*a, **k):
+        @functools.wraps(fn)
+        def run(*a, **k):
             if self.depth:
-                return inner(*a, **k)
+                return fn(*a, **k)
             self.depth += 1
             t0 = time.perf_counter()
             try:
-                return inner(*a, **k)
+                return fn(*a, **k)
             finally:
                 self.seconds[phase] += time.perf_counter() - t0
                 self.depth -= 1
 
-        setattr(obj, attr, timed)
+        return run
+
+    def wrap(self, obj, attr: str, phase: str) -> None:
+        setattr(obj, attr, self.timed(getattr(obj, attr), phase))
 
     def take(self) -> dict[str, float]:
         out, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)
@@ -255,9 +260,6 @@ def run_trl_child(cfg: dict) -> None:
             if logs and "completions/mean_length" in logs:
                 lengths.append(logs["completions/mean_length"])
 
-    def reward(completions, **kw):
-        return coin(completions, **kw)
-
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
     common = dict(output_dir=cfg["run_dir"], max_steps=steps, learning_rate=1e-6, lr_scheduler_type="constant",
@@ -270,10 +272,10 @@ def run_trl_child(cfg: dict) -> None:
                               beta=0.04, epsilon=0.2, loss_type="grpo", temperature=1.0, top_p=1.0, top_k=0,
                               generation_kwargs={"suppress_tokens": [tokenizer.eos_token_id]}, shuffle_dataset=False)
         data = load_dataset("json", data_files=f"{a}/prompts.jsonl", split="train")
-        trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=coin, args=args, train_dataset=data,
                                   processing_class=tokenizer, callbacks=[Clock()])
         phases.wrap(trainer.model, "generate", "generate")
-        trainer.reward_funcs[0] = _timed_fn(phases, trainer.reward_funcs[0], "reward")
+        trainer.reward_funcs[0] = phases.timed(trainer.reward_funcs[0], "reward")
     else:
         args = trl.DPOConfig(**common, per_device_train_batch_size=q, beta=0.1, loss_type=["sigmoid"], max_length=None,
                              precompute_ref_log_probs=False)
@@ -303,15 +305,6 @@ def run_trl_child(cfg: dict) -> None:
     if cfg["device"] == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(cfg["result"]).write_text(json.dumps(result))
-
-
-def _timed_fn(phases: Phases, fn, phase: str):
-    holder = type("Holder", (), {})()
-    holder.fn = fn
-    phases.wrap(holder, "fn", phase)
-    wrapped = holder.fn
-    wrapped.__name__ = getattr(fn, "__name__", "reward")
-    return wrapped
 
 
 def run_trl(cfg: dict) -> dict:

@@ -121,36 +121,38 @@ def _head_logprobs(model: torch.nn.Module, hidden: Tensor, targets: Tensor, chun
 def _shared_prefix_logprobs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, prefixes: Tensor,
                             rows: Tensor, chunk_size: int, temperature: float) -> Tensor | None:
     """[N, T] log-probs of columns P.. (0 before) with each of the U distinct ``prefixes`` (their
-    ids then their mask, [U, 2P]) run once; ``rows`` [N] is the prefix of each row."""
+    ids then their mask, [U, 2P]) run once; ``rows`` [N] is the prefix of each row. None when the
+    model gave no cache (the caller then runs the full pass)."""
     t = input_ids.shape[1]
     p = prefixes.shape[1] // 2
+    plain = chunk_size <= 0  # the whole LM and its logits, else the backbone and the chunked head
+    runner = model if plain else backbone(model)
+    out, cache = prefix_forward(runner, prefixes[:, :p], prefixes[:, p:].to(attention_mask.dtype),
+                                **({"logits_to_keep": 1} if plain else {}))
+    if cache is None:
+        return None
+    cache.batch_select_indices(rows)  # every row gets its prefix's keys and values
     position_ids = position_ids_from_mask(attention_mask)  # [N, T]
-    prefix_mask = prefixes[:, p:].to(attention_mask.dtype)  # [U, P]
-    first = dict(input_ids=prefixes[:, :p], attention_mask=prefix_mask, position_ids=position_ids_from_mask(prefix_mask),
-                 use_cache=True)
-    rest = dict(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=position_ids[:, p:], use_cache=True,
-                cache_position=torch.arange(p, t, device=input_ids.device))
+    rest = runner(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=position_ids[:, p:],
+                  use_cache=True, cache_position=torch.arange(p, t, device=input_ids.device),
+                  **{cache_keyword(backbone(model)): cache})
     targets = input_ids[:, p:]  # [N, T-P]
-    body = backbone(model)
-    key = cache_keyword(body)
-    if chunk_size <= 0:
-        out = model(**first, logits_to_keep=1)
-        cache = cache_of(out)
-        if cache is None:  # a model (or transformers version) that gave no cache: the caller runs the full pass
-            return None
-        cache.batch_select_indices(rows)  # every row gets its prefix's keys and values
-        logits = torch.cat([out.logits[:, -1:][rows], model(**rest, **{key: cache}).logits[:, :-1]], dim=1)  # [N, T-P, V]
+    if plain:
+        logits = torch.cat([out.logits[:, -1:][rows], rest.logits[:, :-1]], dim=1)  # [N, T-P, V]
         logp = _logits_logprobs(logits, targets, temperature)  # [N, T-P]
     else:
-        out = body(**first)
-        cache = cache_of(out)
-        if cache is None:
-            return None
-        cache.batch_select_indices(rows)
-        hidden = torch.cat([out.last_hidden_state[:, -1:][rows], body(**rest, **{key: cache}).last_hidden_state[:, :-1]],
+        hidden = torch.cat([out.last_hidden_state[:, -1:][rows], rest.last_hidden_state[:, :-1]],
                            dim=1)  # [N, T-P, H]: the states before tokens P..T-1
         logp = _head_logprobs(model, hidden, targets, chunk_size, temperature)  # [N, T-P]
     return F.pad(logp, (p, 0))  # [N, T]
+
+
+def prefix_forward(runner: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, **kwargs):
+    """(output, KV cache or None) of a cached forward of left-padded prefixes through ``runner``
+    (a causal LM or its backbone): what the shared-prompt pass and generation's prefill start from."""
+    out = runner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                 use_cache=True, **kwargs)
+    return out, cache_of(out)
 
 
 def cache_keyword(body: torch.nn.Module) -> str:

@@ -154,12 +154,10 @@ def _prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     and repeated ``copies`` times (the rows ``generate`` will run), so that the prefill of the G
     samples of a prompt is one forward, not G. ``generate`` then runs the last prompt token and
     samples on; the tokens are those of the full prefill (the logits agree up to rounding)."""
-    from rlzoo.runtime.logprobs import backbone, cache_keyword, cache_of, position_ids_from_mask
+    from rlzoo.runtime.logprobs import backbone, cache_keyword, prefix_forward
 
     body = backbone(model)
-    head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]  # [P, start - 1]
-    cache = cache_of(body(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids_from_mask(head_mask),
-                          use_cache=True))
+    _, cache = prefix_forward(body, input_ids[:, :-1], attention_mask[:, :-1])  # [P, start - 1] each
     if cache is None:  # a model that gave no cache: generate prefills every row itself
         return {}
     cache.batch_repeat_interleave(copies)

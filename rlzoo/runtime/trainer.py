@@ -67,7 +67,7 @@ class Runtime:
         once for the rows that share it (:func:`~rlzoo.runtime.logprobs.token_logprobs`)."""
         model = self.policy if model is None else model
         lo, hi = _real_columns(batch.attention_mask)
-        prefix = _first_trained_column(batch.loss_mask) - lo
+        prefix = _real_columns(batch.loss_mask)[0] - lo  # the first column any row trains on (0: none does)
         logp = model(batch.input_ids[:, lo:hi], batch.attention_mask[:, lo:hi], batch.temperature, max(prefix, 0))  # [N, hi - lo]
         return torch.nn.functional.pad(logp, (lo, batch.input_ids.shape[1] - hi))  # [N, T]
 
@@ -150,17 +150,12 @@ def timed(metrics: dict[str, float], key: str):
 
 
 def _real_columns(attention_mask: torch.Tensor) -> tuple[int, int]:
-    """[lo, hi): the columns where some row has a real token (outside, every row is padding)."""
+    """[lo, hi): the columns where some row has a real token (outside, every row is padding); of a
+    loss mask, where some row has a trained token. (0, T) when no row has any."""
     any_real = attention_mask.bool().any(0).nonzero().squeeze(-1)  # [T']
     if len(any_real) == 0:
         return 0, attention_mask.shape[1]
     return int(any_real[0]), int(any_real[-1]) + 1
-
-
-def _first_trained_column(loss_mask: torch.Tensor) -> int:
-    """The first column where some row has a trained token (0 when none has)."""
-    trained = loss_mask.bool().any(0).nonzero().squeeze(-1)  # [T']
-    return int(trained[0]) if len(trained) else 0
 
 
 def split_rows(batch: RolloutBatch, size: int) -> list[RolloutBatch]:
