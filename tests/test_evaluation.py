@@ -74,3 +74,13 @@ def test_maj_at_k_votes_on_what_the_reward_grades_and_greedy_events_are_reported
     assert out["format_pot_frac"] == 1.0 and out["format_cot_frac"] == 0.0
     samples[:] = [prog("1 + 2"), prog("2 + 3"), prog("6 - 3"), " 2 + 3 = 5. The answer is \\boxed{5}."]
     assert evaluation.evaluate(None, None, [ex], make_reward("any_format"), samples=4, ks=[4])["maj@4"] == 0.0  # 3, 5, 3, 5: 3 first
+
+
+def test_shown_metrics_leaves_out_every_sets_problem_count():
+    """A problem count is not a metric: the main set's and each extra set's are left out of tables
+    (the summary table once showed ``shifted/num_examples`` as 10000.0, a count read as a share)."""
+    from rlzoo.run.evaluation import shown_metrics
+
+    evals = [{"accuracy": 0.5, "num_examples": 200, "shifted/accuracy": 0.25, "shifted/num_examples": 100,
+              "format_tir_frac": 0.0, "shifted/format_cot_frac": 1.0}]
+    assert shown_metrics(evals) == ["accuracy", "shifted/accuracy", "shifted/format_cot_frac"]

@@ -153,10 +153,11 @@ def maj_at_k(groups: list[int | None], correct: list[bool], k: int) -> float:
 def shown_metrics(evals: list[dict]) -> list[str]:
     """The metric names a table of these evaluation results shows, in order.
 
-    ``num_examples`` is left out, and so is every reward-event share (``*_frac``) that is zero in
-    all of them (``format_tir_frac`` when no answer was tool-integrated).
+    ``num_examples`` (of the main set and of each ``eval.sets`` entry, ``<set>/num_examples``) is left
+    out, and so is every reward-event share (``*_frac``) that is zero in all of them
+    (``format_tir_frac`` when no answer was tool-integrated).
     """
-    keys = list(dict.fromkeys(k for e in evals for k in e if k != "num_examples"))
+    keys = list(dict.fromkeys(k for e in evals for k in e if k.rpartition("/")[2] != "num_examples"))
     return [k for k in keys if not k.endswith("_frac") or any(e.get(k) for e in evals)]
 
 
