@@ -467,11 +467,13 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
                                                 for r in ok]  # every iteration of iterative RL
         wall = _mean_std([b["wall_seconds"] for b in spent], digits=0)
         mem = _mean_std([b["peak_memory_mb"] for b in spent], digits=0)
-        failed = len(runs) - len(ok)
+        unrun = sum(r["error"].startswith("not run") for r in runs if "error" in r)  # --report-only: not finished yet
+        failed = len(runs) - len(ok) - unrun
         own = next((list(e.seeds) for e in cfg.compare.entries if (e.label or e.algorithm) == label and e.seeds), None)
-        note = ", ".join(([f"seeds {own}"] if own else []) + ([f"{failed} failed"] if failed else []))
+        note = ", ".join(([f"seeds {own}"] if own else []) + ([f"{failed} failed"] if failed else [])
+                         + ([f"{unrun} of {len(runs)} seeds not run"] if unrun else []))
         lines.append(f"| {label}{f' ({note})' if note else ''} | " + " | ".join(cells) + f" | {wall} | {mem} |")
-    errors = [(label, r["error"]) for label, runs in results.items() for r in runs if "error" in r]
+    errors = [(label, r["error"]) for label, runs in results.items() for r in runs if "error" in r and not r["error"].startswith("not run")]
     if errors:
         lines += ["", "Failed runs:", ""] + [f"- {label}: {err}" for label, err in errors]
     if sets:
