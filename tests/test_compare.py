@@ -49,7 +49,8 @@ def test_claims_state_agreement_by_the_rule_from_numbers():
     results = {"rft": [run(0.55, 0.8, 0.62), run(0.55, 0.8, 0.62)],
                "online_rft": [run(0.60, 0.79, 0.66), run(0.62, 0.79, 0.66)],
                "grpo": [run(0.58, 0.81, 0.70, 0.3), run(0.60, 0.81, 0.70, 0.3)],
-               "ppo": [run(0.59, 0.8, 0.6), run(0.63, 0.8, 0.6)]}
+               "ppo": [run(0.59, 0.8, 0.6), run(0.63, 0.8, 0.6)],
+               "grpo_random": [run(0.5, 0.70, 0.58), run(0.5, 0.74, 0.64)]}
     budgets = {"grpo": [{"peak_memory_mb": 900.0}] * 2, "ppo": [{"peak_memory_mb": 1500.0}, {"peak_memory_mb": 1700.0}]}
     text = "\n".join(claims(sft, results, budgets, {}, ["shifted"]))
     # online_rft - rft = 0.61 - 0.55 = +6 points; se = sqrt(0.0002 / 2 + 0) = 0.01, 2 s.e. = 2 points
@@ -64,6 +65,10 @@ def test_claims_state_agreement_by_the_rule_from_numbers():
     assert "(grpo over SFT at K=8): maj@8 +10.0, pass@8 +1.0 points; the difference +9.0, 2 s.e. 0.0: agrees." in text
     # Maj@K falling is never "RL raises Maj@K"
     assert "(ppo over SFT at K=8): maj@8 +0.0, pass@8 +0.0 points; the difference +0.0, 2 s.e. 0.0: does not agree (Maj@K does not rise)." in text
+    # Pass@K falling while Maj@K moves within its spread (-2, +4: +1 +- 3 s.e.) is not "RL raises Maj@K",
+    # although the difference (+8, +10) is beyond its own spread
+    assert ("(grpo_random over SFT at K=8): maj@8 +1.0, pass@8 -8.0 points; the difference +9.0, 2 s.e. 2.0: "
+            "within the seed spread (Maj@K does not clearly rise).") in text
     assert "on `shifted`** (greedy accuracy on shifted): +10.0 points, 2 s.e. 0.0: agrees." in text
     assert "grpo_prm" not in text  # an entry that did not run: its claims are left out
 
