@@ -105,12 +105,15 @@ def _finished_stages(config: DictConfig, run_dir: Path) -> list[dict[str, Any]] 
     return stages if len(stages) == len(expand_iterative(config).stages) else None
 
 
+NOT_RUN = "not run (rlzoo compare --report-only: no finished run of this config)"  # a run's error, not a failure
+
+
 def _finished(config: DictConfig, run_dir: Path, log: Path) -> list[dict[str, Any]]:
-    """The summary's stages of a run of ``config`` that has finished, trained nothing; else ``[{"error": "not run"}]``."""
+    """The summary's stages of a run of ``config`` that has finished, trained nothing; else ``[{"error": NOT_RUN}]``."""
     stored = run_dir / "config.yaml"
     if stored.is_file() and _same_config(stored, config) and (done := _finished_stages(config, run_dir)) is not None:
         return done
-    return [{"error": "not run (rlzoo compare --report-only: no finished run of this config)"}]
+    return [{"error": NOT_RUN}]
 
 
 def _same_config(path: Path, config: DictConfig) -> bool:
@@ -467,13 +470,13 @@ def write_report(report: Path, cfg: DictConfig, command: str, sft: dict, results
                                                 for r in ok]  # every iteration of iterative RL
         wall = _mean_std([b["wall_seconds"] for b in spent], digits=0)
         mem = _mean_std([b["peak_memory_mb"] for b in spent], digits=0)
-        unrun = sum(r["error"].startswith("not run") for r in runs if "error" in r)  # --report-only: not finished yet
+        unrun = sum(r.get("error") == NOT_RUN for r in runs)  # --report-only: not finished yet
         failed = len(runs) - len(ok) - unrun
         own = next((list(e.seeds) for e in cfg.compare.entries if (e.label or e.algorithm) == label and e.seeds), None)
         note = ", ".join(([f"seeds {own}"] if own else []) + ([f"{failed} failed"] if failed else [])
                          + ([f"{unrun} of {len(runs)} seeds not run"] if unrun else []))
         lines.append(f"| {label}{f' ({note})' if note else ''} | " + " | ".join(cells) + f" | {wall} | {mem} |")
-    errors = [(label, r["error"]) for label, runs in results.items() for r in runs if "error" in r and not r["error"].startswith("not run")]
+    errors = [(label, r["error"]) for label, runs in results.items() for r in runs if r.get("error", NOT_RUN) != NOT_RUN]
     if errors:
         lines += ["", "Failed runs:", ""] + [f"- {label}: {err}" for label, err in errors]
     if sets:
